@@ -151,7 +151,9 @@ class Scene:
 
     # ------------------------------------------------------------------ I/O
     def to_list(self) -> list:
-        """The drawing tool's JSON value (a list)."""
+        """The drawing tool's JSON value (a list). An empty scene (no trajectories) raises: it cannot be loaded back."""
+        if not self.trajectories:
+            raise ConditionError("empty scene: no trajectories to save (add at least one before writing)")
         items: list = [t.to_json() for t in self.trajectories]
         items.append({"color_map": dict(self.color_map)})
         items.append({"description_global": self.description_global})
@@ -162,7 +164,11 @@ class Scene:
 
     def to_json(self, path: Union[str, Path, None] = None, indent: int | None = None) -> str:
         """Serialise to the drawing tool's format; also write to ``path`` when given."""
-        text = json.dumps(self.to_list(), ensure_ascii=False, indent=indent)
+        items = self.to_list()
+        try:
+            text = json.dumps(items, ensure_ascii=False, indent=indent, allow_nan=False)
+        except (ValueError, TypeError) as e:  # NaN/inf or a non-JSON value put in by hand
+            raise ConditionError(f"scene: cannot be written as JSON ({e})") from None
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
@@ -182,30 +188,32 @@ def _vis_tuple(vis: Any) -> tuple[Number, ...]:
 
 
 def load_json(source: Union[str, Path, Sequence, bytes], *, name: str | None = None) -> Scene:
-    """Read a scene from a path, a JSON string/bytes, or an already-parsed list. Never mutates its input.
+    """Read a scene from a path, JSON text (str starting with ``[`` or ``{``, or bytes), or an already-parsed list.
 
-    Raises :class:`ConditionError` naming the file, item index and field on any malformed input.
+    Never mutates its input. Raises :class:`ConditionError` naming the file, item index and field on any
+    malformed input (including duplicate keys and the non-JSON constants ``NaN``/``Infinity``).
     """
     from wclab.conditions.validate import parse_scene  # the loader proper lives with its checks
 
-    if isinstance(source, (str, Path)) and not (isinstance(source, str) and source.lstrip().startswith("[")):
-        path = Path(source)
-        where = name or str(path)
+    if isinstance(source, (bytes, bytearray)):
+        where = name or "<json bytes>"
         try:
-            text = path.read_text(encoding="utf-8")
+            text = bytes(source).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConditionError(f"{where}: not UTF-8 ({e})") from None
+        value = _parse_text(text, where)
+    elif isinstance(source, str) and source.lstrip()[:1] in ("[", "{"):
+        where = name or "<json text>"
+        value = _parse_text(source, where)
+    elif isinstance(source, (str, Path)):
+        where = name or str(source)
+        try:
+            text = Path(source).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConditionError(f"{where}: no such conditions file") from None
-        except (OSError, UnicodeDecodeError) as e:
+            raise ConditionError(f"{where}: no such conditions file (JSON text must start with '[')") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: e.g. a NUL in the path
             raise ConditionError(f"{where}: cannot read conditions file ({e})") from None
         value = _parse_text(text, where)
-    elif isinstance(source, (str, bytes, bytearray)):
-        where = name or "<json text>"
-        if isinstance(source, (bytes, bytearray)):
-            try:
-                source = bytes(source).decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ConditionError(f"{where}: not UTF-8 ({e})") from None
-        value = _parse_text(source, where)
     else:
         where = name or "<conditions>"
         value = source
@@ -213,12 +221,23 @@ def load_json(source: Union[str, Path, Sequence, bytes], *, name: str | None = N
 
 
 def _parse_text(text: str, where: str) -> Any:
-    def bad_constant(c: str) -> Any:
-        raise ConditionError(f"{where}: {c} is not valid JSON (coordinates must be finite numbers)")
+    """``json.loads`` that raises ConditionError; ``NaN``/``Infinity`` become floats so the validator can say where."""
+
+    def no_duplicates(pairs: list) -> dict:
+        out: dict = {}
+        for k, v in pairs:
+            if k in out:
+                raise ConditionError(f"{where}: key {k!r} appears twice in one JSON object")
+            out[k] = v
+        return out
 
     try:
-        return json.loads(text, parse_constant=bad_constant)
+        return json.loads(text, object_pairs_hook=no_duplicates)
+    except ConditionError:
+        raise
     except json.JSONDecodeError as e:
         raise ConditionError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except ValueError as e:  # e.g. an integer literal longer than Python's int digit limit
+        raise ConditionError(f"{where}: not usable JSON ({e})") from None
     except RecursionError:
         raise ConditionError(f"{where}: JSON nested too deeply") from None

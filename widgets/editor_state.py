@@ -1,0 +1,449 @@
+"""The trajectory editor's state and event handlers, free of any widget so it can be driven in tests.
+
+Workflow (as the original drawing tool): pick an object (``mask`` mode: positive/negative clicks, SAM preview,
+``confirm_mask``), draw its polyline (``draw`` mode: clicks; ``set_st_et`` picks the frames ``[st, et)``),
+optionally mark invisible stretches (``erase`` mode: two clicks on the trajectory), then ``commit`` it under an
+object id and caption (``"None"`` for a camera/background anchor). One click with ``st = 0, et = T`` is a
+static anchor. Several trajectories may share an object id. ``to_scene()`` exports a :class:`Scene`.
+
+Coordinates are pixels of the H×W start image; frames are indices ``0..T-1``. Every edit replaces the
+:class:`Draft` (an immutable snapshot), so undo/redo just swap snapshots. Bad actions raise
+:class:`EditorError` (or ``ConditionError`` from ``wclab.conditions``) with a message for the user and leave
+the state unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from wclab.conditions import ANCHOR_TEXT, RLEMask, Scene, Trajectory, load_json
+from wclab.conditions.ops import (add_trajectory, erase, make_trajectory, nearest_track_index, new_scene,
+                                  polyline_track, set_caption, static_anchor)
+from wclab.errors import WclabError
+from widgets.images import ImageLike, fit_image
+from widgets.segmenter import Point, Segmenter, default_segmenter
+
+MODES = ("mask", "draw", "erase")
+
+
+class EditorError(WclabError, ValueError):
+    """An editor action that cannot be done now (no image, no mask, et <= st, empty caption, ...)."""
+
+
+def _frozen(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool).copy()
+    mask.setflags(write=False)
+    return mask
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Everything undo/redo restores: the committed scene and the work in progress."""
+
+    scene: Scene
+    """The committed trajectories, captions (prompt order), colour map and descriptions."""
+    mode: str = "mask"
+    clicks: tuple[tuple[float, float, bool], ...] = ()
+    """Mask clicks in order: ``(x, y, negative)``."""
+    mask: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    """``bool [H, W]`` read-only: the SAM preview, or the confirmed mask."""
+    mask_score: Optional[float] = None
+    mask_rle: Optional[RLEMask] = field(default=None, repr=False)
+    """The confirmed mask, compressed (None until ``confirm_mask``)."""
+    polyline: tuple[Point, ...] = ()
+    st: int = 0
+    et: int = 0
+    erased: tuple[tuple[int, int], ...] = ()
+    """Frame ranges ``(f0, f1)`` (inclusive) marked invisible on the trajectory being drawn."""
+    erase_start: Optional[Point] = None
+    obj_id: int = 1
+    caption: str = ""
+    selected: Optional[int] = None
+    """Index of the selected committed trajectory (target of delete, and of erase when nothing is drawn)."""
+
+    @property
+    def trajectories(self) -> tuple[Trajectory, ...]:
+        return self.scene.trajectories
+
+    @property
+    def mask_confirmed(self) -> bool:
+        return self.mask_rle is not None
+
+    @property
+    def positive(self) -> list[Point]:
+        return [(x, y) for x, y, neg in self.clicks if not neg]
+
+    @property
+    def negative(self) -> list[Point]:
+        return [(x, y) for x, y, neg in self.clicks if neg]
+
+
+@dataclass
+class EditorState:
+    """The editor's model. ``height``/``width`` (pixels, multiples of 16) and ``frames`` (T = 4k+1) fix the scene."""
+
+    height: int = 480
+    width: int = 832
+    frames: int = 81
+    segmenter: Segmenter = field(default_factory=default_segmenter, repr=False, compare=False)
+    image: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    """``uint8 [H, W, 3]`` start image, already fitted to the scene size."""
+    draft: Optional[Draft] = None
+    """The current snapshot (an empty scene of this size when not given)."""
+    frame: int = 0
+    """Frame shown by the frame slider (where each object is at that frame)."""
+    negative_clicks: bool = False
+    """Mask-mode clicks add negative points when True."""
+    message: str = ""
+    """What the last action did, for the status line."""
+    history_limit: int = 200
+    undo_stack: list = field(default_factory=list, repr=False)
+    redo_stack: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.height <= 0 or self.width <= 0 or self.height % 16 or self.width % 16:
+            raise EditorError(f"scene size {self.height}x{self.width}: expected positive multiples of 16 pixels")
+        if self.frames < 1 or (self.frames - 1) % 4:
+            raise EditorError(f"frames: expected 4k+1 frames (e.g. 17, 49, 81), got {self.frames}")
+        if self.draft is None:
+            self.draft = Draft(scene=new_scene(self.height, self.width, self.frames))
+        if self.draft.scene.size != (self.height, self.width, self.frames):
+            raise EditorError(f"draft scene size {self.draft.scene.size} differs from the editor's "
+                              f"{(self.height, self.width, self.frames)}")
+        if self.draft.et == 0:
+            self.draft = replace(self.draft, et=self.frames)
+        if self.image is not None:
+            self.image = fit_image(self.image, self.height, self.width)
+
+    # ------------------------------------------------------------------ history
+    def _apply(self, message: str = "", **changes: Any) -> None:
+        self.undo_stack.append(self.draft)
+        del self.undo_stack[:-self.history_limit]
+        self.redo_stack.clear()
+        self.draft = replace(self.draft, **changes)
+        self.message = message
+
+    def undo(self) -> None:
+        if not self.undo_stack:
+            raise EditorError("nothing to undo")
+        self.redo_stack.append(self.draft)
+        self.draft = self.undo_stack.pop()
+        self.message = "undone"
+
+    def redo(self) -> None:
+        if not self.redo_stack:
+            raise EditorError("nothing to redo")
+        self.undo_stack.append(self.draft)
+        self.draft = self.redo_stack.pop()
+        self.message = "redone"
+
+    # ------------------------------------------------------------------ loading
+    def load_image(self, image: ImageLike) -> None:
+        """Set the start image (path, PIL or array), resized to cover the scene size and centre-cropped."""
+        self.image = fit_image(image, self.height, self.width)
+        d = self.draft
+        if d.clicks and not d.mask_confirmed:  # a preview of the old image means nothing now
+            self._apply(clicks=(), mask=None, mask_score=None)
+        self.message = f"image loaded ({self.width}x{self.height})"
+
+    @classmethod
+    def from_scene(cls, scene: Union[Scene, str, Path], image: Optional[ImageLike] = None,
+                   segmenter: Optional[Segmenter] = None) -> "EditorState":
+        """Continue editing a scene (a :class:`Scene` or a conditions JSON path/text)."""
+        if not isinstance(scene, Scene):
+            scene = load_json(scene)
+        ids = [t.id for t in scene.trajectories]
+        state = cls(height=scene.height, width=scene.width, frames=scene.frames,
+                    segmenter=segmenter if segmenter is not None else default_segmenter(),
+                    draft=Draft(scene=scene, obj_id=max(ids) + 1 if ids else 1))
+        if image is not None:
+            state.load_image(image)
+        state.message = f"loaded {len(scene.trajectories)} trajectories"
+        return state
+
+    # ------------------------------------------------------------------ export
+    def to_scene(self) -> Scene:
+        """The committed trajectories as a :class:`Scene` (the work in progress is not included)."""
+        if not self.draft.trajectories:
+            raise EditorError("nothing to export: add at least one trajectory")
+        return self.draft.scene
+
+    def save_json(self, path: Union[str, Path]) -> str:
+        """Write the scene in the original tool's JSON format (indent 4, as it does); returns the text."""
+        text = self.to_scene().to_json(path, indent=4)
+        self.message = f"saved {len(self.draft.trajectories)} trajectories to {path}"
+        return text
+
+    # ------------------------------------------------------------------ settings
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise EditorError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+        d = self.draft
+        if mode == "draw" and not d.mask_confirmed:
+            raise EditorError("no mask: pick the object in mask mode and confirm it (or use the whole image) first")
+        if mode == "erase" and not d.polyline and d.selected is None:
+            raise EditorError("nothing to erase: draw a trajectory (or select one) first")
+        if mode != self.draft.mode:
+            self._apply(f"{mode} mode", mode=mode, erase_start=None)
+
+    def set_st_et(self, st: int, et: int) -> None:
+        """Frames ``[st, et)`` of the trajectory being drawn (``0 <= st < et <= T``)."""
+        st, et = int(st), int(et)
+        if not 0 <= st < et <= self.frames:
+            raise EditorError(f"st/et: need 0 <= st < et <= {self.frames} (et is exclusive), got st={st}, et={et}")
+        if (st, et) != (self.draft.st, self.draft.et):
+            self._check_buildable(self.draft.polyline, st, et)
+            self._apply(f"frames [{st}, {et})", st=st, et=et)
+
+    def set_object(self, obj_id: int, caption: Optional[str] = None) -> None:
+        """Object id and caption for the next committed trajectory (caption ``"None"``: an anchor).
+
+        Switching to an id that already has a caption fills it in when ``caption`` is None. Committing with a
+        different caption changes that object's caption (on all its trajectories).
+        """
+        if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)) or obj_id < 0:
+            raise EditorError(f"object id: expected an integer >= 0, got {obj_id!r}")
+        obj_id = int(obj_id)
+        if caption is None:
+            caption = self.draft.scene.captions.get(str(obj_id), self.draft.caption)
+        caption = " ".join(str(caption).split())
+        if (obj_id, caption) != (self.draft.obj_id, self.draft.caption):
+            self._apply(f"object {obj_id}", obj_id=obj_id, caption=caption)
+
+    def set_frame(self, frame: int) -> None:
+        self.frame = int(np.clip(frame, 0, self.frames - 1))
+
+    def select(self, index: Optional[int]) -> None:
+        if index is not None and not 0 <= index < len(self.draft.trajectories):
+            raise EditorError(f"select: no trajectory {index} (have {len(self.draft.trajectories)})")
+        if index != self.draft.selected:
+            self._apply(f"selected trajectory {index}" if index is not None else "", selected=index)
+
+    # ------------------------------------------------------------------ clicks
+    def on_click(self, x: float, y: float, negative: Optional[bool] = None) -> None:
+        """A click at ``(x, y)`` pixels (clipped to the image); what it does depends on the mode."""
+        x = float(np.clip(x, 0, self.width - 1))
+        y = float(np.clip(y, 0, self.height - 1))
+        mode = self.draft.mode
+        if mode == "mask":
+            self._mask_click((x, y), self.negative_clicks if negative is None else bool(negative))
+        elif mode == "draw":
+            self._draw_click((x, y))
+        else:
+            self._erase_click((x, y))
+
+    def _mask_click(self, p: Point, negative: bool) -> None:
+        clicks = self.draft.clicks + ((p[0], p[1], negative),)
+        mask, score = self._segment(clicks)
+        kind = "negative" if negative else "positive"
+        self._apply(f"{kind} point ({p[0]:.0f}, {p[1]:.0f}); mask score {score:.3f}" if mask is not None
+                    else f"{kind} point recorded; add a positive point on the object",
+                    clicks=clicks, mask=mask, mask_score=score, mask_rle=None)
+
+    def _segment(self, clicks: tuple[tuple[float, float, bool], ...]):
+        if self.image is None:
+            raise EditorError("no image: load a start image first")
+        pos = [(x, y) for x, y, neg in clicks if not neg]
+        if not pos:
+            return None, None
+        self.segmenter.set_image(self.image)
+        mask, score = self.segmenter.predict(pos, [(x, y) for x, y, neg in clicks if neg])
+        return _frozen(mask), float(score)
+
+    def _draw_click(self, p: Point) -> None:
+        d = self.draft
+        if not d.mask_confirmed:
+            raise EditorError("no mask: pick the object in mask mode and confirm it first")
+        polyline = d.polyline + (p,)
+        self._check_buildable(polyline, d.st, d.et)
+        self._apply(f"polyline: {len(polyline)} points", polyline=polyline)
+
+    def _erase_click(self, p: Point) -> None:
+        d = self.draft
+        if d.erase_start is None:
+            if not d.polyline and d.selected is None:
+                raise EditorError("nothing to erase: draw a trajectory (or select one) first")
+            self._apply("erase: click the end of the stretch to hide", erase_start=p)
+            return
+        if d.polyline:
+            target = self.pending(with_erased=False)
+        else:
+            target = d.trajectories[d.selected]
+        i, j = sorted((nearest_track_index(target, d.erase_start), nearest_track_index(target, p)))
+        if d.polyline:
+            self._apply(f"frames {i}..{j} invisible", erased=d.erased + ((i, j),), erase_start=None)
+        else:
+            self._apply(f"frames {i}..{j} of trajectory {d.selected} invisible",
+                        scene=d.scene.with_trajectory(d.selected, erase(target, i, j)), erase_start=None)
+
+    # ------------------------------------------------------------------ mask actions
+    def confirm_mask(self) -> None:
+        d = self.draft
+        if d.mask is None:
+            raise EditorError("no mask: click on the object (mask mode) before confirming")
+        if not d.mask.any():
+            raise EditorError("empty mask: add positive points on the object")
+        self._apply(f"mask confirmed ({int(d.mask.sum())} px); click the trajectory", mode="draw",
+                    mask_rle=RLEMask.from_array(d.mask))
+
+    def use_whole_image(self) -> None:
+        """Confirm a mask covering the whole image (for camera/background anchors without SAM)."""
+        mask = _frozen(np.ones((self.height, self.width), bool))
+        self._apply("whole-image mask confirmed", mode="draw", clicks=(), mask=mask,
+                    mask_score=None, mask_rle=RLEMask.full(self.height, self.width))
+
+    def clear_points(self) -> None:
+        """Forget the mask clicks and mask (the confirmed mask too)."""
+        self._apply("mask points cleared", mode="mask", clicks=(), mask=None, mask_score=None,
+                    mask_rle=None, polyline=(), erased=(), erase_start=None)
+
+    def backspace(self) -> None:
+        """Remove the last point: of the polyline (draw), the erase start (erase), or the mask clicks (mask)."""
+        d = self.draft
+        if d.mode == "erase" and d.erase_start is not None:
+            self._apply("erase start removed", erase_start=None)
+        elif d.mode in ("draw", "erase") and d.polyline:
+            self._apply(f"polyline: {len(d.polyline) - 1} points", polyline=d.polyline[:-1],
+                        erased=() if len(d.polyline) == 1 else d.erased)
+        elif d.mode == "mask" and d.clicks:
+            mask, score = self._segment(d.clicks[:-1])
+            self._apply("mask point removed", clicks=d.clicks[:-1], mask=mask, mask_score=score, mask_rle=None)
+        else:
+            raise EditorError("no point to remove")
+
+    # ------------------------------------------------------------------ trajectories
+    def _check_buildable(self, polyline: tuple[Point, ...], st: int, et: int) -> None:
+        if polyline:
+            polyline_track(polyline, st, et, self.frames)  # raises ConditionError when [st, et) is too short
+
+    def pending(self, with_erased: bool = True) -> Optional[Trajectory]:
+        """The trajectory being drawn (None until the mask is confirmed and a point is clicked)."""
+        d = self.draft
+        if not d.polyline or not d.mask_confirmed:
+            return None
+        text = d.caption or ANCHOR_TEXT
+        if len(d.polyline) == 1 and (d.st, d.et) == (0, self.frames):
+            traj = static_anchor(d.polyline[0], obj_id=d.obj_id, mask=d.mask_rle, frames=self.frames, text=text)
+        else:
+            traj = make_trajectory(list(d.polyline), d.st, d.et, obj_id=d.obj_id, mask=d.mask_rle,
+                                   frames=self.frames, text=text)
+        if with_erased:
+            for f0, f1 in d.erased:
+                traj = erase(traj, f0, f1)
+        return traj
+
+    def commit(self) -> Trajectory:
+        """Add the trajectory being drawn under the current object id and caption."""
+        d = self.draft
+        if not d.mask_confirmed:
+            raise EditorError("no mask: pick the object in mask mode and confirm it first")
+        if not d.polyline:
+            raise EditorError("no trajectory: click its points on the image (draw mode) first")
+        if not d.caption:
+            raise EditorError("empty caption: describe the object, or write None for a camera/background anchor")
+        traj = self.pending()
+        scene, note = d.scene, ""
+        old = scene.captions.get(str(traj.id))
+        if not traj.is_anchor and old is not None and old != traj.text:
+            scene, note = set_caption(scene, traj.id, traj.text), f"; caption of object {traj.id} changed"
+        scene = add_trajectory(scene, traj)
+        n = len(scene.trajectories)
+        self._apply(f"added trajectory {n - 1} (object {traj.id}){note}; draw another for this object, "
+                    "or start a new object", scene=scene, polyline=(), erased=(), erase_start=None, mode="draw",
+                    selected=n - 1)
+        return traj
+
+    def new_object(self) -> None:
+        """Start the next object: clear the mask and drawing, pick a fresh id."""
+        d = self.draft
+        next_id = max([t.id for t in d.trajectories] + [d.obj_id]) + 1
+        self._apply(f"new object {next_id}: click on it", mode="mask", clicks=(), mask=None,
+                    mask_score=None, mask_rle=None, polyline=(), erased=(), erase_start=None, obj_id=next_id,
+                    caption="", st=0, et=self.frames)
+
+    def delete(self, index: Optional[int] = None) -> None:
+        """Delete a committed trajectory (the selected one by default); captions of ids left with none go too."""
+        d = self.draft
+        index = d.selected if index is None else index
+        if index is None or not 0 <= index < len(d.trajectories):
+            raise EditorError("nothing to delete: select a trajectory first")
+        trajs = d.trajectories[:index] + d.trajectories[index + 1:]
+        ids = {str(t.id) for t in trajs}
+        scene = d.scene.replace(trajectories=trajs, captions={k: v for k, v in d.scene.captions.items() if k in ids},
+                                color_map={k: v for k, v in d.scene.color_map.items() if k in ids})
+        self._apply(f"deleted trajectory {index}", scene=scene, selected=None)
+
+    # ------------------------------------------------------------------ views for drawing
+    def positions_at(self, frame: Optional[int] = None) -> list[tuple[int, float, float, bool]]:
+        """``(index, x, y, visible)`` of every committed trajectory active at ``frame`` (index -1: the pending one)."""
+        t = self.frame if frame is None else frame
+        out = []
+        items = list(enumerate(self.draft.trajectories))
+        p = self.pending()
+        if p is not None:
+            items.append((-1, p))
+        for i, traj in items:
+            if traj.active_frames()[t]:
+                x, y = traj.track[t]
+                out.append((i, float(x), float(y), bool(traj.vis[t] > 0)))
+        return out
+
+    # ------------------------------------------------------------------ keyboard
+    def on_key(self, key: str, shift: bool = False, ctrl: bool = False, meta: bool = False) -> bool:
+        """Keyboard shortcuts (see :data:`SHORTCUTS`); returns False for keys it does not use."""
+        ctrl = ctrl or meta
+        k = key.lower() if len(key) == 1 else key
+        if ctrl and k == "z":
+            action = "redo" if shift else "undo"
+        elif ctrl and k == "y":
+            action = "redo"
+        elif ctrl:
+            return False
+        else:
+            action = _KEYS.get(k)
+        if action is None:
+            return False
+        _ACTIONS[action](self)
+        return True
+
+
+def _enter(s: EditorState) -> None:
+    if s.draft.mode == "mask":
+        s.confirm_mask()
+    else:
+        s.commit()
+
+
+def _escape(s: EditorState) -> None:
+    d = s.draft
+    if d.erase_start is not None or d.polyline or d.erased:
+        s._apply("drawing cleared", polyline=(), erased=(), erase_start=None)
+    elif d.mode == "mask" and d.clicks:
+        s.clear_points()
+
+
+_ACTIONS: dict[str, Callable[[EditorState], None]] = {
+    "mask mode": lambda s: s.set_mode("mask"),
+    "draw mode": lambda s: s.set_mode("draw"),
+    "erase mode": lambda s: s.set_mode("erase"),
+    "toggle negative clicks": lambda s: setattr(s, "negative_clicks", not s.negative_clicks),
+    "confirm mask / add trajectory": _enter,
+    "whole-image mask": EditorState.use_whole_image,
+    "remove last point": EditorState.backspace,
+    "clear drawing": _escape,
+    "delete selected": EditorState.delete,
+    "new object": EditorState.new_object,
+    "undo": EditorState.undo,
+    "redo": EditorState.redo,
+    "previous frame": lambda s: s.set_frame(s.frame - 1),
+    "next frame": lambda s: s.set_frame(s.frame + 1),
+}
+_KEYS = {"m": "mask mode", "d": "draw mode", "e": "erase mode", "x": "toggle negative clicks",
+         "Enter": "confirm mask / add trajectory", "w": "whole-image mask", "Backspace": "remove last point",
+         "Escape": "clear drawing", "Delete": "delete selected", "n": "new object", "z": "undo", "y": "redo",
+         "ArrowLeft": "previous frame", "ArrowRight": "next frame"}
+SHORTCUTS = {**{k: a for k, a in _KEYS.items()}, "Ctrl+Z": "undo", "Ctrl+Shift+Z / Ctrl+Y": "redo"}
+"""Key → action, shown in the widget's help."""

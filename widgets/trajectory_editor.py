@@ -1,0 +1,371 @@
+"""ipycanvas trajectory editor: a thin view of :class:`EditorState` (replaces the original gradio ``draw_traj.py``).
+
+Canvas layers (bottom to top): start image; committed objects (masks, trajectories with direction arrows and
+a tick every 4 frames); where each object is at the slider's frame; work in progress (mask preview, clicks,
+polyline, pending trajectory) — the top layer receives the mouse and keyboard. Errors show under the canvas.
+
+    editor = TrajectoryEditor("start.jpg")          # or TrajectoryEditor(scene="conditions.json", image=...)
+    editor                                          # draw, then:
+    scene = editor.scene()                          # a wclab.conditions.Scene
+"""
+from __future__ import annotations
+
+import html
+import traceback
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import ipywidgets as W
+import numpy as np
+from ipycanvas import MultiCanvas, hold_canvas
+
+from wclab.conditions import ANCHOR_TEXT, Scene, Trajectory
+from wclab.errors import WclabError
+from widgets.editor_state import MODES, SHORTCUTS, EditorState
+from widgets.images import ImageLike
+from widgets.segmenter import Segmenter, default_segmenter
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+INVISIBLE = "#9a9a9a"
+TICK_EVERY = 4
+"""Frames between time ticks (one latent group)."""
+
+
+def object_color(obj_id: int) -> str:
+    return PALETTE[int(obj_id) % len(PALETTE)]
+
+
+def _rgb(hex_color: str) -> np.ndarray:
+    return np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
+
+
+def mask_overlay(masks: list[tuple[np.ndarray, str]], alpha: float) -> np.ndarray:
+    """``uint8 [H, W, 4]`` RGBA: each ``(bool [H, W] mask, '#rrggbb')`` tinted with ``alpha``, later ones on top."""
+    h, w = masks[0][0].shape
+    out = np.zeros((h, w, 4), np.uint8)
+    for mask, color in masks:
+        out[mask, :3] = _rgb(color)
+        out[mask, 3] = int(alpha * 255)
+    return out
+
+
+class TrajectoryEditor(W.VBox):
+    """Draw WorldCanvas conditions on a start image. ``state`` holds everything; the widget only shows it."""
+
+    def __init__(self, image: Optional[ImageLike] = None, scene: Union[Scene, str, Path, None] = None, *,
+                 height: int = 480, width: int = 832, frames: int = 81, segmenter: Optional[Segmenter] = None,
+                 state: Optional[EditorState] = None):
+        segmenter = segmenter if segmenter is not None else default_segmenter()
+        if state is None:
+            if scene is not None:
+                state = EditorState.from_scene(scene, image=image, segmenter=segmenter)
+            else:
+                state = EditorState(height=height, width=width, frames=frames, segmenter=segmenter, image=image)
+        self.state = state
+        self._syncing = False
+        self._scene_key = self._image_key = None
+        s = state
+
+        self.canvas = MultiCanvas(4, width=s.width, height=s.height, layout=W.Layout(width=f"{s.width}px"))
+        self.canvas.on_mouse_down(lambda x, y: self._act(lambda: self.state.on_click(x, y)))
+        self.canvas.on_key_down(
+            lambda key, shift, ctrl, meta: self._act(lambda: self.state.on_key(key, shift, ctrl, meta)))
+        self.canvas.on_client_ready(self.redraw)
+
+        def button(label: str, method: str, tip: str = "", style: str = "") -> W.Button:
+            """A button calling ``self.state.<method>()`` (or ``self.<method>()`` for widget-level actions)."""
+            b = W.Button(description=label, tooltip=tip, button_style=style, layout=W.Layout(width="auto"))
+            target = (lambda: getattr(self, method)()) if method.startswith("_") else \
+                (lambda: getattr(self.state, method)())
+            b.on_click(lambda _: self._act(target))
+            self.buttons[label] = b
+            return b
+
+        self.buttons: dict[str, W.Button] = {}
+
+        # loading
+        self.path = W.Text(placeholder="image or conditions .json path", layout=W.Layout(width="320px"))
+        self.upload = W.FileUpload(accept="image/*,.json", multiple=False, description="Upload")
+        self.upload.observe(lambda ch: self._act(lambda: self._load_upload(ch["new"])), "value")
+        # mask
+        self.mode = W.ToggleButtons(options=list(MODES), description="click:", style={"button_width": "64px"})
+        self.polarity = W.ToggleButtons(options=["positive", "negative"], style={"button_width": "72px"})
+        self.mode.observe(lambda ch: self._on_control(lambda: self.state.set_mode(ch["new"])), "value")
+        self.polarity.observe(lambda ch: self._on_control(
+            lambda: setattr(self.state, "negative_clicks", ch["new"] == "negative")), "value")
+        # trajectory
+        self.st_et = W.IntRangeSlider(value=(0, s.frames), min=0, max=s.frames, description="st, et:",
+                                      continuous_update=False, layout=W.Layout(width="420px"))
+        self.st_et.observe(lambda ch: self._on_control(lambda: self.state.set_st_et(*ch["new"])), "value")
+        self.obj_id = W.BoundedIntText(value=s.draft.obj_id, min=0, max=10 ** 6, description="object id:",
+                                       layout=W.Layout(width="160px"))
+        self.caption = W.Text(placeholder="caption (None: camera/background anchor)", continuous_update=False,
+                              layout=W.Layout(width="460px"))
+        self.anchor = W.Checkbox(value=False, description="anchor (None)", indent=False)
+        for c in (self.obj_id, self.caption):
+            c.observe(lambda ch: self._on_control(self._push_object), "value")
+        self.anchor.observe(lambda ch: self._on_control(self._push_object), "value")
+        self.trajectories = W.Dropdown(options=[("—", None)], description="selected:", layout=W.Layout(width="420px"))
+        self.trajectories.observe(lambda ch: self._on_control(lambda: self.state.select(ch["new"])), "value")
+        self.frame = W.IntSlider(value=0, min=0, max=s.frames - 1, description="frame:",
+                                 layout=W.Layout(width="420px"))
+        self.frame.observe(lambda ch: self._on_frame(ch["new"]), "value")
+        self.save_path = W.Text(value="conditions.json", layout=W.Layout(width="240px"))
+        # feedback
+        self.status = W.HTML()
+        self.error = W.HTML()
+        self.details = W.Output(layout=W.Layout(max_height="160px", overflow="auto"))
+        help_rows = "".join(f"<tr><td><kbd>{html.escape(k)}</kbd></td><td>{html.escape(v)}</td></tr>"
+                            for k, v in SHORTCUTS.items())
+        shortcuts = W.Accordion(children=[W.HTML(f"<table>{help_rows}</table>")], titles=("keyboard shortcuts",),
+                                selected_index=None)
+
+        super().__init__([
+            W.HBox([self.path, button("Load image", "_load_image_path"), button("Load JSON", "_load_json_path"),
+                    self.upload]),
+            W.HBox([self.mode, self.polarity]),
+            W.HBox([button("Confirm mask", "confirm_mask", "Enter", "success"),
+                    button("Whole-image mask", "use_whole_image", "w: for camera/background anchors"),
+                    button("Clear mask points", "clear_points", "Escape")]),
+            self.canvas,
+            self.error,
+            self.status,
+            W.HBox([self.st_et, self.frame]),
+            W.HBox([self.obj_id, self.caption, self.anchor]),
+            W.HBox([button("Add trajectory", "commit", "Enter (draw/erase mode)", "primary"),
+                    button("New object", "new_object", "n"), button("Undo", "undo", "z / Ctrl+Z"),
+                    button("Redo", "redo", "y / Ctrl+Shift+Z"), button("Delete selected", "delete", "Delete")]),
+            W.HBox([self.trajectories]),
+            W.HBox([self.save_path, button("Save JSON", "_save_json")]),
+            shortcuts,
+            self.details,
+        ])
+        self._sync_controls()
+        self.redraw()
+
+    # ------------------------------------------------------------------ public API
+    def scene(self) -> Scene:
+        """The committed trajectories as a :class:`Scene` (raises if there are none)."""
+        return self.state.to_scene()
+
+    def load_image(self, image: ImageLike) -> None:
+        self._act(lambda: self.state.load_image(image))
+
+    def load_scene(self, scene: Union[Scene, str, Path], image: Optional[ImageLike] = None) -> None:
+        """Continue editing ``scene`` (or a conditions JSON path); keeps the current image if none is given."""
+        def load():
+            old = self.state
+            self._rebind(EditorState.from_scene(scene, image=image if image is not None else old.image,
+                                                segmenter=old.segmenter))
+        self._act(load)
+
+    # ------------------------------------------------------------------ event plumbing
+    def _act(self, action: Callable[[], object]) -> None:
+        """Run a handler; show WclabErrors as a message and anything else with its traceback, never lose them."""
+        try:
+            action()
+            self.error.value = ""
+        except WclabError as e:
+            self.error.value = f"<b style='color:#c62828'>⚠ {html.escape(str(e))}</b>"
+        except Exception as e:  # noqa: BLE001 — shown in the widget instead of vanishing in the kernel log
+            self.error.value = (f"<b style='color:#c62828'>⚠ internal error: {html.escape(type(e).__name__)}: "
+                                f"{html.escape(str(e))} (traceback below)</b>")
+            self.details.append_stderr(traceback.format_exc())
+        self._sync_controls()
+        self.redraw()
+
+    def _on_control(self, action: Callable[[], object]) -> None:
+        if not self._syncing:
+            self._act(action)
+
+    def _on_frame(self, frame: int) -> None:
+        if not self._syncing:
+            self.state.set_frame(frame)
+            self._draw_frame()
+
+    def _push_object(self) -> None:
+        caption = ANCHOR_TEXT if self.anchor.value else self.caption.value
+        self.state.set_object(int(self.obj_id.value), caption)
+
+    def _load_image_path(self) -> None:
+        self.state.load_image(self.path.value.strip())
+
+    def _load_json_path(self) -> None:
+        old = self.state
+        self._rebind(EditorState.from_scene(self.path.value.strip(), image=old.image, segmenter=old.segmenter))
+
+    def _save_json(self) -> None:
+        self.state.save_json(self.save_path.value.strip())
+
+    def _load_upload(self, files) -> None:
+        if not files:
+            return
+        f = files[0]
+        data = bytes(f["content"])
+        if f["name"].lower().endswith(".json"):
+            from wclab.conditions import load_json
+            old = self.state
+            self._rebind(EditorState.from_scene(load_json(data, name=f["name"]), image=old.image,
+                                                segmenter=old.segmenter))
+        else:
+            import io
+            from PIL import Image
+            self.state.load_image(Image.open(io.BytesIO(data)))
+
+    def _rebind(self, state: EditorState) -> None:
+        """Show another state (after loading a scene, whose size may differ)."""
+        self.state = state
+        self.canvas.width, self.canvas.height = state.width, state.height
+        self.canvas.layout.width = f"{state.width}px"
+        self._scene_key = self._image_key = None
+
+    def _sync_controls(self) -> None:
+        s, d = self.state, self.state.draft
+        self._syncing = True
+        try:
+            self.mode.value = d.mode
+            self.polarity.value = "negative" if s.negative_clicks else "positive"
+            self.st_et.max = s.frames
+            self.st_et.value = (d.st, d.et)
+            self.frame.max = s.frames - 1
+            self.frame.value = s.frame
+            self.obj_id.value = d.obj_id
+            self.anchor.value = d.caption == ANCHOR_TEXT
+            self.caption.value = "" if d.caption == ANCHOR_TEXT else d.caption
+            self.caption.disabled = self.anchor.value
+            options = [("—", None)] + [(f"{i}: object {t.id} " + ("(anchor)" if t.is_anchor else f"— {t.text[:40]}"), i)
+                                       for i, t in enumerate(d.trajectories)]
+            self.trajectories.options = options
+            self.trajectories.value = d.selected
+        finally:
+            self._syncing = False
+        mask = ("confirmed" if d.mask_confirmed else f"preview, score {d.mask_score:.3f}" if d.mask is not None
+                else "none")
+        self.status.value = (
+            f"<b>segmenter:</b> {html.escape(s.segmenter.label)} &nbsp; <b>mode:</b> {d.mode}"
+            f"{' (negative clicks)' if s.negative_clicks and d.mode == 'mask' else ''} &nbsp; <b>mask:</b> {mask}"
+            f" &nbsp; <b>trajectories:</b> {len(d.trajectories)} &nbsp; <b>undo:</b> {len(s.undo_stack)}"
+            f"<br>{html.escape(s.message)}")
+
+    # ------------------------------------------------------------------ drawing
+    def redraw(self) -> None:
+        """Redraw every layer that may have changed (the image and committed layers only when they did)."""
+        with hold_canvas():
+            self._draw_image()
+            self._draw_committed()
+            self._draw_frame()
+            self._draw_live()
+
+    def _draw_image(self) -> None:
+        s, layer = self.state, self.canvas[0]
+        key = (id(s.image), s.width, s.height)
+        if key == self._image_key:
+            return
+        self._image_key = key
+        layer.clear()
+        if s.image is None:
+            layer.fill_style = "#444"
+            layer.fill_rect(0, 0, s.width, s.height)
+            layer.fill_style = "#ddd"
+            layer.font = "20px sans-serif"
+            layer.fill_text("load a start image", 20, 40)
+        else:
+            layer.put_image_data(s.image, 0, 0)
+
+    def _draw_committed(self) -> None:
+        s, d, layer = self.state, self.state.draft, self.canvas[1]
+        key = (d.trajectories, d.selected, s.width, s.height)
+        if key == self._scene_key:
+            return
+        self._scene_key = key
+        layer.clear()
+        masks = [(t.mask.decode(), object_color(t.id)) for i, t in enumerate(d.trajectories)
+                 if not t.is_anchor and i != d.selected]
+        if d.selected is not None:
+            sel = d.trajectories[d.selected]
+            masks.append((sel.mask.decode(), "#ffffff" if sel.is_anchor else object_color(sel.id)))
+        if masks and masks[0][0].shape == (s.height, s.width):
+            layer.put_image_data(mask_overlay(masks, 0.22), 0, 0)
+        for i, t in enumerate(d.trajectories):
+            _draw_trajectory(layer, t, object_color(t.id), width=4 if i == d.selected else 2, label=str(t.id))
+
+    def _draw_frame(self) -> None:
+        s, layer = self.state, self.canvas[2]
+        with hold_canvas():
+            layer.clear()
+            for i, x, y, visible in s.positions_at():
+                color = object_color(s.draft.trajectories[i].id if i >= 0 else s.draft.obj_id)
+                layer.line_width = 3
+                layer.stroke_style = "white"
+                layer.fill_style = color if visible else INVISIBLE
+                layer.fill_circle(x, y, 8)
+                layer.stroke_circle(x, y, 8)
+            layer.fill_style = "white"
+            layer.font = "14px monospace"
+            layer.fill_text(f"frame {s.frame}/{s.frames - 1}", 8, s.height - 8)
+
+    def _draw_live(self) -> None:
+        s, d, layer = self.state, self.state.draft, self.canvas[3]
+        layer.clear()
+        if d.mask is not None:
+            color = object_color(d.obj_id) if d.mask_confirmed else "#00e676"
+            layer.put_image_data(mask_overlay([(d.mask, color)], 0.35 if not d.mask_confirmed else 0.15), 0, 0)
+        for x, y, negative in d.clicks:
+            layer.fill_style = "#d50000" if negative else "#00c853"
+            layer.stroke_style = "white"
+            layer.line_width = 2
+            layer.fill_circle(x, y, 6)
+            layer.stroke_circle(x, y, 6)
+        pending = s.pending() if d.polyline else None
+        if pending is not None:
+            _draw_trajectory(layer, pending, "#ffeb3b", width=2, label="new")
+        layer.fill_style = "#ffeb3b"
+        for x, y in d.polyline:
+            layer.fill_circle(x, y, 4)
+        if d.erase_start is not None:
+            layer.stroke_style = "#00e5ff"
+            layer.line_width = 2
+            layer.stroke_circle(*d.erase_start, 9)
+
+
+def _draw_trajectory(layer, traj: Trajectory, color: str, width: int, label: str) -> None:
+    """Solid where visible, dashed grey where invisible; a tick every TICK_EVERY frames, an arrow at the end."""
+    track, vis, active = traj.track, traj.vis, traj.active_frames()
+    frames = np.flatnonzero(active)
+    if len(frames) == 0:
+        return
+    layer.line_width = width
+    for a, b in zip(frames[:-1], frames[1:]):
+        if b != a + 1:
+            continue
+        visible = vis[a] > 0 and vis[b] > 0
+        layer.stroke_style = color if visible else INVISIBLE
+        layer.set_line_dash([] if visible else [6, 4])
+        layer.stroke_line(*track[a], *track[b])
+    layer.set_line_dash([])
+    for f in frames:
+        if f % TICK_EVERY == 0:
+            layer.fill_style = color if vis[f] > 0 else INVISIBLE
+            layer.fill_circle(*track[f], width + 1)
+    first, last = track[frames[0]], track[frames[-1]]
+    layer.font = "12px sans-serif"
+    layer.fill_style = color
+    if np.allclose(first, last):  # static anchor / object
+        layer.stroke_style = color
+        layer.stroke_rect(first[0] - 7, first[1] - 7, 14, 14)
+    else:
+        prev = next((track[f] for f in frames[::-1] if not np.allclose(track[f], last)), first)
+        _arrow_head(layer, prev, last, color, 10 + 2 * width)
+    layer.fill_text(f"{label} [{frames[0]},{frames[-1] + 1})", first[0] + 8, first[1] - 8)
+
+
+def _arrow_head(layer, p0: np.ndarray, p1: np.ndarray, color: str, size: float) -> None:
+    d = np.asarray(p1, float) - np.asarray(p0, float)
+    n = np.hypot(*d)
+    if n == 0:
+        return
+    d /= n
+    side = np.array([-d[1], d[0]])
+    base = p1 - d * size
+    layer.fill_style = color
+    layer.fill_polygon([tuple(p1), tuple(base + side * size * 0.5), tuple(base - side * size * 0.5)])
