@@ -124,6 +124,10 @@ def test_random_polylines_give_valid_trajectories(data, frames, k):
     p32 = np.asarray(poly, np.float32).astype(np.float64) if k > 1 else np.asarray(poly, np.float64)
     assert (track[inside] >= p32.min(0) - 1e-9).all() and (track[inside] <= p32.max(0) + 1e-9).all()
     assert track[st_].tolist() == p32[0].tolist()  # the first click is always frame st exactly
+    if (track[inside] == -1).all(axis=1).any():  # a drawn point on the (-1, -1) placeholder cannot be saved
+        with pytest.raises(ConditionError, match="placeholder"):
+            ops.make_trajectory(poly, st_, et_, obj_id=0, mask=BOX, frames=frames)
+        return
     traj = ops.make_trajectory(poly, st_, et_, obj_id=0, mask=BOX, frames=frames)
     assert traj.frames == frames and ops.active_range(traj) == (st_, et_)
 
@@ -379,3 +383,10 @@ def test_set_caption_keeps_prompt_order_and_updates_trajectory_text():
         ops.set_caption(scene, 1, "None")
     with pytest.raises(ConditionError, match="no trajectory has id 9"):
         ops.set_caption(scene, 9, "x")
+
+
+def test_a_drawn_point_on_the_minus_one_placeholder_raises_rather_than_vanishing_on_reload():
+    with pytest.raises(ConditionError, match=r"frame 1: the point \(-1, -1\) is the file format's 'no point' placeholder"):
+        ops.make_trajectory([(-2, -2), (0, 0)], 0, 3, obj_id=1, mask=BOX, frames=T)
+    with pytest.raises(ConditionError, match="placeholder"):
+        ops.translate(ops.static_anchor((4, 4), obj_id=1, mask=BOX, frames=T), -5, -5)

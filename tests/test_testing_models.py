@@ -77,7 +77,7 @@ def test_same_seed_gives_identical_files_and_another_seed_other_weights(tiny, tm
 
 def test_high_and_low_experts_and_ref_pair_hold_different_weights(tmp_path):
     root = make_tiny_checkpoints(tmp_path, seed=0, variant_ref=True)
-    files = [HIGH, LOW, HIGH.replace("WorldCanvas/", "WorldCanvas_ref/"), LOW.replace("WorldCanvas/", "WorldCanvas_ref/")]
+    files = [HIGH, LOW, *(f.replace("WorldCanvas/", "WorldCanvas_ref/") for f in (HIGH, LOW))]
     firsts = [load_file(str(root / f))["patch_embedding.weight"] for f in files]
     for i in range(4):
         for j in range(i):

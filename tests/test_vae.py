@@ -23,19 +23,25 @@ def vae():
     return VAE.from_checkpoint(TINY_MODELS / "vae_tiny.pth")
 
 
+@pytest.fixture(scope="module")
+def untiled(golden, vae):
+    """(encode of the golden clip, decode of the golden latents), untiled."""
+    return vae.encode(golden["vae_in_video"]), vae.decode(golden["vae_latents"])
+
+
 # ---------------------------------------------------------------------------------------------- parity
 def test_config_is_inferred_from_the_wan_checkpoint(vae):
     assert vae.config.base_dim == 8 and vae.config.z_dim == 16
 
 
-def test_encode_matches_reference_latents(golden, vae):
-    z = vae.encode(golden["vae_in_video"])
+def test_encode_matches_reference_latents(golden, untiled):
+    z = untiled[0]
     # fp32 CPU; diffusers vs reference convolutions differ only in op order: measured 1.5e-6 on |z| <= 1.8
     torch.testing.assert_close(z, golden["vae_latents"], atol=1e-5, rtol=1e-5)
 
 
-def test_decode_matches_reference_reconstruction(golden, vae):
-    video = vae.decode(golden["vae_latents"])
+def test_decode_matches_reference_reconstruction(golden, untiled):
+    video = untiled[1]
     assert video.shape == golden["vae_recon"].shape == (1, 3, 9, 64, 96)
     # measured 4.1e-6 on values in [-1, 1]
     torch.testing.assert_close(video, golden["vae_recon"], atol=2e-5, rtol=1e-5)
@@ -70,10 +76,10 @@ def test_ramp_rises_and_falls_linearly_over_the_overlap():
     torch.testing.assert_close(ramp_1d(4, True, True, 3), torch.tensor([1 / 3, 1, 2 / 3, 1 / 3]))  # end wins
 
 
-def test_tiled_equals_untiled_when_one_tile_covers_the_frame(golden, vae):
+def test_tiled_equals_untiled_when_one_tile_covers_the_frame(golden, vae, untiled):
     big = dict(tile_size=(8, 12), tile_stride=(4, 6))
-    assert torch.equal(vae.encode(golden["vae_in_video"], tiled=True, **big), vae.encode(golden["vae_in_video"]))
-    assert torch.equal(vae.decode(golden["vae_latents"], tiled=True, **big), vae.decode(golden["vae_latents"]))
+    assert torch.equal(vae.encode(golden["vae_in_video"], tiled=True, **big), untiled[0])
+    assert torch.equal(vae.decode(golden["vae_latents"], tiled=True, **big), untiled[1])
 
 
 def _local_encode(video):  # per 8x8 block and per frame group, so tiling cannot change the result
@@ -139,17 +145,17 @@ def test_tiled_encode_and_decode_follow_the_reference_tiling(golden, vae):
     torch.testing.assert_close(vae.decode(latents, tiled=True, **SMALL_TILES), ref_v, atol=1e-6, rtol=1e-6)
 
 
-def test_tiled_decode_blends_unclamped_tiles_and_clamps_once(golden, vae, monkeypatch):
+def test_tiled_decode_blends_unclamped_tiles_and_clamps_once(vae, monkeypatch):
     def tile_dependent(z):  # out of [-1, 1] and different per tile: clamping each tile first would change the blend
-        return 0.3 * _local_decode(z) + 3 * z.mean()
+        return 0.3 * _local_decode(z) + 2 * z[0, 0, 0, 0, 0]
 
     monkeypatch.setattr(vae, "_decode_one", tile_dependent)
-    latents = golden["vae_latents"]
+    latents = torch.randn(1, 16, 3, 8, 12, generator=torch.Generator().manual_seed(0))
     out = vae.decode(latents, tiled=True, **SMALL_TILES)
-    expected = _reference_tiling(latents, tile_dependent, (4, 6), (2, 3), 8, (1, 3, 9, 64, 96)).clamp(-1, 1)
-    per_tile_clamped = _reference_tiling(latents, lambda z: tile_dependent(z).clamp(-1, 1), (4, 6), (2, 3), 8,
-                                         (1, 3, 9, 64, 96))
-    assert (expected - per_tile_clamped).abs().max() > 0.1  # the check below can tell the two apart
+    grid = (latents, tile_dependent, (4, 6), (2, 3), 8, (1, 3, 9, 64, 96))
+    expected = _reference_tiling(*grid).clamp(-1, 1)
+    per_tile_clamped = _reference_tiling(latents, lambda z: tile_dependent(z).clamp(-1, 1), *grid[2:])
+    assert (expected - per_tile_clamped).abs().max() > 0.5  # the check below can tell the two apart
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
 
 
@@ -198,8 +204,9 @@ class _LinearVAE:
         rgb = torch.einsum("oc,bcfhw->bofhw", self.weight, z) + self.bias.view(1, 3, 1, 1, 1)
         return _local_decode(torch.cat([rgb, torch.zeros_like(rgb)], 1)) / 3
 
-    def encode(self, video, tiled=False):
-        return _local_encode(video)
+    def encode(self, video, tiled=False):  # 16 distinct functions of the pooled RGB, so latents have full rank
+        p = _local_encode(video)[:, :3]
+        return torch.cat([p, p**2, p**3, torch.sin(3 * p), torch.cos(2 * p), p[:, :1] * p[:, 1:2]], dim=1)
 
 
 def test_preview_fit_recovers_an_exactly_linear_decoder():
@@ -219,13 +226,18 @@ def test_preview_fit_on_the_tiny_vae_beats_a_zero_projection_on_held_out_latents
     target = video_on_latent_grid(vae.decode(test))
     fitted_err = (preview.project(test) - target).pow(2).mean()
     zero_err = target.pow(2).mean()
-    assert fitted_err < 0.9 * zero_err
+    # measured 0.018 vs 0.026: a random VAE is far from linear, the gain is mostly the fitted mean colour (bias);
+    # exact recovery of a truly linear decoder is tested above
+    assert fitted_err < 0.8 * zero_err
 
 
-def test_preview_fit_accepts_videos_by_encoding_them_first(golden, vae):
-    from_video = LatentPreview.fit(vae, golden["vae_in_video"])
-    from_latents = LatentPreview.fit(vae, vae.encode(golden["vae_in_video"]))
-    torch.testing.assert_close(from_video.weight, from_latents.weight)
+def test_preview_fit_accepts_videos_by_encoding_them_first():
+    g = torch.Generator().manual_seed(2)
+    linear_vae = _LinearVAE(torch.randn(3, 16, generator=g), torch.randn(3, generator=g))
+    video = torch.rand(1, 3, 9, 32, 48, generator=g) * 2 - 1
+    from_video = LatentPreview.fit(linear_vae, video)
+    from_latents = LatentPreview.fit(linear_vae, linear_vae.encode(video))
+    assert torch.equal(from_video.weight, from_latents.weight) and torch.equal(from_video.bias, from_latents.bias)
 
 
 def test_preview_frames_are_uint8_one_per_latent_frame_and_upscaled(golden):

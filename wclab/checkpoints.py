@@ -262,7 +262,8 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, TensorInfo], in
         header = json.loads(f.read(n))
     header.pop("__metadata__", None)
     end = max((v["data_offsets"][1] for v in header.values()), default=0)
-    infos = {k: TensorInfo(tuple(v["shape"]), _ST_DTYPES.get(v["dtype"], v["dtype"].lower())) for k, v in header.items()}
+    infos = {k: TensorInfo(tuple(v["shape"]), _ST_DTYPES.get(v["dtype"], v["dtype"].lower()))
+             for k, v in header.items()}
     return infos, 8 + n + end
 
 
@@ -355,8 +356,8 @@ class CheckReport:
                 lines += ["  (`hf download` takes the same arguments as `huggingface-cli download`)"]
             if any(i.file.role == "sam" for i in self.missing):
                 lines += ["  (SAM is optional: only the trajectory editor's click-to-segment uses it)"]
-        if self.layout == "released":
-            lines += ["", "Sizes marked ~ are approximate sizes of the released files."]
+        lines += [""] + (["Sizes marked ~ are approximate sizes of the released files."]
+                         if self.layout == "released" else [])
         lines += ["complete" if self.ok else
                   f"INCOMPLETE: {sum(i.file.required for i in self.missing)} missing, {len(self.wrong)} wrong"]
         return "\n".join(lines)
@@ -420,7 +421,8 @@ def _check_weights(item: CheckItem, expected: Optional[Shapes], deep: bool) -> N
         problem = _compare(expected, infos)
     else:  # SAM: spot-check the vit_h image encoder
         key, shape = SAM_VIT_H_PATCH
-        problem = None if key in infos and infos[key].shape == shape else f"no {key} of shape {list(shape)} (not vit_h?)"
+        good = key in infos and infos[key].shape == shape
+        problem = None if good else f"no {key} of shape {list(shape)} (not vit_h?)"
     if problem:
         item.status, item.detail = "wrong", problem
         return
@@ -472,7 +474,8 @@ def check_checkpoints(directory: str | Path, variant: str = "WorldCanvas", deep:
         if not path.exists():
             item.detail = f"-> {f.where()}"
             continue
-        item.size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        item.size = sum(p.stat().st_size for p in files)
         if f.role == "tokenizer":
             _check_tokenizer(item, (tiny or {"t5": T5_XXL})["t5"]["vocab"], deep)
         else:

@@ -59,14 +59,13 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], generator: torch.Gener
     out = {}
     for key, shape in shapes.items():
         x = torch.randn(shape, generator=generator)
-        leaf = key.rsplit(".", 2)
         if key.endswith("gamma") or (key.endswith("weight") and "norm" in key):
             x = 1 + 0.1 * x
         elif key.endswith("bias"):
             x = 0.02 * x
-        elif "embedding.weight" in key and ("token_" in key or "pos_" in key):
+        elif key.startswith("token_embedding") or "pos_embedding" in key:
             x = 0.5 * x
-        elif leaf[-1] == "modulation":
+        elif key.endswith("modulation"):
             x = x / math.sqrt(shape[-1])
         else:
             x = x / math.sqrt(math.prod(shape[1:]))

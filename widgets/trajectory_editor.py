@@ -11,7 +11,6 @@ polyline, pending trajectory) — the top layer receives the mouse and keyboard.
 from __future__ import annotations
 
 import html
-import traceback
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -20,8 +19,8 @@ import numpy as np
 from ipycanvas import MultiCanvas, hold_canvas
 
 from wclab.conditions import ANCHOR_TEXT, Scene, Trajectory
-from wclab.errors import WclabError
 from widgets.editor_state import MODES, SHORTCUTS, EditorState
+from widgets.feedback import Feedback
 from widgets.images import ImageLike
 from widgets.segmenter import Segmenter, default_segmenter
 
@@ -102,8 +101,8 @@ class TrajectoryEditor(W.VBox):
         self.caption = W.Text(placeholder="caption (None: camera/background anchor)", continuous_update=False,
                               layout=W.Layout(width="460px"))
         self.anchor = W.Checkbox(value=False, description="anchor (None)", indent=False)
-        for c in (self.obj_id, self.caption):
-            c.observe(lambda ch: self._on_control(self._push_object), "value")
+        self.obj_id.observe(lambda ch: self._on_control(lambda: self.state.set_object(int(ch["new"]))), "value")
+        self.caption.observe(lambda ch: self._on_control(self._push_object), "value")
         self.anchor.observe(lambda ch: self._on_control(self._push_object), "value")
         self.trajectories = W.Dropdown(options=[("—", None)], description="selected:", layout=W.Layout(width="420px"))
         self.trajectories.observe(lambda ch: self._on_control(lambda: self.state.select(ch["new"])), "value")
@@ -113,8 +112,7 @@ class TrajectoryEditor(W.VBox):
         self.save_path = W.Text(value="conditions.json", layout=W.Layout(width="240px"))
         # feedback
         self.status = W.HTML()
-        self.error = W.HTML()
-        self.details = W.Output(layout=W.Layout(max_height="160px", overflow="auto"))
+        self.feedback = Feedback()
         help_rows = "".join(f"<tr><td><kbd>{html.escape(k)}</kbd></td><td>{html.escape(v)}</td></tr>"
                             for k, v in SHORTCUTS.items())
         shortcuts = W.Accordion(children=[W.HTML(f"<table>{help_rows}</table>")], titles=("keyboard shortcuts",),
@@ -128,7 +126,7 @@ class TrajectoryEditor(W.VBox):
                     button("Whole-image mask", "use_whole_image", "w: for camera/background anchors"),
                     button("Clear mask points", "clear_points", "Escape")]),
             self.canvas,
-            self.error,
+            self.feedback.error,
             self.status,
             W.HBox([self.st_et, self.frame]),
             W.HBox([self.obj_id, self.caption, self.anchor]),
@@ -138,7 +136,7 @@ class TrajectoryEditor(W.VBox):
             W.HBox([self.trajectories]),
             W.HBox([self.save_path, button("Save JSON", "_save_json")]),
             shortcuts,
-            self.details,
+            self.feedback.details,
         ])
         self._sync_controls()
         self.redraw()
@@ -161,16 +159,8 @@ class TrajectoryEditor(W.VBox):
 
     # ------------------------------------------------------------------ event plumbing
     def _act(self, action: Callable[[], object]) -> None:
-        """Run a handler; show WclabErrors as a message and anything else with its traceback, never lose them."""
-        try:
-            action()
-            self.error.value = ""
-        except WclabError as e:
-            self.error.value = f"<b style='color:#c62828'>⚠ {html.escape(str(e))}</b>"
-        except Exception as e:  # noqa: BLE001 — shown in the widget instead of vanishing in the kernel log
-            self.error.value = (f"<b style='color:#c62828'>⚠ internal error: {html.escape(type(e).__name__)}: "
-                                f"{html.escape(str(e))} (traceback below)</b>")
-            self.details.append_stderr(traceback.format_exc())
+        """Run a handler; errors show under the canvas (see :class:`Feedback`), then the view catches up."""
+        self.feedback.run(action)
         self._sync_controls()
         self.redraw()
 

@@ -111,7 +111,7 @@ def make_trajectory(polyline: Sequence[Point], st: int, et: int, *, obj_id: int,
     rle = _as_mask(mask)
     if r is None:
         r = mask_radius(rle)
-    return Trajectory(points=_tuples(track), visibility=tuple(int(v) for v in vis), r=_radius(r),
+    return Trajectory(points=_tuples(track, vis > 0, obj_id), visibility=tuple(int(v) for v in vis), r=_radius(r),
                       id=_obj_id(obj_id), mask=rle, text=_text(text))
 
 
@@ -241,8 +241,8 @@ def leaving(traj: Trajectory, to_point: Point) -> Trajectory:
 
 
 def _redraw(traj: Trajectory, polyline: np.ndarray, st: int, et: int) -> Trajectory:
-    track, _ = polyline_track(polyline, st, et, traj.frames)
-    return traj.replace(points=_tuples(track))
+    track, vis = polyline_track(polyline, st, et, traj.frames)
+    return traj.replace(points=_tuples(track, vis > 0, traj.id))
 
 
 # ----------------------------------------------------------------------------- time and space transforms
@@ -289,7 +289,7 @@ def _retime(traj: Trajectory, src: np.ndarray, what: str) -> Trajectory:
     vis = [0] * traj.frames
     for g, f in zip(np.flatnonzero(keep), nearest):
         vis[g] = traj.visibility[f]
-    return traj.replace(points=_tuples(track), visibility=tuple(vis))
+    return traj.replace(points=_tuples(track, keep, traj.id), visibility=tuple(vis))
 
 
 def jitter(traj: Trajectory, sigma_px: float, seed: int) -> Trajectory:
@@ -326,7 +326,7 @@ def _move(traj: Trajectory, fn) -> Trajectory:
     track[act] = fn(track[act], act)
     if not np.isfinite(track).all():
         raise ConditionError(f"trajectory id {traj.id}: the transform produced non-finite coordinates")
-    return traj.replace(points=_tuples(track))
+    return traj.replace(points=_tuples(track, act, traj.id))
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -469,5 +469,10 @@ def _caption(caption) -> str:
     return caption
 
 
-def _tuples(track: np.ndarray) -> tuple[tuple[float, float], ...]:
+def _tuples(track: np.ndarray, active: np.ndarray, obj_id) -> tuple[tuple[float, float], ...]:
+    """Points for a Trajectory; an active point exactly at the ``(-1, -1)`` placeholder would read back as no point."""
+    clash = np.flatnonzero(active & np.all(track == -1, axis=1))
+    if len(clash):
+        raise ConditionError(f"trajectory id {obj_id}: frame {int(clash[0])}: the point (-1, -1) is the file format's "
+                             "'no point' placeholder and would read back as inactive; move the path off it")
     return tuple((float(x), float(y)) for x, y in track)

@@ -132,10 +132,21 @@ def rope_freqs(head_dim: int, grid: tuple[int, int, int], device: Device = "cpu"
     return torch.cat(parts, dim=-1).reshape(f * h * w, 1, -1).to(device)
 
 
+def rope_cos_sin(head_dim: int, grid: tuple[int, int, int], device: Device = "cpu") -> Tensor:
+    """The `rope_freqs` rotations as real (cos, sin) pairs: [f·h·w, 1, head_dim/2, 2] float32 (computed in
+    float64, then rounded), for the float32 RoPE path that avoids float64 and complex tensors on the GPU."""
+    return torch.view_as_real(rope_freqs(head_dim, grid)).to(device=device, dtype=torch.float32)
+
+
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
-    """Rotate channel pairs of x [B, S, heads, head_dim] by freqs [S, 1, head_dim/2] (in float64, like Wan)."""
-    pairs = torch.view_as_complex(x.to(torch.float64).reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(pairs * freqs).flatten(-2).to(x.dtype)
+    """Rotate channel pairs of x [B, S, heads, head_dim] by freqs: complex [S, 1, head_dim/2] (`rope_freqs`,
+    rotated in float64 like Wan) or real [S, 1, head_dim/2, 2] (`rope_cos_sin`, rotated in float32)."""
+    if freqs.is_complex():
+        pairs = torch.view_as_complex(x.to(torch.float64).reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(pairs * freqs).flatten(-2).to(x.dtype)
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # real / imaginary channel of each pair
+    cos, sin = freqs.unbind(-1)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(x.dtype)
 
 
 # ---------------------------------------------------------------- modules, bottom-up
@@ -252,6 +263,8 @@ class DiT(HookedModule):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.hook_embed, self.hook_head_out = HookPoint(), HookPoint()
+        self.rope_dtype = torch.float64  # float64: rotate like Wan (complex128); float32: real cos/sin path
+        self._rope_cache: tuple = ()  # (key, table) of the last RoPE table built
         self.setup_hooks()
 
     # ------------------------------------------------------------ construction
@@ -326,6 +339,14 @@ class DiT(HookedModule):
                                     f"{grid}, L text tokens), got {list(bias.shape)}")
         return grid
 
+    def _rope_table(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
+        """`rope_freqs` (rope_dtype float64) or `rope_cos_sin` (float32) for ``grid``, kept for the next call."""
+        key = (grid, device, self.rope_dtype)
+        if not self._rope_cache or self._rope_cache[0] != key:
+            make = rope_freqs if self.rope_dtype == torch.float64 else rope_cos_sin
+            self._rope_cache = (key, make(self.cfg.head_dim, grid, device))
+        return self._rope_cache[1]
+
     # ------------------------------------------------------------ forward
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         """x [B, in_dim, F, H, W], timestep [B] (0..1000), context [B, L, text_dim] (T5 output),
@@ -339,7 +360,7 @@ class DiT(HookedModule):
         context = self.text_embedding(context.to(dtype))  # [B, L, dim]
         x = self.patch_embedding(x.to(dtype))  # [B, dim, f, h, w]
         x = self.hook_embed(x.flatten(2).transpose(1, 2).contiguous())  # [B, S, dim], S = f·h·w frame-major
-        freqs = rope_freqs(self.cfg.head_dim, grid, x.device)
+        freqs = self._rope_table(grid, x.device)
         bias = None if bias is None else bias.to(dtype)
         for block in self.blocks:
             x = block(x, context, t_mod, freqs, bias)

@@ -90,7 +90,8 @@ class LatentPreview:
     def project(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, C, F', h, w] -> RGB [B, 3, F', h, w] in [-1, 1] (float32, not clamped)."""
         if latents.ndim != 5 or latents.shape[1] != self.channels:
-            raise WclabError(f"LatentPreview: latents must be [B, {self.channels}, F', h, w], got {tuple(latents.shape)}")
+            raise WclabError(f"LatentPreview: latents must be [B, {self.channels}, F', h, w], "
+                             f"got {tuple(latents.shape)}")
         w, b = self.weight.to(latents.device), self.bias.to(latents.device)
         return torch.einsum("oc,bcfhw->bofhw", w, latents.float()) + b.view(1, 3, 1, 1, 1)
 

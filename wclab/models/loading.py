@@ -176,8 +176,8 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
 
 @torch.no_grad()
 def make_preview(vae: VAE, seed: int = 0) -> LatentPreview:
-    """`LatentPreview.wan21()` for the released VAE; otherwise a fit to this VAE's decode of random
-    normalised latents [1, z, 2, 4, 4] (32 cells, a first frame and a 4-frame group) (deterministic for ``seed``)."""
+    """`LatentPreview.wan21()` for the released VAE; otherwise a least-squares fit to this VAE's decode of random
+    normalised latents [1, z, 2, 4, 4] (32 cells: a first frame and a 4-frame group; deterministic for ``seed``)."""
     if vae.config.base_dim == RELEASED_VAE_BASE_DIM:
         return LatentPreview.wan21()
     g = torch.Generator().manual_seed(seed)

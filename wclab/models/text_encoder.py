@@ -180,7 +180,12 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
             sd = load_file(str(path))
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            try:
+                sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:  # files in the legacy (non-zip) format cannot be memory-mapped
+                if "mmap" not in str(e):
+                    raise
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     if isinstance(sd, dict) and "model_state" in sd:

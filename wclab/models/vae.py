@@ -172,7 +172,8 @@ class VAE(nn.Module):
             y = fn(tile).to(x.dtype)
             edge = (r0 == 0, r1 >= cells[0], c0 == 0, c1 >= cells[1])
             mask = tile_weight(y.shape[3], y.shape[4], edge, border).to(y)
-            ys, xs = slice(r0 * out_scale, r0 * out_scale + y.shape[3]), slice(c0 * out_scale, c0 * out_scale + y.shape[4])
+            ys = slice(r0 * out_scale, r0 * out_scale + y.shape[3])
+            xs = slice(c0 * out_scale, c0 * out_scale + y.shape[4])
             values[:, :, :, ys, xs] += y * mask
             weight[:, :, :, ys, xs] += mask
         return values / weight
@@ -202,7 +203,8 @@ class VAE(nn.Module):
         """normalised latents [B, 16, F', h, w] -> video [B, 3, 4F'-3, 8h, 8w] clamped to [-1, 1]
         (latents dtype). ``tile_size``/``tile_stride`` are (rows, cols) in latent cells."""
         if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
-            raise WclabError(f"VAE.decode: latents must be [B, {self.config.z_dim}, F', h, w], got {tuple(latents.shape)}")
+            raise WclabError(f"VAE.decode: latents must be [B, {self.config.z_dim}, F', h, w], "
+                             f"got {tuple(latents.shape)}")
         b, _, f, h, w = latents.shape
         out = []
         for i in range(b):

@@ -1,0 +1,134 @@
+"""Numbers for comparing generations: does the video follow the trajectories, does attention stay in the
+token masks, how different are two videos.
+
+Trajectory following: a point tracker follows each trajectory's first visible on-image point through the
+generated video, and the tracked path is compared with the drawn one on the frames where the trajectory is
+visible (pixels). No learned point tracker (CoTracker, TAPIR) can be installed with weights offline, so the
+default tracker is OpenCV's pyramidal Lucas-Kanade (``cv2.calcOpticalFlowPyrLK``) run forward and backward
+from the query frame; any ``tracker(video, queries) -> (tracks, found)`` can be passed instead.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from wclab.conditions import Scene
+from wclab.inspect.attention import InspectError
+from wclab.inspect.display import as_video, positions
+
+Tracker = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def lk_tracker(video: np.ndarray, queries: np.ndarray, win: int = 21, levels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Track query points through ``video`` uint8 ``[N, H, W, 3]`` with pyramidal Lucas-Kanade.
+
+    queries: float ``[Q, 3]`` rows (frame, x, y) pixels. Returns ``tracks`` float64 ``[Q, N, 2]`` (x, y) and
+    ``found`` bool ``[Q, N]``; each point is followed forward and backward from its query frame and marked
+    lost (found False, position NaN) from the first frame LK fails or leaves the image on.
+    """
+    v = as_video(video, "video")
+    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in v]
+    N, H, W = v.shape[:3]
+    Q = len(queries)
+    tracks = np.full((Q, N, 2), np.nan)
+    found = np.zeros((Q, N), bool)
+    params = dict(winSize=(win, win), maxLevel=levels,
+                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    for q, (t0, x, y) in enumerate(np.asarray(queries, np.float64)):
+        t0 = int(t0)
+        tracks[q, t0], found[q, t0] = (x, y), True
+        for order in (range(t0 + 1, N), range(t0 - 1, -1, -1)):
+            p = np.array([[[x, y]]], np.float32)
+            prev = t0
+            for t in order:
+                nxt, status, _ = cv2.calcOpticalFlowPyrLK(gray[prev], gray[t], p, None, **params)
+                px, py = nxt[0, 0]
+                if not status[0, 0] or not (0 <= px < W and 0 <= py < H):
+                    break
+                tracks[q, t], found[q, t] = (px, py), True
+                p, prev = nxt, t
+    return tracks, found
+
+
+def track_trajectories(video: np.ndarray, scene: Scene, tracker: Optional[Tracker] = None,
+                       trajectories: Optional[Sequence[int]] = None, vis_threshold: float = 0.5) -> pd.DataFrame:
+    """Per-frame tracking of each trajectory in ``video`` uint8 ``[N, H, W, 3]`` (N = T, or F' latent frames,
+    compared with per-latent-frame mean positions).
+
+    Each trajectory (``trajectories``: indices, default all) is queried at its first frame that is active,
+    visible (vis > ``vis_threshold``) and on the image. Columns: trajectory, id, anchor, frame, x, y (drawn),
+    x_tracked, y_tracked, visible, found, error (pixels; NaN where not visible or lost).
+    """
+    v = as_video(video, "video")
+    N = v.shape[0]
+    tracker = tracker or lk_tracker
+    rows, queries, owners = [], [], []
+    chosen = range(len(scene.trajectories)) if trajectories is None else trajectories
+    for k in chosen:
+        traj = scene.trajectories[k]
+        xy, vis = positions(traj, N)
+        active = traj.active_frames() if N == traj.frames else traj.active_frames()[::4]
+        on = (xy[:, 0] >= 0) & (xy[:, 0] < scene.width) & (xy[:, 1] >= 0) & (xy[:, 1] < scene.height)
+        visible = active & on & (vis > vis_threshold)
+        rows.append((k, traj, xy, visible))
+        first = np.flatnonzero(visible)
+        if len(first):
+            queries.append((first[0], *xy[first[0]]))
+            owners.append(len(rows) - 1)
+    tracks, found = (tracker(v, np.array(queries)) if queries else (np.zeros((0, N, 2)), np.zeros((0, N), bool)))
+    tracked = {o: (tracks[i], found[i]) for i, o in enumerate(owners)}
+    out = []
+    for r, (k, traj, xy, visible) in enumerate(rows):
+        tr, fd = tracked.get(r, (np.full((N, 2), np.nan), np.zeros(N, bool)))
+        err = np.where(visible & fd, np.hypot(*(tr - xy).T), np.nan)
+        out.append(pd.DataFrame({"trajectory": k, "id": str(traj.id), "anchor": traj.is_anchor,
+                                 "frame": np.arange(N), "x": xy[:, 0], "y": xy[:, 1], "x_tracked": tr[:, 0],
+                                 "y_tracked": tr[:, 1], "visible": visible, "found": fd, "error": err}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def trajectory_following_error(video: np.ndarray, scene: Scene, tracker: Optional[Tracker] = None,
+                               trajectories: Optional[Sequence[int]] = None, vis_threshold: float = 0.5
+                               ) -> pd.DataFrame:
+    """One row per trajectory: mean / max / final tracking error (pixels) over its visible frames, the
+    number of visible frames, and ``lost``, the fraction of them where the tracker had lost the point
+    (see :func:`track_trajectories`)."""
+    per_frame = track_trajectories(video, scene, tracker, trajectories, vis_threshold)
+
+    def summary(g: pd.DataFrame) -> pd.Series:
+        vis = g[g.visible]
+        err = vis.error.dropna()
+        return pd.Series({"id": g.id.iloc[0], "anchor": bool(g.anchor.iloc[0]), "visible_frames": len(vis),
+                          "mean_error": err.mean() if len(err) else np.nan,
+                          "max_error": err.max() if len(err) else np.nan,
+                          "final_error": vis.error.iloc[-1] if len(vis) else np.nan,
+                          "lost": float((~vis.found).mean()) if len(vis) else np.nan})
+
+    return pd.DataFrame([{"trajectory": k, **summary(g)} for k, g in per_frame.groupby("trajectory", sort=True)])
+
+
+def mask_mass_fraction(heat: torch.Tensor, mask: torch.Tensor) -> float:
+    """Fraction (0..1) of the mass of a non-negative map inside a 0/1 ``mask`` of the same shape."""
+    heat, mask = torch.as_tensor(heat).float(), torch.as_tensor(mask).float()
+    if heat.shape != mask.shape:
+        raise InspectError(f"map {list(heat.shape)} and mask {list(mask.shape)} must have the same shape")
+    return float((heat * mask).sum() / heat.sum().clamp_min(1e-30))
+
+
+def pixel_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 videos ``[N, H, W, 3]`` of the same shape, in 0..255 levels."""
+    a, b = as_video(a, "a"), as_video(b, "b")
+    if a.shape != b.shape:
+        raise InspectError(f"videos differ in shape: {list(a.shape)} vs {list(b.shape)}")
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def pairwise_pixel_difference(videos: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Square table of :func:`pixel_difference` between every pair of named videos."""
+    names = list(videos)
+    return pd.DataFrame([[pixel_difference(videos[a], videos[b]) for b in names] for a in names],
+                        index=names, columns=names)
