@@ -5,8 +5,11 @@ Positions are pixels ``(x, y)`` of the H×W start image; frames are indices ``0.
 *active* on the frames whose point is not the ``(-1, -1)`` placeholder; for one drawn with the tool (or with
 :func:`polyline_track`) these form one range ``[st, et)``.
 
+Operations that re-draw or re-time a track (:func:`resample_density`, :func:`entering`, :func:`leaving`,
+:func:`time_shift`, :func:`time_stretch`) need that one range and raise for a track with ``(-1, -1)`` gaps.
 Frames moved outside ``[0, T)`` by :func:`time_shift` / :func:`time_stretch` are dropped: they become
-``(-1, -1)`` with visibility 0 (it is an error if no active frame is left).
+``(-1, -1)`` with visibility 0 (it is an error if no active frame is left). No operation may put an active
+point exactly on ``(-1, -1)``: the file would read it back as "no point", so that raises too.
 """
 from __future__ import annotations
 
@@ -192,7 +195,8 @@ def control_points(traj: Trajectory, *, tol: float = 1e-6) -> np.ndarray:
     return knots[distinct]
 
 
-def resample_density(traj: Trajectory, *, keep_every: Optional[int] = None, n_points: Optional[int] = None) -> Trajectory:
+def resample_density(traj: Trajectory, *, keep_every: Optional[int] = None,
+                     n_points: Optional[int] = None) -> Trajectory:
     """Re-draw the track through fewer of its own points, over the same ``[st, et)`` (:func:`polyline_track`).
 
     keep_every=k: active-frame points 0, k, 2k, ... and always the last one. n_points=N: N points at evenly
@@ -350,7 +354,8 @@ def add_trajectory(scene: Scene, traj: Trajectory, caption: Optional[str] = None
     :func:`set_caption`): a different one raises, as does adding an anchor under a captioned id.
     """
     if traj.frames != scene.frames:
-        raise ConditionError(f"trajectory id {traj.id}: expected {scene.frames} frames (the scene's), got {traj.frames}")
+        raise ConditionError(f"trajectory id {traj.id}: expected {scene.frames} frames (the scene's), "
+                             f"got {traj.frames}")
     if tuple(traj.mask.size) != (scene.height, scene.width):
         raise ConditionError(f"trajectory id {traj.id}: mask size {list(traj.mask.size)}, expected the scene's "
                              f"[{scene.height}, {scene.width}]")
@@ -375,7 +380,7 @@ def remove_object(scene: Scene, obj_id: ObjId) -> Scene:
     """Drop every trajectory of ``obj_id`` and its caption/colour. The result may be empty (see :func:`new_scene`)."""
     key = str(obj_id)
     if not scene.trajectories_of(key) and key not in scene.captions:
-        raise ConditionError(f"remove_object: no object with id {key} (ids: {sorted({str(t.id) for t in scene.trajectories})})")
+        raise ConditionError(f"remove_object: no object with id {key} (ids: {_ids(scene)})")
     return scene.replace(
         trajectories=[t for t in scene.trajectories if str(t.id) != key],
         captions={k: v for k, v in scene.captions.items() if k != key},
@@ -383,10 +388,10 @@ def remove_object(scene: Scene, obj_id: ObjId) -> Scene:
 
 
 def set_caption(scene: Scene, obj_id: ObjId, caption: str) -> Scene:
-    """Give object ``obj_id`` the caption (kept in its prompt position, or appended); all its trajectories get it as text."""
+    """Give object ``obj_id`` the caption (kept in its prompt position, or appended) and its trajectories that text."""
     key, caption = str(obj_id), _caption(caption)
     if not scene.trajectories_of(key):
-        raise ConditionError(f"set_caption: no trajectory has id {key} (ids: {sorted({str(t.id) for t in scene.trajectories})})")
+        raise ConditionError(f"set_caption: no trajectory has id {key} (ids: {_ids(scene)})")
     captions, color_map = dict(scene.captions), dict(scene.color_map)
     captions[key] = caption
     color_map.setdefault(key, TOOL_COLOR)
@@ -395,6 +400,10 @@ def set_caption(scene: Scene, obj_id: ObjId, caption: str) -> Scene:
 
 
 # ----------------------------------------------------------------------------- argument checks
+def _ids(scene: Scene) -> list[str]:
+    return sorted({str(t.id) for t in scene.trajectories}, key=lambda k: (len(k), k))
+
+
 def _int(v, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ConditionError(f"{name}: expected an integer, got {type(v).__name__} {v!r:.40}")

@@ -53,7 +53,8 @@ class RLEMask:
         try:
             return base64.b64decode(self.counts.encode("ascii"), validate=True)
         except (binascii.Error, ValueError, UnicodeEncodeError) as e:
-            raise ConditionError(f"mask_cluster.counts: expected base64 of COCO RLE bytes, got undecodable text ({e})") from None
+            raise ConditionError(
+                f"mask_cluster.counts: expected base64 of COCO RLE bytes, got undecodable text ({e})") from None
 
     @cached_property
     def runs(self) -> tuple[int, ...]:
@@ -112,7 +113,8 @@ def _parse_rle_bytes(raw: bytes, n_pixels: int) -> list[int]:
             p += 1
             k += 1
             if k > _MAX_RUN_CHARS and more:
-                raise ConditionError(f"mask_cluster.counts: RLE run {len(counts)} is longer than {_MAX_RUN_CHARS} characters")
+                raise ConditionError(
+                    f"mask_cluster.counts: RLE run {len(counts)} is longer than {_MAX_RUN_CHARS} characters")
             if not more and (c & 0x10):
                 x |= -1 << (5 * k)
         if len(counts) > 2:

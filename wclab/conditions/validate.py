@@ -64,7 +64,7 @@ def _finite(v: Any, fail: Callable[[str], NoReturn], what: str) -> Any:
 
 
 def parse_scene(value: Any, where: str = "<conditions>") -> Scene:
-    """Build a :class:`Scene` from the drawing tool's JSON value (a list); raise :class:`ConditionError` if malformed."""
+    """Build a :class:`Scene` from the drawing tool's JSON value (a list); :class:`ConditionError` if malformed."""
     if not isinstance(value, list):
         raise ConditionError(f"{where}: expected a JSON list of trajectory items and text items, got {_kind(value)}")
     traj_items: list[tuple[int, dict]] = []
@@ -72,14 +72,16 @@ def parse_scene(value: Any, where: str = "<conditions>") -> Scene:
     for i, item in enumerate(value):
         at = f"{where}: item {i}"
         if not isinstance(item, dict):
-            raise ConditionError(f"{at}: expected an object (a trajectory or one of {list(DICT_ITEMS)}), got {_show(item)}")
+            raise ConditionError(f"{at}: expected an object (a trajectory or one of {list(DICT_ITEMS)}), "
+                                 f"got {_show(item)}")
         bad_keys = [k for k in item if not isinstance(k, str)]
         if bad_keys:
             raise ConditionError(f"{at}: expected string keys, got key {_show(bad_keys[0])}")
         if any(k in TRAJECTORY_FIELDS for k in item):
             if dict_items:
                 first = min(j for j, _ in dict_items.values())
-                raise ConditionError(f"{at}: trajectory items must come before the text items (item {first} is {next(iter(dict_items))!r})")
+                raise ConditionError(f"{at}: trajectory items must come before the text items "
+                                     f"(item {first} is {next(iter(dict_items))!r})")
             traj_items.append((i, item))
             continue
         if len(item) != 1:
