@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import EXAMPLES
-from wclab.conditions import Scene, load_json
+from wclab.conditions import load_json
 from wclab.errors import CheckpointError, ConditionError
 from widgets import EditorError, EditorState, FallbackSegmenter, SamSegmenter, TrajectoryEditor, fit_image
 from widgets.segmenter import SegmenterError, default_segmenter, sam_type_of
@@ -245,7 +245,32 @@ def test_single_click_over_all_frames_is_a_static_anchor_and_stays_out_of_the_ca
     traj = state.commit()
     assert traj.points == ((200.0, 20.0),) * T and traj.visibility == (1,) * T
     assert traj.is_anchor and traj.r == max(H * W * 320 // 399360, 5)
-    assert state.to_scene().captions == {}
+    assert state.draft.scene.captions == {}
+    with pytest.raises(EditorError, match="no captioned object"):  # the reference refuses anchors-only files
+        state.to_scene()
+    state.new_object()
+    pick_box(state)
+    state.on_click(30, 40)
+    state.set_object(1, "box")
+    state.commit()
+    assert state.to_scene().captions == {"1": "box"}
+
+
+def test_an_anchor_and_a_captioned_object_cannot_share_an_id(state):
+    state.use_whole_image()
+    state.on_click(5, 5)
+    state.set_object(4, "None")
+    state.commit()
+    state.on_click(9, 9)
+    state.set_object(4, "a dog")
+    with pytest.raises(EditorError, match="anchor's; give this object an id of its own"):
+        state.commit()
+    state.set_object(5, "a dog")
+    state.commit()
+    state.on_click(9, 9)
+    state.set_object(5, "None")
+    with pytest.raises(EditorError, match="has a caption; give this camera/background anchor an id of its own"):
+        state.commit()
 
 
 def test_several_trajectories_per_object_share_one_caption_entry(state):
@@ -453,6 +478,21 @@ def test_loading_an_existing_json_exports_it_unchanged_and_continues_ids(name):
     assert list(s.to_scene().captions)[-1] == str(s.draft.obj_id)
 
 
+def test_a_loaded_objects_mask_id_and_caption_can_be_reused_for_another_trajectory():
+    editor = TrajectoryEditor(scene=EXAMPLES / "door.json", segmenter=FallbackSegmenter())
+    s = editor.state
+    editor.trajectories.value = 3                  # the man (id 4)
+    key(editor, "r")
+    assert editor.feedback.message == "" and s.draft.mode == "draw" and s.draft.obj_id == 4
+    s.on_click(500, 300)
+    s.on_click(600, 300)
+    key(editor, "Enter")
+    scene = editor.scene()
+    new, man = scene.trajectories[-1], scene.trajectories[3]
+    assert (new.id, new.text, new.mask, new.r) == (man.id, man.text, man.mask, man.r)
+    assert scene.captions == load_json(EXAMPLES / "door.json").captions
+
+
 def test_saved_json_is_the_original_tools_format(state, tmp_path):
     pick_box(state)
     state.on_click(0, 0)
@@ -478,7 +518,7 @@ steps = st.one_of(  # single events
     st.tuples(st.just("st_et"), st.integers(0, SMALL_T), st.integers(0, SMALL_T)),
     st.tuples(st.just("object"), st.integers(0, 4), st.sampled_from(["", "None", "a cat", "a dog"])),
     st.sampled_from([("confirm",), ("whole",), ("commit",), ("undo",), ("redo",), ("delete",), ("new",),
-                     ("backspace",), ("clear",)]),
+                     ("backspace",), ("clear",), ("reuse",)]),
     st.tuples(st.just("select"), st.integers(-1, 4)),
 )
 # what a user does in a row, so that sequences reach committed and erased trajectories
@@ -530,7 +570,7 @@ def _do(editor: TrajectoryEditor, a: tuple) -> None:
     else:
         method = {"confirm": s.confirm_mask, "whole": s.use_whole_image, "commit": s.commit, "undo": s.undo,
                   "redo": s.redo, "delete": s.delete, "new": s.new_object, "backspace": s.backspace,
-                  "clear": s.clear_points}[kind]
+                  "clear": s.clear_points, "reuse": s.reuse_selected}[kind]
         editor._act(method)
 
 
@@ -549,7 +589,7 @@ def test_random_edit_sequences_keep_the_state_valid_and_exportable(sequence):
         assert d.mode != "draw" or d.mask_confirmed
         for f0, f1 in d.erased:
             assert 0 <= f0 <= f1 < SMALL_T
-        if d.trajectories:
+        if d.scene.captions:
             scene = editor.scene()
             assert set(scene.captions) <= {str(t.id) for t in scene.trajectories}
             assert load_json(scene.to_json()) == scene  # exportable: the loader's checks all pass

@@ -167,9 +167,14 @@ class EditorState:
     # ------------------------------------------------------------------ export
     def to_scene(self) -> Scene:
         """The committed trajectories as a :class:`Scene` (the work in progress is not included)."""
-        if not self.draft.trajectories:
+        scene = self.draft.scene
+        if not scene.trajectories:
             raise EditorError("nothing to export: add at least one trajectory")
-        return self.draft.scene
+        if not scene.captions:
+            raise EditorError("no captioned object: the model needs at least one object with a caption "
+                              "(a scene of anchors only is refused)")
+        load_json(scene.to_list(), name="editor scene")  # the loader's checks: what is exported loads back
+        return scene
 
     def save_json(self, path: Union[str, Path]) -> str:
         """Write the scene in the original tool's JSON format (indent 4, as it does); returns the text."""
@@ -295,6 +300,16 @@ class EditorState:
         self._apply("whole-image mask confirmed", mode="draw", clicks=(), mask=mask,
                     mask_score=None, mask_rle=RLEMask.full(self.height, self.width))
 
+    def reuse_selected(self) -> None:
+        """Draw another trajectory for the selected trajectory's object: take its mask, id and caption."""
+        d = self.draft
+        if d.selected is None:
+            raise EditorError("nothing selected: select a trajectory whose object to draw again")
+        t = d.trajectories[d.selected]
+        self._apply(f"drawing object {t.id} again (its mask); click the trajectory", mode="draw", clicks=(),
+                    mask=_frozen(t.mask.decode()), mask_score=None, mask_rle=t.mask, polyline=(), erased=(),
+                    erase_start=None, obj_id=t.id, caption=t.text)
+
     def clear_points(self) -> None:
         """Forget the mask clicks and mask (the confirmed mask too)."""
         self._apply("mask points cleared", mode="mask", clicks=(), mask=None, mask_score=None,
@@ -346,6 +361,11 @@ class EditorState:
             raise EditorError("empty caption: describe the object, or write None for a camera/background anchor")
         traj = self.pending()
         scene, note = d.scene, ""
+        same_id = scene.trajectories_of(traj.id)
+        if traj.is_anchor and str(traj.id) in scene.captions:
+            raise EditorError(f"object id {traj.id} has a caption; give this camera/background anchor an id of its own")
+        if not traj.is_anchor and any(t.is_anchor for t in same_id):
+            raise EditorError(f"object id {traj.id} is a camera/background anchor's; give this object an id of its own")
         old = scene.captions.get(str(traj.id))
         if not traj.is_anchor and old is not None and old != traj.text:
             scene, note = set_caption(scene, traj.id, traj.text), f"; caption of object {traj.id} changed"
@@ -436,6 +456,7 @@ _ACTIONS: dict[str, Callable[[EditorState], None]] = {
     "clear drawing": _escape,
     "delete selected": EditorState.delete,
     "new object": EditorState.new_object,
+    "draw the selected object again": EditorState.reuse_selected,
     "undo": EditorState.undo,
     "redo": EditorState.redo,
     "previous frame": lambda s: s.set_frame(s.frame - 1),
@@ -443,7 +464,8 @@ _ACTIONS: dict[str, Callable[[EditorState], None]] = {
 }
 _KEYS = {"m": "mask mode", "d": "draw mode", "e": "erase mode", "x": "toggle negative clicks",
          "Enter": "confirm mask / add trajectory", "w": "whole-image mask", "Backspace": "remove last point",
-         "Escape": "clear drawing", "Delete": "delete selected", "n": "new object", "z": "undo", "y": "redo",
+         "Escape": "clear drawing", "Delete": "delete selected", "n": "new object",
+         "r": "draw the selected object again", "z": "undo", "y": "redo",
          "ArrowLeft": "previous frame", "ArrowRight": "next frame"}
 SHORTCUTS = {**{k: a for k, a in _KEYS.items()}, "Ctrl+Z": "undo", "Ctrl+Shift+Z / Ctrl+Y": "redo"}
 """Key → action, shown in the widget's help."""

@@ -10,6 +10,7 @@ import importlib
 import re
 import sys
 import types
+import os
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union
 
@@ -20,7 +21,9 @@ from wclab.errors import CheckpointError, WclabError
 
 Point = tuple[float, float]
 
-DEFAULT_SAM_CHECKPOINT = Path("checkpoints") / "sam_vit_h_4b8939.pth"
+# $WCLAB_CHECKPOINTS (as wclab's model loader reads it), else the repository's checkpoints/ folder
+DEFAULT_SAM_CHECKPOINT = (Path(os.environ["WCLAB_CHECKPOINTS"]) if os.environ.get("WCLAB_CHECKPOINTS")
+                          else Path(__file__).resolve().parents[1] / "checkpoints") / "sam_vit_h_4b8939.pth"
 SAM_TYPES = ("vit_h", "vit_l", "vit_b")
 
 
@@ -145,7 +148,8 @@ class SamSegmenter:
         else:
             path = Path(checkpoint)
             if not path.is_file():
-                raise CheckpointError(f"{path}: SAM checkpoint not found (expected e.g. checkpoints/sam_vit_h_4b8939.pth)")
+                raise CheckpointError(f"{path}: SAM checkpoint not found "
+                                      "(expected e.g. checkpoints/sam_vit_h_4b8939.pth)")
             try:
                 if path.suffix == ".safetensors":
                     from safetensors.torch import load_file

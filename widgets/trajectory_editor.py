@@ -66,7 +66,7 @@ class TrajectoryEditor(W.VBox):
         s = state
 
         self.canvas = MultiCanvas(4, width=s.width, height=s.height, layout=W.Layout(width=f"{s.width}px"))
-        self.canvas.on_mouse_down(lambda x, y: self._act(lambda: self.state.on_click(x, y)))
+        self.canvas.on_mouse_down(self._on_mouse_down)
         self.canvas.on_key_down(
             lambda key, shift, ctrl, meta: self._act(lambda: self.state.on_key(key, shift, ctrl, meta)))
         self.canvas.on_client_ready(self.redraw)
@@ -87,8 +87,11 @@ class TrajectoryEditor(W.VBox):
         self.upload = W.FileUpload(accept="image/*,.json", multiple=False, description="Upload")
         self.upload.observe(lambda ch: self._act(lambda: self._load_upload(ch["new"])), "value")
         # mask
-        self.mode = W.ToggleButtons(options=list(MODES), description="click:", style={"button_width": "64px"})
-        self.polarity = W.ToggleButtons(options=["positive", "negative"], style={"button_width": "72px"})
+        self.mode = W.ToggleButtons(options=list(MODES), description="mode:", style={"button_width": "64px"},
+                                    tooltips=["pick the object (m)", "click the trajectory (d)",
+                                              "two clicks hide a stretch (e)"])
+        self.polarity = W.ToggleButtons(options=["positive", "negative"], description="mask click:",
+                                        style={"button_width": "72px"}, tooltips=["x toggles"] * 2)
         self.mode.observe(lambda ch: self._on_control(lambda: self.state.set_mode(ch["new"])), "value")
         self.polarity.observe(lambda ch: self._on_control(
             lambda: setattr(self.state, "negative_clicks", ch["new"] == "negative")), "value")
@@ -131,7 +134,9 @@ class TrajectoryEditor(W.VBox):
             W.HBox([self.st_et, self.frame]),
             W.HBox([self.obj_id, self.caption, self.anchor]),
             W.HBox([button("Add trajectory", "commit", "Enter (draw/erase mode)", "primary"),
-                    button("New object", "new_object", "n"), button("Undo", "undo", "z / Ctrl+Z"),
+                    button("New object", "new_object", "n"),
+                    button("Draw selected again", "reuse_selected", "r: same mask, id and caption"),
+                    button("Undo", "undo", "z / Ctrl+Z"),
                     button("Redo", "redo", "y / Ctrl+Shift+Z"), button("Delete selected", "delete", "Delete")]),
             W.HBox([self.trajectories]),
             W.HBox([self.save_path, button("Save JSON", "_save_json")]),
@@ -163,6 +168,11 @@ class TrajectoryEditor(W.VBox):
         self.feedback.run(action)
         self._sync_controls()
         self.redraw()
+
+    def _on_mouse_down(self, x: float, y: float) -> None:
+        if self.state.draft.mode == "mask":  # SAM may take a while (the first click embeds the image)
+            self.status.value += " &nbsp; <i>segmenting…</i>"
+        self._act(lambda: self.state.on_click(x, y))
 
     def _on_control(self, action: Callable[[], object]) -> None:
         if not self._syncing:

@@ -1,0 +1,183 @@
+"""The trajectory editor in a real browser: JupyterLab on loopback, Debian's chromium driven by playwright.
+
+Opens ``tests/browser_editor.ipynb`` (an editor on a synthetic image with a red box), clicks the box, confirms
+the mask, clicks a three-point trajectory on the canvas, adds it, undoes and redoes it from the keyboard and
+saves; then checks the scene the kernel wrote. A screenshot goes to ``tests/artifacts/browser_editor.png``
+for inspection. Skipped when ``/usr/bin/chromium`` or playwright is missing (``.ci/run`` installs both);
+never downloads a browser.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wclab.conditions import load_json
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+NOTEBOOK = REPO / "tests" / "browser_editor.ipynb"
+ARTIFACTS = REPO / "tests" / "artifacts"
+H, W = 256, 448  # the notebook's scene size
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+STEP_TIMEOUT_MS = 60_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"jupyter lab did not answer {url} within {timeout} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop jupyter and its kernels (its own process group)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=15)
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path):
+    """``(base_url, token, out_json)`` of a JupyterLab serving a copy of the notebook from ``tmp_path``."""
+    pytest.importorskip("jupyterlab")
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
+                                                                          "checkForUpdates": False}))
+    out_json = tmp_path / "scene.json"
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               WCLAB_BROWSER_OUT=str(out_json), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_PLATFORM_DIRS="1")
+    log = open(tmp_path / "jupyter.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", "--allow-root", f"--ServerApp.root_dir={root}",
+         "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         f"--LabApp.user_settings_dir={tmp_path / 'settings'}", f"--LabApp.workspaces_dir={tmp_path / 'ws'}"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_server(f"{base}/api/status?token={token}", proc, timeout=60)
+        yield base, token, out_json
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture
+def chromium_page():
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_clicking_a_trajectory_on_the_canvas_puts_it_in_the_kernel_scene(chromium_page, jupyter_lab):
+    try:
+        _draw_in_browser(chromium_page, *jupyter_lab)
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        chromium_page.screenshot(path=str(ARTIFACTS / "browser_editor_failure.png"), full_page=True)
+        raise
+
+
+def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
+    page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")
+    cell = page.locator(".jp-Notebook .jp-Cell").first
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")  # run the cell (queued until the kernel is up): the editor appears below
+
+    layers = cell.locator(".jp-OutputArea-output canvas")
+    layers.first.wait_for(state="visible")
+    top = layers.last  # the interaction layer receives the mouse
+    cell.locator(".jp-OutputArea-output .widget-html-content", has_text="segmenter:").wait_for()
+
+    def click(x: float, y: float) -> None:
+        box = top.bounding_box()
+        top.click(position={"x": x * box["width"] / W, "y": y * box["height"] / H})
+
+    def button(name: str) -> None:
+        cell.get_by_role("button", name=name, exact=True).click()
+
+    def shown(text: str) -> None:
+        """Wait until the widget (synced back from the kernel) shows ``text``."""
+        page.wait_for_function("s => document.body.innerText.includes(s)", arg=text)
+
+    click(160, 104)                                   # on the red box: mask preview
+    shown("mask: preview")
+    button("Confirm mask")
+    shown("mask: confirmed")
+    polyline = [(120, 200), (240, 200), (400, 120)]
+    for p in polyline:
+        click(*p)
+    shown("polyline: 3 points")
+    button("Add trajectory")
+    shown("trajectories: 1")
+    top.focus()                                       # keyboard shortcuts reach the kernel too
+    page.keyboard.press("z")
+    shown("trajectories: 0")
+    page.keyboard.press("y")
+    shown("trajectories: 1")
+    button("Save JSON")
+    shown("saved 1 trajectories")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    cell.locator(".jp-OutputArea-output").first.screenshot(path=str(ARTIFACTS / "browser_editor.png"))
+
+    scene = load_json(out_json)
+    traj, = scene.trajectories
+    assert scene.size == (H, W, 17) and scene.captions == {"1": "a red box slides to the right"}
+    track = traj.track
+    # The canvas is shown at its own size, so clicks land within a pixel of where they were aimed.
+    np.testing.assert_allclose(track[0], polyline[0], atol=1.0)
+    np.testing.assert_allclose(track[-1], polyline[-1], atol=1.0)
+    assert traj.visibility == (1,) * 17
+    mask = traj.mask.decode()
+    assert mask[64:144, 96:224].mean() > 0.95 and mask.sum() < 1.1 * 80 * 128
