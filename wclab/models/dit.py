@@ -173,13 +173,14 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
         self.hook_q, self.hook_k, self.hook_v, self.hook_out = (HookPoint() for _ in range(4))
+        self.attention = attention  # (q, k, v) -> out; `wclab.parallel` swaps in its sequence-parallel one
 
     def forward(self, x: Tensor, freqs: Tensor) -> Tensor:
         heads = (self.num_heads, -1)  # [B, S, dim] -> [B, S, heads, head_dim]
         q = self.hook_q(apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), freqs))
         k = self.hook_k(apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), freqs))
         v = self.hook_v(self.v(x).unflatten(-1, heads))
-        return self.hook_out(self.o(attention(q, k, v).flatten(-2)))  # [B, S, dim]
+        return self.hook_out(self.o(self.attention(q, k, v).flatten(-2)))  # [B, S, dim]
 
 
 class CrossAttention(nn.Module):

@@ -1,0 +1,134 @@
+"""Sequence-parallel DiT forward (wclab.parallel) on 1/2/4/8 GPUs: seconds per forward, speed-up, memory, error.
+
+    export NCCL_NVLS_ENABLE=0   # also forced by wclab.parallel.init_distributed
+    for n in 1 2 4 8; do torchrun --nproc-per-node $n bench/parallel_scaling.py --out bench/out/parallel.jsonl; done
+    python bench/parallel_scaling.py --table bench/out/parallel.jsonl     # markdown rows for bench/RESULTS.md
+    torchrun --nproc-per-node 2 bench/parallel_scaling.py --tiny          # CPU, gloo, tiny DiT (seconds; CI)
+
+One WorldCanvas expert (Wan2.2 A14B DiT, random bf16 weights) at 480x832x81 (token grid 21x30x52 = 32760 tokens),
+512 text tokens, trajectory bias on (log 30 on three objects' tokens x caption spans). Each rank holds the whole
+model; every run appends one JSON line (rank 0). With one rank the unsplit `DiT` is timed too (the baseline).
+--check: rank 0 also runs the unsplit DiT and reports max|Δ|/max|ref| of the split output (default with --tiny).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import environment, memory, reset_peak, timed  # noqa: E402
+
+from wclab.encode.bias import BiasSpec  # noqa: E402
+from wclab.models.conditioning import latent_shape  # noqa: E402
+from wclab.models.dit import DiT, DiTConfig  # noqa: E402
+from wclab.parallel import ParallelDiT, init_distributed  # noqa: E402
+
+TINY_CONFIG = DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
+                        num_layers=2)
+
+
+def make_inputs(cfg: DiTConfig, height: int, width: int, frames: int, text_len: int, device, dtype) -> dict:
+    """x [1, in_dim, F', H/8, W/8], timestep [1], context [1, L, text_dim], bias [1, 1, S, L]: three objects,
+    each a box of a third of the token rows and a quarter of the columns, bound to a span of L/8 text tokens."""
+    g = torch.Generator().manual_seed(0)
+    _, f, h, w = latent_shape(height, width, frames)[-4:]
+    grid = (f, h // 2, w // 2)
+    masks = torch.zeros(3, *grid, dtype=torch.bool)
+    for k in range(3):
+        r0, c0 = k * grid[1] // 3, k * grid[2] // 4
+        masks[k, :, r0:r0 + max(grid[1] // 3, 1), c0:c0 + max(grid[2] // 4, 1)] = True
+    span = max(text_len // 8, 1)
+    spans = tuple((1 + k * span, (k + 1) * span) for k in range(3))
+    return dict(x=torch.randn(1, cfg.in_dim, f, h, w, generator=g).to(device, dtype),
+                timestep=torch.tensor([900.0], device=device, dtype=dtype),
+                context=(0.3 * torch.randn(1, text_len, cfg.text_dim, generator=g)).to(device, dtype),
+                bias=BiasSpec(masks.reshape(3, -1), spans, 30.0).dense(text_len, dtype, device))
+
+
+def run(args) -> None:
+    if "RANK" not in os.environ:  # plain `python bench/parallel_scaling.py`: one process
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    mesh = init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if mesh.device_type == "cuda" else torch.device("cpu")
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    cfg = TINY_CONFIG if args.tiny else DiTConfig.worldcanvas_14b()
+    size = (128, 224, 17, 24) if args.tiny else (args.height, args.width, args.frames, args.text_len)
+    torch.manual_seed(0)  # the same random weights on every rank
+    model = DiT.from_config(cfg, device=device, dtype=dtype).eval().requires_grad_(False)
+    inputs = make_inputs(cfg, *size, device, dtype)
+    split = ParallelDiT(model, mesh)
+    record = {"ranks": world, "height": size[0], "width": size[1], "frames": size[2], "text_len": size[3],
+              "tokens": int(inputs["bias"].shape[2]), "dtype": str(dtype).removeprefix("torch."),
+              "model": "tiny" if args.tiny else "worldcanvas_14b (random weights)", "env": environment()}
+    with torch.no_grad():
+        reset_peak()
+        dist.barrier()
+        record["split"], out = timed(lambda: split(**inputs), repeat=args.repeat, warmup=args.warmup)
+        record["split_memory"] = memory()
+        if world == 1:
+            record["unsplit"], _ = timed(lambda: model(**inputs), repeat=args.repeat, warmup=args.warmup)
+        if (args.check or args.tiny) and rank == 0:
+            ref = model(**inputs).float()
+            err = (out.float() - ref).abs().max() / ref.abs().max()
+            record["check_max_rel_err"] = float(err)
+        dist.barrier()
+    if rank == 0:
+        line = json.dumps(record, default=str)
+        print(line, flush=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+    dist.destroy_process_group()
+
+
+def table(path: Path) -> str:
+    """Markdown rows from a JSON-lines file of runs: ranks, s/forward, speed-up vs the 1-rank unsplit DiT."""
+    runs = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
+                  key=lambda r: r["ranks"])
+    base = next((r["unsplit"]["median_s"] for r in runs if "unsplit" in r), None)
+    rows = ["| GPUs | size (HxWxT) | tokens | s / forward (median) | speed-up | peak GiB / GPU | max rel. err |",
+            "|---|---|---|---|---|---|---|"]
+    if base:
+        rows.append(f"| 1 (unsplit DiT) | | | {base:.3f} | 1.00x | | |")
+    for r in runs:
+        s = r["split"]["median_s"]
+        speed_up = f"{base / s:.2f}x" if base else "-"
+        rows.append(f"| {r['ranks']} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
+                    f"{speed_up} | {r['split_memory'].get('peak_allocated_gib', '-')} | "
+                    f"{r.get('check_max_rel_err', '-')} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--height", type=int, default=480, help="pixels")
+    p.add_argument("--width", type=int, default=832, help="pixels")
+    p.add_argument("--frames", type=int, default=81, help="4k+1")
+    p.add_argument("--text-len", type=int, default=512, help="text tokens")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--check", action="store_true", help="compare with the unsplit DiT on rank 0")
+    p.add_argument("--tiny", action="store_true", help="tiny random DiT, float32, 128x224x17 (CPU)")
+    p.add_argument("--out", default=None, help="append the run as one JSON line")
+    p.add_argument("--table", default=None, help="print markdown rows from a JSON-lines file and exit")
+    args = p.parse_args()
+    if args.table:
+        print(table(Path(args.table)))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Sequence-parallel DiT (wclab.parallel) on 2 CPU processes (torchrun, gloo) equals the single-process run.
+
+One torchrun launch of 2 ranks runs every scenario (process start-up dominates the cost): this file is also the
+worker script (``__main__``); each rank saves its results, and the tests compare them with the same computation
+done here in one process, with the tiny fixture DiT (4 heads, 2 blocks) and the golden ``units`` inputs.
+
+Tolerance (float32): rtol = atol = 1e-5. Splitting can change only float rounding (linear layers over fewer rows
+and attention over a subset of heads may take other blocked kernels); on the 2-core CI CPU every compared tensor
+was bitwise equal.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIXTURES, REPO, TINY_MODELS, TOKENIZER, load_golden
+from wclab.models.dit import DiT
+
+WORLD = 2
+TIMEOUT_S = 300
+PARITY = dict(rtol=1e-5, atol=1e-5)
+CHECKPOINT = TINY_MODELS / "dit_high_tiny.safetensors"
+ODD_GRID = (3, 3, 5)  # 45 tokens: ranks hold 23 and 22
+SESSION_SIZE = (80, 112, 9)  # H, W pixels, frames -> token grid (3, 5, 7) = 105 tokens: 53 and 52
+
+
+def units() -> dict:
+    _, t = load_golden("units")
+    return dict(x=t["dit_in_x53"], timestep=t["dit_timestep"], context=t["t5_out"], bias=t["dit_bias"])
+
+
+def odd_inputs(u: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The units inputs cropped to token grid ODD_GRID: x [1, 53, 3, 6, 10], bias [1, 1, 45, L]."""
+    f, h, w = ODD_GRID
+    x = u["x"][:, :, :f, : 2 * h, : 2 * w]
+    bias = u["bias"].reshape(1, 1, 3, 4, 6, -1)[:, :, :f, :h, :w].reshape(1, 1, f * h * w, -1)
+    return x, bias
+
+
+def small_session():
+    """A 2-step session on synth_small resized to SESSION_SIZE (seed 0, CFG 5, β 30), not stepped."""
+    from wclab.conditions import load_json
+    from wclab.conditions.resize import resize_scene
+    from wclab.image import solid_image
+    from wclab.models.loading import load_models
+    from wclab.sampler import Session
+
+    h, w, frames = SESSION_SIZE
+    models = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False)
+    scene = resize_scene(load_json(FIXTURES / "synth_small.json"), h, w, frames)
+    return Session(models, scene, solid_image(h, w, (90, 120, 150)), steps=2, seed=0, progress=False)
+
+
+def session_run(session) -> dict[str, torch.Tensor]:
+    """Run with per-object and per-word attention maps; the final latents and each step's running sums."""
+    from wclab.inspect import AttentionMaps
+    from wclab.parallel import ParallelDiT, gather_attention_maps
+
+    with AttentionMaps(session, words=True) as maps:
+        session.run()
+    if isinstance(session.models.high, ParallelDiT):
+        gather_attention_maps(maps)
+    return {"latents": session.latents, **{f"maps_step{i}": s for i, s in maps.sums.items()}}
+
+
+# ---------------------------------------------------------------- the 2-rank run (this file as a torchrun worker)
+
+def worker(out_dir: Path) -> None:
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from wclab.parallel import ParallelDiT, gather_tokens, init_distributed, parallelize_models, token_slice
+
+    mesh = init_distributed()
+    u = units()
+    model = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), mesh)
+    res = {}
+    with torch.no_grad():
+        res["biased"] = model(u["x"], u["timestep"], u["context"], u["bias"])
+        res["unbiased"] = model(u["x"], u["timestep"], u["context"])
+        x_odd, bias_odd = odd_inputs(u)
+        res["odd"] = model(x_odd, u["timestep"], u["context"], bias_odd)
+        _, cache = model.run_with_cache(u["x"], u["timestep"], u["context"], u["bias"],
+                                        names_filter=["blocks.1.hook_out", "blocks.0.cross_attn.hook_bias"])
+        res["block1_out_local"] = cache["blocks.1.hook_out"]
+        res["block1_out_gathered"] = gather_tokens(cache["blocks.1.hook_out"], 72)
+        res["bias_local"] = cache["blocks.0.cross_attn.hook_bias"]
+        res["odd_slice"] = torch.tensor([token_slice(45).start, token_slice(45).stop])
+        bf16 = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4, dtype=torch.bfloat16), mesh)
+        res["bf16"] = bf16(u["x"], u["timestep"], u["context"], u["bias"]).float()
+    session = small_session()
+    session.models = parallelize_models(session.models, mesh)
+    res.update({f"session_{k}": v for k, v in session_run(session).items()})
+    save_file({k: v.contiguous() for k, v in res.items()}, str(out_dir / f"rank{dist.get_rank()}.safetensors"))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """The torchrun launch, started in the background: (process, output folder)."""
+    out = tmp_path_factory.mktemp("parallel")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(WORLD),
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__, str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def ranks(launched, single) -> list[dict[str, torch.Tensor]]:
+    """Each rank's saved results (``single`` is computed while the ranks run)."""
+    from safetensors.torch import load_file
+
+    proc, out = launched
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun with {WORLD} ranks did not finish in {TIMEOUT_S} s:\n{stderr[-3000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-6000:]}")
+    return [load_file(str(out / f"rank{r}.safetensors")) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def single() -> dict[str, torch.Tensor]:
+    """The same computations in this process, without torch.distributed."""
+    u = units()
+    model = DiT.from_checkpoint(CHECKPOINT, num_heads=4)
+    with torch.no_grad():
+        x_odd, bias_odd = odd_inputs(u)
+        _, cache = model.run_with_cache(u["x"], u["timestep"], u["context"], u["bias"],
+                                        names_filter=["blocks.1.hook_out"])
+        bf16 = DiT.from_checkpoint(CHECKPOINT, num_heads=4, dtype=torch.bfloat16)
+        res = dict(biased=model(u["x"], u["timestep"], u["context"], u["bias"]),
+                   unbiased=model(u["x"], u["timestep"], u["context"]),
+                   odd=model(x_odd, u["timestep"], u["context"], bias_odd),
+                   block1_out=cache["blocks.1.hook_out"],
+                   bf16=bf16(u["x"], u["timestep"], u["context"], u["bias"]).float())
+    res.update({f"session_{k}": v for k, v in session_run(small_session()).items()})
+    return res
+
+
+# ---------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("case", ["biased", "unbiased", "odd"])
+def test_every_rank_returns_the_single_process_output(ranks, single, case):
+    for r in ranks:
+        torch.testing.assert_close(r[case], single[case], **PARITY)
+    assert torch.equal(ranks[0][case], ranks[1][case])  # all-gathered: identical on every rank
+
+
+def test_biased_output_matches_the_reference_golden(ranks):
+    _, t = load_golden("units")
+    torch.testing.assert_close(ranks[0]["biased"], t["dit_out_masked"], **PARITY)
+
+
+def test_odd_token_count_splits_like_torch_chunk(ranks):
+    assert ranks[0]["odd_slice"].tolist() == [0, 23] and ranks[1]["odd_slice"].tolist() == [23, 45]
+
+
+def test_block_hooks_see_this_ranks_tokens_and_bias_rows(ranks, single):
+    full_bias = units()["bias"]
+    for r, rows in zip(ranks, (slice(0, 36), slice(36, 72))):
+        torch.testing.assert_close(r["block1_out_local"], single["block1_out"][:, rows], **PARITY)
+        assert torch.equal(r["bias_local"], full_bias[:, :, rows])
+        torch.testing.assert_close(r["block1_out_gathered"], single["block1_out"], **PARITY)
+
+
+def test_bfloat16_parallel_output_stays_within_bfloat16_noise_of_one_process(ranks, single):
+    """bf16 rounds each op to 8 mantissa bits; the split changes which roundings happen: within 1% of range."""
+    ref = single["bf16"]
+    assert (ranks[0]["bf16"] - ref).abs().max() < 0.01 * ref.abs().max()
+
+
+def test_session_with_attention_maps_matches_one_process_at_an_odd_token_count(ranks, single):
+    """Two steps (high then low expert, CFG), per-object and per-word maps: latents and gathered running sums
+    [R, 105] match; Euler steps and CFG amplify rounding, hence rtol = atol = 1e-4 on the latents."""
+    steps = sorted(k for k in single if k.startswith("session_maps_step"))
+    assert steps == ["session_maps_step0", "session_maps_step1"]
+    for r in ranks:
+        torch.testing.assert_close(r["session_latents"], single["session_latents"], rtol=1e-4, atol=1e-4)
+        for k in steps:
+            assert r[k].shape == single[k].shape and single[k].shape[1] == 105
+            torch.testing.assert_close(r[k], single[k], **PARITY)
+
+
+def test_without_a_process_group_parallel_dit_raises_naming_torchrun(monkeypatch):
+    from wclab.parallel import ParallelDiT, ParallelError, init_distributed
+
+    with pytest.raises(ParallelError, match="torchrun"):
+        ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4))
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(ParallelError, match=r"\['RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'\]|MASTER_PORT"):
+        init_distributed()
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))

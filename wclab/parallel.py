@@ -1,0 +1,278 @@
+"""Sequence-parallel DiT: the video tokens of one forward split across GPUs (or CPU processes).
+
+    torchrun --nproc-per-node 4 -m wclab.parallel generate --conditions scene.json --image start.png \\
+        --checkpoints checkpoints/ --out out.mp4          # the arguments of `wclab generate`
+
+How (P ranks, S video tokens): after the patch embedding, rank r keeps the tokens of chunk r of
+``torch.chunk(range(S), P)`` (`token_slice`) with the matching rows of the RoPE table and of the cross-attention
+bias [B, 1, S, L]. Modulation, cross-attention onto the text, feed-forward and the head work token by token, so
+they run on the slice unchanged. Self-attention is the only op that mixes tokens; it runs DeepSpeed-Ulysses
+style: q, k, v [B, S/P, heads, head_dim] are resharded from tokens to heads by an all-to-all, each rank attends
+over all S tokens with heads/P heads, and an all-to-all brings the output back. The head's output is all-gathered,
+so every rank returns the full [B, out_dim, F, H, W] and steps the sampler identically.
+
+Engine: the resharding and gathering are PyTorch's DTensor (`DTensor.redistribute` Shard(1) <-> Shard(2) is an
+all-to-all on NCCL; gloo, which has none, gets all-gather + chunk). DTensor takes uneven shards, so S need not be a
+multiple of P and no padding token ever acts as a key: the result equals one device's up to float rounding.
+PyTorch's ring `context_parallel` cannot do this (it patches every scaled_dot_product_attention call, including
+the cross-attention onto the text with its bias mask, and its ring kernels take no mask, so padding tokens would
+be keys), nor xDiT's Ulysses as the reference uses it (zero-padded chunks whose tokens act as keys; yunchang 0.6.4's
+``UlyssesAttention`` ends in a flash kernel that has no CPU version) -- see the README's "Several GPUs" section.
+
+Each rank holds the whole model: this splits activations and attention work, not weights. Hooks inside the
+blocks see this rank's token slice ([B, S_local, ...]); ``hook_embed`` and ``hook_head_out`` see full tensors.
+Per-token running sums (e.g. `wclab.inspect.AttentionMaps`) are joined with `gather_attention_maps`.
+NCCL NVLink multicast (NVLS) stays off: `init_distributed` sets ``NCCL_NVLS_ENABLE=0``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, Shard
+
+from wclab.errors import WclabError
+from wclab.models.dit import DiT, timestep_embedding
+from wclab.models.hooks import HookedModule
+
+
+class ParallelError(WclabError, RuntimeError):
+    """The process group is missing or cannot split this model / these tensors."""
+
+
+# ---------------------------------------------------------------- process group
+
+def init_distributed(backend: Optional[str] = None) -> DeviceMesh:
+    """Join the process group that ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
+    LOCAL_RANK) and return a 1-D mesh over all ranks. backend: "nccl" when CUDA is available (each rank takes
+    GPU LOCAL_RANK), else "gloo". Sets NCCL_NVLS_ENABLE=0 (NVLink multicast off) before NCCL starts."""
+    os.environ["NCCL_NVLS_ENABLE"] = "0"
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing and not dist.is_initialized():
+        raise ParallelError(f"environment variables {missing} are not set: launch with torchrun "
+                            "(torchrun --nproc-per-node N -m wclab.parallel generate ...)")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    device_type = "cuda" if backend == "nccl" else "cpu"
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return _mesh(None)
+
+
+_default_mesh: tuple = ()  # (world process group, its 1-D mesh)
+
+
+def _mesh(mesh: Optional[DeviceMesh]) -> DeviceMesh:
+    """``mesh``, or a 1-D mesh over all ranks of the initialised process group (made once per group)."""
+    global _default_mesh
+    if mesh is not None:
+        return mesh
+    if not dist.is_initialized():
+        raise ParallelError("torch.distributed is not initialised: launch with torchrun and call "
+                            "wclab.parallel.init_distributed() first (or pass a DeviceMesh)")
+    if not _default_mesh or _default_mesh[0] is not dist.group.WORLD:
+        device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        _default_mesh = (dist.group.WORLD, init_device_mesh(device_type, (dist.get_world_size(),)))
+    return _default_mesh[1]
+
+
+def token_slice(num_tokens: int, mesh: Optional[DeviceMesh] = None) -> slice:
+    """This rank's tokens of ``num_tokens``: chunk r of ``torch.chunk`` over P ranks, i.e. [r·c, (r+1)·c)
+    clipped to num_tokens with c = ceil(num_tokens / P) (DTensor's Shard layout; late ranks may get fewer)."""
+    mesh = _mesh(mesh)
+    chunk = -(-num_tokens // mesh.size())
+    start = min(mesh.get_local_rank() * chunk, num_tokens)
+    return slice(start, min(start + chunk, num_tokens))
+
+
+def _dtensor(local: Tensor, mesh: DeviceMesh, dim: int, shape: Sequence[int]) -> DTensor:
+    """``local``, this rank's torch.chunk piece along ``dim`` of a tensor of global ``shape``, as a DTensor."""
+    stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))  # contiguous
+    return DTensor.from_local(local.contiguous(), mesh, [Shard(dim)], run_check=False, shape=tuple(shape),
+                              stride=stride)
+
+
+def _reshard(local: Tensor, mesh: DeviceMesh, src: int, dst: int, shape: Sequence[int]) -> Tensor:
+    """Local piece split along ``src`` -> local piece split along ``dst`` (an all-to-all)."""
+    return _dtensor(local, mesh, src, shape).redistribute(mesh, [Shard(dst)]).to_local()
+
+
+def gather_tokens(local: Tensor, num_tokens: int, dim: int = 1, mesh: Optional[DeviceMesh] = None) -> Tensor:
+    """All-gather per-token slices along ``dim``: [..., S_local, ...] on each rank -> [..., num_tokens, ...] on
+    every rank (``S_local`` = this rank's `token_slice`). A collective: every rank must call it."""
+    mesh, dim = _mesh(mesh), dim % local.ndim
+    mine = token_slice(num_tokens, mesh)
+    if local.shape[dim] != mine.stop - mine.start:
+        raise ParallelError(f"gather_tokens: expected this rank's {mine.stop - mine.start} of {num_tokens} tokens "
+                            f"along dim {dim}, got shape {list(local.shape)}")
+    shape = list(local.shape)
+    shape[dim] = num_tokens
+    return _dtensor(local, mesh, dim, shape).full_tensor()
+
+
+def gather_token_sums(local: Tensor, num_tokens: int, mesh: Optional[DeviceMesh] = None) -> Tensor:
+    """Per-token running sums [K, S_local] of each rank -> [K, S] on every rank (all-gather, a collective)."""
+    return gather_tokens(local, num_tokens, dim=-1, mesh=mesh)
+
+
+def gather_attention_maps(maps, mesh: Optional[DeviceMesh] = None):
+    """Join a `wclab.inspect.AttentionMaps` recorded under `ParallelDiT`: each rank's ``maps.sums[step]``
+    [R, S_local] becomes [R, S] (counts are per rank already complete). Call once on every rank after the run,
+    before reading maps; returns ``maps``."""
+    num_tokens = math.prod(maps.grid)
+    maps.sums = {step: gather_token_sums(s, num_tokens, mesh) for step, s in sorted(maps.sums.items())}
+    return maps
+
+
+# ---------------------------------------------------------------- the model
+
+class ParallelDiT(HookedModule):
+    """``DiT`` whose forward splits the video tokens across the ranks of ``mesh`` (default: all ranks).
+
+    Same call and result as the wrapped model: ``forward(x [B, in_dim, F, H, W], timestep [B], context
+    [B, L, text_dim], bias [B, 1, S, L] | None) -> [B, out_dim, F, H, W]`` on every rank; every rank must call
+    it with the same inputs. Hook points, ``cfg``, ``token_grid``... are the wrapped model's.
+    """
+
+    def __init__(self, model: DiT, mesh: Optional[DeviceMesh] = None):
+        super().__init__()
+        self.model = model
+        self.mesh = _mesh(mesh)
+        if model.cfg.num_heads < self.mesh.size():
+            raise ParallelError(f"Ulysses attention splits the {model.cfg.num_heads} heads across ranks: at most "
+                                f"{model.cfg.num_heads} ranks, got {self.mesh.size()}")
+        self._hook_points = model.hook_points()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # parameters, buffers, submodules (self.model)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    @contextmanager
+    def _ulysses(self, num_tokens: int) -> Iterator[None]:
+        """Swap every block's self-attention for the all-to-all version over ``num_tokens`` tokens."""
+        mesh = self.mesh
+
+        def sequence_parallel(local_attention):
+            def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
+                B, _, H, D = q.shape
+                qkv = _reshard(torch.stack([q, k, v]), mesh, 2, 3, (3, B, num_tokens, H, D))  # [3, B, S, H/P, D]
+                out = local_attention(qkv[0], qkv[1], qkv[2])  # [B, S, H/P, D]
+                return _reshard(out, mesh, 2, 1, (B, num_tokens, H, D))  # [B, S_local, heads, head_dim]
+            return attention
+
+        modules = [block.self_attn for block in self.model.blocks]
+        saved = [m.attention for m in modules]
+        for m, local_attention in zip(modules, saved):
+            m.attention = sequence_parallel(local_attention)
+        try:
+            yield
+        finally:
+            for m, local_attention in zip(modules, saved):
+                m.attention = local_attention
+
+    def forward(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        """As `DiT.forward`, with blocks and head run on this rank's tokens (see the module docstring)."""
+        m = self.model
+        grid = m._check_inputs(x, timestep, context, bias)
+        dtype = m.patch_embedding.weight.dtype
+        B = x.shape[0]
+        t = m.time_embedding(timestep_embedding(timestep, m.cfg.freq_dim).to(dtype)).expand(B, -1)  # [B, dim]
+        t_mod = m.time_projection(t).unflatten(1, (6, m.cfg.dim))  # [B, 6, dim]
+        context = m.text_embedding(context.to(dtype))  # [B, L, dim]
+        x = m.patch_embedding(x.to(dtype))  # [B, dim, f, h, w]
+        x = m.hook_embed(x.flatten(2).transpose(1, 2).contiguous())  # [B, S, dim]
+        num_tokens = x.shape[1]
+        mine = token_slice(num_tokens, self.mesh)
+        x = x[:, mine].contiguous()  # [B, S_local, dim]
+        freqs = m._rope_table(grid, x.device)[mine]
+        bias = None if bias is None else bias[:, :, mine].to(dtype)  # [B, 1, S_local, L]
+        with self._ulysses(num_tokens):
+            for block in m.blocks:
+                x = block(x, context, t_mod, freqs, bias)
+        x = gather_tokens(m.head(x, t), num_tokens, dim=1, mesh=self.mesh)  # [B, S, out_dim·prod(patch)]
+        return m.hook_head_out(m.unpatchify(x, grid))
+
+
+def parallelize_models(models, mesh: Optional[DeviceMesh] = None):
+    """A copy of `wclab.models.loading.Models` whose two experts are `ParallelDiT` (text encoder, VAE and
+    weights shared): ``Session(parallelize_models(models), ...)`` runs sequence-parallel."""
+    mesh = _mesh(mesh)
+
+    def split(dit):
+        return ParallelDiT(dit.model if isinstance(dit, ParallelDiT) else dit, mesh)
+
+    return dataclasses.replace(models, high=split(models.high), low=split(models.low))
+
+
+# ---------------------------------------------------------------- launcher
+
+def _generate(args) -> int:
+    from safetensors.torch import save_file
+
+    from wclab.conditions import load_json
+    from wclab.conditions.resize import resize_scene
+    from wclab.inspect.display import save_video
+    from wclab.models.loading import load_models
+    from wclab.sampler import Session, Settings
+
+    mesh = init_distributed()
+    rank = dist.get_rank()
+    if mesh.device_type == "cuda":
+        args.device = f"cuda:{torch.cuda.current_device()}"
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        args.dtype or ("bfloat16" if mesh.device_type == "cuda" else "float32")]
+    try:
+        scene = resize_scene(load_json(args.conditions), args.height, args.width, args.frames)
+        models = load_models(args.checkpoints, variant=args.variant, tokenizer=args.tokenizer, device=args.device,
+                             dtype=dtype)
+        settings = Settings(steps=args.steps, seed=args.seed, cfg=args.cfg, shift=args.shift,
+                            boundary=args.boundary, beta=args.beta, point_mode=args.point_mode, record="none")
+        session = Session(parallelize_models(models, mesh), scene, args.image, settings, progress=rank == 0).run()
+        if rank == 0:
+            from pathlib import Path
+
+            video, out = session.decode(), Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            save_video(video, out, fps=args.fps)
+            print(f"wrote {out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]}, "
+                  f"{mesh.size()} ranks)")
+            if args.save_latents:
+                save_file({"latents": session.latents.detach().float().cpu().contiguous()}, args.save_latents)
+                print(f"wrote {args.save_latents}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``torchrun --nproc-per-node N -m wclab.parallel generate ...`` (arguments of ``wclab generate``)."""
+    from wclab.cli import build_parser
+
+    parser = build_parser()
+    parser.prog = "torchrun --nproc-per-node N -m wclab.parallel"
+    args = parser.parse_args(argv)
+    if args.command != "generate":
+        parser.error(f"only 'generate' runs sequence-parallel, got {args.command!r}")
+    try:
+        return _generate(args)
+    except WclabError as e:
+        print(f"wclab.parallel: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
