@@ -1,4 +1,26 @@
-"""Look inside a session: attention maps per object, latents along trajectories, ablations, metrics, display."""
-from wclab.inspect.attention import AttentionMaps, InspectError
+"""Look inside a session: attention maps per object, latents along trajectories, ablations, metrics, display.
 
-__all__ = ["AttentionMaps", "InspectError"]
+Data flows one way: a :class:`wclab.sampler.Session` runs; these functions and classes read it (through hooks
+and its recorded history) and never change what it generates.
+"""
+from wclab.inspect.ablations import (AblationResult, Variant, anchor_variants, base_variant, beta_variants,
+                                     caption_variants, density_variants, run_ablations, uncaption,
+                                     visibility_variants)
+from wclab.inspect.attention import AttentionMaps, InspectError, span_mass
+from wclab.inspect.display import (expand_latent_frames, heatmap_overlay, mask_overlay, overlay_trajectories,
+                                   plot_heatmaps, plot_step_grid, plot_trajectories, save_video, show_video,
+                                   show_videos, upsample, video_grid)
+from wclab.inspect.metrics import (lk_tracker, mask_mass_fraction, pairwise_pixel_difference, pixel_difference,
+                                   track_trajectories, trajectory_following_error)
+from wclab.inspect.trajectory_latents import (TrajectorySamples, condition_videos, latent_path, path_crops,
+                                              sample_trajectories, token_mask_stats, video_crops)
+
+__all__ = [
+    "AblationResult", "AttentionMaps", "InspectError", "span_mass", "TrajectorySamples", "Variant", "anchor_variants",
+    "base_variant", "beta_variants", "caption_variants", "condition_videos", "density_variants",
+    "expand_latent_frames", "heatmap_overlay", "latent_path", "lk_tracker", "mask_mass_fraction", "mask_overlay",
+    "overlay_trajectories", "pairwise_pixel_difference", "path_crops", "pixel_difference", "plot_heatmaps",
+    "plot_step_grid", "plot_trajectories", "run_ablations", "sample_trajectories", "save_video", "show_video",
+    "show_videos", "token_mask_stats", "track_trajectories", "trajectory_following_error", "uncaption", "upsample",
+    "video_crops", "video_grid", "visibility_variants",
+]

@@ -158,16 +158,38 @@ def mask_overlay(masks: Mapping[str, ArrayLike], image=None, colors: Optional[Ma
 
 
 # ----------------------------------------------------------------------------------------------- trajectories
-def _dashed(img: np.ndarray, p: np.ndarray, q: np.ndarray, color, thickness: int, on: float = 6, off: float = 4):
-    length = float(np.hypot(*(q - p)))
-    if length < 1e-6:
-        return
-    d = (q - p) / length
-    s = 0.0
-    while s < length:
-        a, b = p + d * s, p + d * min(s + on, length)
-        cv2.line(img, tuple(int(round(v)) for v in a), tuple(int(round(v)) for v in b), color, thickness, cv2.LINE_AA)
-        s += on + off
+def path_runs(active: np.ndarray, visible: np.ndarray) -> list[tuple[bool, np.ndarray]]:
+    """Split a path into runs of consecutive segments (frame j-1 → j, both active) of one style:
+    ``(solid, frame indices)``; a segment is solid when both its ends are visible."""
+    runs: list[tuple[bool, list[int]]] = []
+    for j in range(1, len(active)):
+        if not (active[j - 1] and active[j]):
+            continue
+        solid = bool(visible[j - 1] and visible[j])
+        if runs and runs[-1][0] == solid and runs[-1][1][-1] == j - 1:
+            runs[-1][1].append(j)
+        else:
+            runs.append((solid, [j - 1, j]))
+    return [(solid, np.array(idx)) for solid, idx in runs]
+
+
+def _dashed(img: np.ndarray, pts: np.ndarray, color, thickness: int, on: float = 6, off: float = 6) -> None:
+    """Dashed polyline through ``pts`` [n, 2]; the dash pattern runs on across the vertices."""
+    phase = 0.0  # distance into the current on+off period
+    for p, q in zip(pts[:-1], pts[1:]):
+        length = float(np.hypot(*(q - p)))
+        s = 0.0
+        while s < length:
+            step = min((on - phase) if phase < on else (on + off - phase), length - s)
+            if phase < on:
+                a, b = p + (q - p) * (s / length), p + (q - p) * ((s + step) / length)
+                cv2.line(img, _px(a), _px(b), color, thickness, cv2.LINE_AA)
+            s += step
+            phase = (phase + step) % (on + off)
+
+
+def _px(p) -> tuple[int, int]:
+    return int(round(float(p[0]))), int(round(float(p[1])))
 
 
 def overlay_trajectories(video: ArrayLike, scene: Scene, radius: int = 5, thickness: int = 2,
@@ -190,24 +212,21 @@ def overlay_trajectories(video: ArrayLike, scene: Scene, radius: int = 5, thickn
         color = colors[str(traj.id)]
         for n in range(N):
             img = frames[n]
-            for j in range(1, n + 1):
-                if active[j - 1] and active[j]:
-                    p, q = xy[j - 1], xy[j]
-                    if visible[j - 1] and visible[j]:
-                        cv2.line(img, tuple(int(round(v)) for v in p), tuple(int(round(v)) for v in q), color,
-                                 thickness, cv2.LINE_AA)
-                    else:
-                        _dashed(img, p, q, color, thickness)
+            for solid, idx in path_runs(active[: n + 1], visible[: n + 1]):
+                if solid:
+                    cv2.polylines(img, [np.round(xy[idx]).astype(np.int32)], False, color, thickness, cv2.LINE_AA)
+                else:
+                    _dashed(img, xy[idx], color, thickness)
             if not active[n]:
                 continue
-            c = tuple(int(round(v)) for v in xy[n])
+            c = _px(xy[n])
             cv2.circle(img, c, radius, color, -1 if visible[n] else 1, cv2.LINE_AA)
             if arrows and n + 1 < N and active[n + 1]:
                 d = xy[n + 1] - xy[n]
                 norm = float(np.hypot(*d))
                 if norm > 0.5:
                     tip = xy[n] + d / norm * (radius + 3 * thickness + 6)
-                    cv2.arrowedLine(img, c, tuple(int(round(v)) for v in tip), color, 1, cv2.LINE_AA, tipLength=0.4)
+                    cv2.arrowedLine(img, c, _px(tip), color, 1, cv2.LINE_AA, tipLength=0.4)
     return frames
 
 
@@ -227,19 +246,17 @@ def plot_trajectories(scene: Scene, image=None, ax=None, tick_every: int = 8, vi
         xy, vis, act = traj.track, traj.vis, traj.active_frames()
         color = colors[str(traj.id)]
         label = f"{traj.id}" + (" (anchor)" if traj.is_anchor else f": {traj.text[:30]}")
-        labelled = False
-        for j in range(1, traj.frames):
-            if act[j - 1] and act[j]:
-                solid = vis[j - 1] > vis_threshold and vis[j] > vis_threshold
-                ax.plot(xy[j - 1:j + 1, 0], xy[j - 1:j + 1, 1], "-" if solid else "--", color=color, lw=2,
-                        label=None if labelled else label)
-                labelled = True
+        for r, (solid, idx) in enumerate(path_runs(act, vis > vis_threshold)):
+            ax.plot(xy[idx, 0], xy[idx, 1], "-" if solid else "--", color=color, lw=2, label=None if r else label)
         idx = np.flatnonzero(act)
         if len(idx) == 0:
             continue
         ax.plot(*xy[idx[0]], "o", color=color, ms=7, mfc="none" if vis[idx[0]] <= vis_threshold else color)
+        last = None
         for j in idx[::tick_every]:
-            ax.annotate(str(j), xy[j], fontsize=7, color=color, xytext=(3, 3), textcoords="offset points")
+            if last is None or np.hypot(*(xy[j] - last)) > 3:  # a static point gets one label, not a pile
+                ax.annotate(str(j), xy[j], fontsize=7, color=color, xytext=(3, 3), textcoords="offset points")
+                last = xy[j]
         for j in idx[tick_every // 2::tick_every]:
             if j + 1 < traj.frames and act[j + 1] and np.hypot(*(xy[j + 1] - xy[j])) > 1e-3:
                 ax.annotate("", xy[j + 1], xy[j], arrowprops=dict(arrowstyle="->", color=color, lw=1.5))

@@ -23,7 +23,7 @@ from wclab.inspect.display import as_video, positions
 Tracker = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def lk_tracker(video: np.ndarray, queries: np.ndarray, win: int = 21, levels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def lk_tracker(video: np.ndarray, queries: np.ndarray, win: int = 15, levels: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Track query points through ``video`` uint8 ``[N, H, W, 3]`` with pyramidal Lucas-Kanade.
 
     queries: float ``[Q, 3]`` rows (frame, x, y) pixels. Returns ``tracks`` float64 ``[Q, N, 2]`` (x, y) and
@@ -61,7 +61,8 @@ def track_trajectories(video: np.ndarray, scene: Scene, tracker: Optional[Tracke
 
     Each trajectory (``trajectories``: indices, default all) is queried at its first frame that is active,
     visible (vis > ``vis_threshold``) and on the image. Columns: trajectory, id, anchor, frame, x, y (drawn),
-    x_tracked, y_tracked, visible, found, error (pixels; NaN where not visible or lost).
+    x_tracked, y_tracked, visible, query (the query frame), found, error (pixels; NaN on the query frame,
+    where the trajectory is not visible, and where the tracker lost the point).
     """
     v = as_video(video, "video")
     N = v.shape[0]
@@ -74,39 +75,41 @@ def track_trajectories(video: np.ndarray, scene: Scene, tracker: Optional[Tracke
         active = traj.active_frames() if N == traj.frames else traj.active_frames()[::4]
         on = (xy[:, 0] >= 0) & (xy[:, 0] < scene.width) & (xy[:, 1] >= 0) & (xy[:, 1] < scene.height)
         visible = active & on & (vis > vis_threshold)
-        rows.append((k, traj, xy, visible))
         first = np.flatnonzero(visible)
+        query = np.arange(N) == (first[0] if len(first) else -1)
+        rows.append((k, traj, xy, visible, query))
         if len(first):
             queries.append((first[0], *xy[first[0]]))
             owners.append(len(rows) - 1)
     tracks, found = (tracker(v, np.array(queries)) if queries else (np.zeros((0, N, 2)), np.zeros((0, N), bool)))
     tracked = {o: (tracks[i], found[i]) for i, o in enumerate(owners)}
     out = []
-    for r, (k, traj, xy, visible) in enumerate(rows):
+    for r, (k, traj, xy, visible, query) in enumerate(rows):
         tr, fd = tracked.get(r, (np.full((N, 2), np.nan), np.zeros(N, bool)))
-        err = np.where(visible & fd, np.hypot(*(tr - xy).T), np.nan)
+        err = np.where(visible & fd & ~query, np.hypot(*(tr - xy).T), np.nan)
         out.append(pd.DataFrame({"trajectory": k, "id": str(traj.id), "anchor": traj.is_anchor,
                                  "frame": np.arange(N), "x": xy[:, 0], "y": xy[:, 1], "x_tracked": tr[:, 0],
-                                 "y_tracked": tr[:, 1], "visible": visible, "found": fd, "error": err}))
+                                 "y_tracked": tr[:, 1], "visible": visible, "query": query, "found": fd,
+                                 "error": err}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def trajectory_following_error(video: np.ndarray, scene: Scene, tracker: Optional[Tracker] = None,
                                trajectories: Optional[Sequence[int]] = None, vis_threshold: float = 0.5
                                ) -> pd.DataFrame:
-    """One row per trajectory: mean / max / final tracking error (pixels) over its visible frames, the
-    number of visible frames, and ``lost``, the fraction of them where the tracker had lost the point
-    (see :func:`track_trajectories`)."""
+    """One row per trajectory: ``visible_frames``; mean / max / final tracking error (pixels) over the visible
+    frames other than the query frame (final: the last of them, NaN if lost there); ``lost``, the fraction of
+    those frames where the tracker had lost the point (see :func:`track_trajectories`)."""
     per_frame = track_trajectories(video, scene, tracker, trajectories, vis_threshold)
 
     def summary(g: pd.DataFrame) -> pd.Series:
-        vis = g[g.visible]
-        err = vis.error.dropna()
-        return pd.Series({"id": g.id.iloc[0], "anchor": bool(g.anchor.iloc[0]), "visible_frames": len(vis),
+        scored = g[g["visible"] & ~g["query"]]
+        err = scored.error.dropna()
+        return pd.Series({"id": g.id.iloc[0], "anchor": bool(g.anchor.iloc[0]), "visible_frames": int(g.visible.sum()),
                           "mean_error": err.mean() if len(err) else np.nan,
                           "max_error": err.max() if len(err) else np.nan,
-                          "final_error": vis.error.iloc[-1] if len(vis) else np.nan,
-                          "lost": float((~vis.found).mean()) if len(vis) else np.nan})
+                          "final_error": scored.error.iloc[-1] if len(scored) else np.nan,
+                          "lost": float((~scored.found).mean()) if len(scored) else np.nan})
 
     return pd.DataFrame([{"trajectory": k, **summary(g)} for k, g in per_frame.groupby("trajectory", sort=True)])
 

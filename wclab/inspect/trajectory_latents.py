@@ -10,7 +10,7 @@ tensor ("latents", "next_latents", "x0", "velocity", "cond", "uncond").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
