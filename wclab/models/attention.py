@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -21,6 +22,9 @@ from wclab.errors import WclabError
 BACKENDS = ("auto", "sdpa", "flash2", "flash3", "math")
 _FLASH_MODULES = {"flash3": "flash_attn_interface", "flash2": "flash_attn"}
 _backend = "auto"
+# Whether each flash module is installed, looked up once without importing it, so "auto" picks a kernel with
+# plain dict reads that torch.compile traces without graph breaks.
+_INSTALLED = {b: importlib.util.find_spec(m) is not None for b, m in _FLASH_MODULES.items()}
 
 
 class AttentionBackendError(WclabError, ValueError):
@@ -78,7 +82,7 @@ def _choose(q: Tensor, bias: Optional[Tensor]) -> str:
     if not _flash_applies(q, bias):
         return "sdpa"
     if _backend == "auto":
-        return next((b for b in ("flash3", "flash2") if _flash_module(b) is not None), "sdpa")
+        return "flash3" if _INSTALLED["flash3"] else "flash2" if _INSTALLED["flash2"] else "sdpa"
     return _backend
 
 
@@ -104,8 +108,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None) ->
     backend = _choose(q, bias)
     if backend == "math":
         return attention_from_probs(attention_logits(q, k, bias).softmax(-1), v)
-    if backend in _FLASH_MODULES:
-        out = _flash_module(backend).flash_attn_func(q, k, v)
+    module = _flash_module(backend) if backend in _FLASH_MODULES else None
+    if module is not None:  # (None: installed but not importable; use sdpa)
+        out = module.flash_attn_func(q, k, v)
         return out[0] if isinstance(out, tuple) else out  # some flash3 versions return (out, lse)
     mask = None if bias is None else bias.to(q.dtype)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)

@@ -1,0 +1,645 @@
+"""DiT forward at the full WorldCanvas size (Wan2.2 A14B expert, random bf16 weights) on one GPU: the
+reference-style eager path against the fast paths, all in one process, every figure written to JSON.
+
+    python bench/bench_dit.py --out bench/out/dit.json                  # 480x832x81, 512 text tokens, bf16
+    python bench/bench_dit.py --reference /path/to/DiffSynth-checkout   # also time the reference's own DiT
+    python bench/bench_dit.py --tiny                                    # tiny model on the CPU (seconds; CI)
+
+Stages (in this order; each is skipped when the --budget-s left is below its estimate, and an error in one is
+recorded without stopping the others):
+  kernels           SDPA kernels for self-/cross-attention (with and without the bias), separate vs fused QKV
+                    GEMMs, bf16 and fp8 GEMM peak
+  eager_bias        baseline: the DiT as it is by default (float64 RoPE, eager), with the trajectory bias
+  profile_eager     share of GPU time in attention / GEMM / other kernels (torch.profiler)
+  eager_nobias      the same without the bias
+  reference         the reference implementation's own blocks on the same weights (with --reference)
+  eager_rope32      eager with the float32 RoPE path only
+  capture_eager     + SpanAttentionRecorder on all blocks (q/k recompute), + wclab.inspect.AttentionMaps'
+                    reduction (chunked recompute), + a reduction hook on the opt-in cross_attn.hook_probs
+  compiled          fast.speed_up: float32 RoPE + torch.compile per block (+ cuDNN attention first, if faster)
+  profile_compiled  kernel shares of the compiled path
+  two_experts       a second expert resident on the same GPU; peak memory with both
+  capture_compiled  compiled path + SpanAttentionRecorder(compile=True), and + the inspect AttentionMaps reduction
+  accuracy          float32 forward of the same weights: every bf16 variant's error against it
+  offload           BlockOffload (blocks streamed from pinned CPU memory): peak memory and time
+  fp8               quantize_fp8 + compile: time, deviation, memory
+  step_cache        8-step mini denoising loop with and without StepCache: mean time per forward, deviation
+Errors are reported against eager_bias as max|Δ|/max|ref|, mean|Δ|/mean|ref| and ‖Δ‖/‖ref‖.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import Report, cuda_ms, memory, reset_peak, sync, timed  # noqa: E402
+
+from wclab.encode.bias import BiasSpec  # noqa: E402
+from wclab.models import fast  # noqa: E402
+from wclab.models.dit import DiT, DiTConfig  # noqa: E402
+
+FULL_SIZE = dict(frames=81, height=480, width=832, text_len=512)
+TINY_SIZE = dict(frames=17, height=64, width=96, text_len=24)  # tokens (5, 4, 6) = 120
+TINY_CONFIG = DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
+                        num_layers=2)
+FULL_SPANS = [(1, 19), (21, 40), (42, 63)]
+TINY_SPANS = [(1, 5), (6, 11), (12, 18)]
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def object_token_masks(grid: tuple[int, int, int], k: int) -> torch.Tensor:
+    """bool [k, f·h·w]: k boxes (a third of the height, a quarter of the width) moving across the token grid."""
+    f, h, w = grid
+    masks = torch.zeros(k, f, h, w, dtype=torch.bool)
+    bh, bw = max(h // 3, 1), max(w // 4, 1)
+    for i in range(k):
+        for t in range(f):
+            y = (i * h // k + t) % (h - bh + 1)
+            x = (t * (w - bw) // max(f - 1, 1) + i * 3) % (w - bw + 1)
+            masks[i, t, y:y + bh, x:x + bw] = True
+    return masks.reshape(k, -1)
+
+
+def make_inputs(cfg: DiTConfig, size: dict, spans, device, dtype, seed: int = 0) -> tuple[dict, tuple]:
+    """x [1, in_dim, F', H/8, W/8], timestep [1], context [1, L, text_dim], bias [1, 1, S, L] (log 30 on spans)."""
+    g = torch.Generator().manual_seed(seed)
+    f, h, w = (size["frames"] - 1) // 4 + 1, size["height"] // 8, size["width"] // 8
+    grid = (f, h // 2, w // 2)
+    inputs = dict(x=torch.randn(1, cfg.in_dim, f, h, w, generator=g).to(device, dtype),
+                  timestep=torch.tensor([900.0], device=device, dtype=dtype),
+                  context=(0.3 * torch.randn(1, size["text_len"], cfg.text_dim, generator=g)).to(device, dtype),
+                  bias=BiasSpec(object_token_masks(grid, len(spans)), tuple(spans), 30.0)
+                  .dense(size["text_len"], dtype, device))
+    return inputs, grid
+
+
+def dit_flops(cfg: DiTConfig, S: int, L: int) -> float:
+    """Multiply-add FLOPs (×2) of one forward: linear layers and attention matmuls of all blocks."""
+    d, ff = cfg.dim, cfg.ffn_dim
+    per_block = 2 * (4 * S * d * d + 2 * S * S * d + 2 * S * d * d + 2 * L * d * d + 2 * S * L * d + 2 * S * d * ff)
+    return cfg.num_layers * per_block
+
+
+# ---------------------------------------------------------------------------------------------- reference
+def load_reference(root: Path):
+    """The reference's ``diffsynth/models/wan_video_dit.py`` as a module (its two sibling imports stubbed when the
+    checkout lacks them; neither is used by the DiT blocks)."""
+    import importlib.util
+    import types
+
+    path = root if root.suffix == ".py" else root / "diffsynth" / "models" / "wan_video_dit.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"--reference: no {path}")
+    pkg = types.ModuleType("_wcref")
+    pkg.__path__ = [str(path.parent)]
+    sys.modules["_wcref"] = pkg
+    stubs = {"utils": {"hash_state_dict_keys": lambda *a, **k: ""},
+             "wan_video_camera_controller": {"SimpleAdapter": object}}
+    for name, attrs in stubs.items():
+        if not (path.parent / f"{name}.py").exists():
+            m = types.ModuleType(f"_wcref.{name}")
+            m.__dict__.update(attrs)
+            sys.modules[m.__name__] = m
+    spec = importlib.util.spec_from_file_location("_wcref.wan_video_dit", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def reference_model(mod, cfg: DiTConfig, ours: DiT):
+    """The reference WanModel sharing ``ours``' weight tensors (no copy)."""
+    with torch.device("meta"):
+        ref = mod.WanModel(dim=cfg.dim, in_dim=cfg.in_dim, ffn_dim=cfg.ffn_dim, out_dim=cfg.out_dim,
+                           text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, eps=cfg.eps, patch_size=cfg.patch_size,
+                           num_heads=cfg.num_heads, num_layers=cfg.num_layers, has_image_input=False)
+    missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=False, assign=True)
+    if missing or unexpected:
+        raise RuntimeError(f"reference keys differ: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    ref.freqs = mod.precompute_freqs_cis_3d(cfg.head_dim)
+    return ref.eval()
+
+
+def reference_forward(ref, mod, x, timestep, context, bias):
+    """The reference pipeline's per-step DiT call (model_fn_wan_video without its optional extras)."""
+    t = ref.time_embedding(mod.sinusoidal_embedding_1d(ref.freq_dim, timestep))
+    t_mod = ref.time_projection(t).unflatten(1, (6, ref.dim))
+    context = ref.text_embedding(context)
+    x, (f, h, w) = ref.patchify(x)
+    freqs = torch.cat([ref.freqs[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+                       ref.freqs[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                       ref.freqs[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
+    freqs = freqs.to(x.device)
+    for block in ref.blocks:
+        x = block(x, context, t_mod, freqs, bias)
+    return ref.unpatchify(ref.head(x, t), (f, h, w))
+
+
+def inspect_maps_cost(model: DiT, spans):
+    """(recorder, AttentionMaps) where the recorder's per-block reduction is `wclab.inspect.AttentionMaps`'s own
+    (``_accumulate``: chunked float32 recompute of the probabilities, summed per caption span), driven by the
+    same q/k/bias hooks without a Session — so its cost can be timed on one forward."""
+    from types import SimpleNamespace
+
+    from wclab.inspect.attention import AttentionMaps, _Target
+
+    maps = AttentionMaps.__new__(AttentionMaps)
+    maps.session = SimpleNamespace(current_branch="cond", step_index=0, positive=SimpleNamespace(spans=list(spans)),
+                                   conditions=SimpleNamespace(caption_order={str(i): i for i in range(len(spans))}))
+    maps.heads = list(range(model.cfg.num_heads))
+    maps.targets = [_Target(str(i)) for i in range(len(spans))]
+    maps._word_spans, maps.sums, maps.counts, maps._selector_cache = {}, {}, {}, {}
+
+    class Recorder(fast.SpanAttentionRecorder):
+        def reduce(self, block, q, k, bias):
+            maps._accumulate(q, k, bias)
+
+    return Recorder(model, spans), maps
+
+
+# ---------------------------------------------------------------------------------------------- profiling
+def kernel_shares(fn) -> dict:
+    """GPU time of one call of ``fn`` split into attention / GEMM / other kernels (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    from torch.autograd import DeviceType
+
+    groups = {"attention": 0.0, "gemm": 0.0, "other": 0.0}
+    top = []
+    events = prof.key_averages()
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+    for e in kernels or events:  # device-side events (kernels, copies); else filter host events by name
+        us = getattr(e, "self_device_time_total", 0.0) or getattr(e, "device_time_total", 0.0)
+        if us <= 0 or (not kernels and e.key.startswith(("aten::", "cuda", "Torch-Compiled", "##", "Compiled"))):
+            continue
+        name = e.key.lower()
+        if any(s in name for s in ("flash", "fmha", "attention", "attn", "sdpa", "cudnn_generated")):
+            groups["attention"] += us
+        elif any(s in name for s in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "sm90_", "cublas", "_mm_")):
+            groups["gemm"] += us
+        else:
+            groups["other"] += us
+        top.append((us, e.key[:120]))
+    total = sum(groups.values()) or 1.0
+    top.sort(reverse=True)
+    return {"gpu_ms": round(total / 1e3, 1), **{f"{k}_pct": round(100 * v / total, 1) for k, v in groups.items()},
+            "top_kernels": [f"{us / 1e3:.1f} ms {name}" for us, name in top[:8]]}
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny model and video on the CPU (for CI)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON report path (default bench/out/dit[_tiny].json)")
+    ap.add_argument("--reference", type=Path, default=None, help="reference checkout (DiffSynth-style) to time too")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget; later stages are skipped")
+    ap.add_argument("--repeat", type=int, default=3, help="timed forwards per variant")
+    ap.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; tiny: eager)")
+    ap.add_argument("--skip", default="", help="comma-separated stage names to skip")
+    ap.add_argument("--only", default="", help="comma-separated stage names to run (default: all)")
+    ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cfg, size, spans = (TINY_CONFIG, TINY_SIZE, TINY_SPANS) if args.tiny else \
+        (DiTConfig.worldcanvas_14b(), FULL_SIZE, FULL_SPANS)
+    backend = args.compile_backend or ("eager" if args.tiny else "inductor")
+    out_path = args.out or Path(__file__).resolve().parent / "out" / ("dit_tiny.json" if args.tiny else "dit.json")
+    skip = {s for s in args.skip.split(",") if s}
+    rep = Report(out_path, args.budget_s, "DiT forward benchmark")
+    torch.set_grad_enabled(False)
+    torch.manual_seed(0)
+
+    model = DiT.from_config(cfg, device=device, dtype=dtype).eval()
+    inp, grid = make_inputs(cfg, size, spans, device, dtype)
+    S, L = math.prod(grid), size["text_len"]
+    flops = dit_flops(cfg, S, L)
+    rep.data["setup"] = {"config": str(cfg), "video": size, "tokens": S, "text_tokens": L, "dtype": str(dtype),
+                         "compile_backend": backend, "tflop_per_forward": round(flops / 1e12, 2), **memory()}
+    st: dict = {"sdpa": ()}  # state shared between stages
+
+    def fwd(m=None, bias=True):
+        m = m or model
+        return lambda: m(inp["x"], inp["timestep"], inp["context"], inp["bias"] if bias else None)
+
+    def fast_ctx():
+        return fast.sdpa_priority(*st["sdpa"]) if st["sdpa"] else nullcontext()
+
+    def result(tm: dict, out=None, ref_key="out_eager", base_key: str | None = "eager_bias") -> dict:
+        r = dict(tm)
+        r["tflops"] = round(flops / tm["median_s"] / 1e12, 1)
+        base = st.get(f"t_{base_key}") if base_key else None
+        if base:
+            r[f"speedup_vs_{base_key}"] = round(base / tm["median_s"], 3)
+        if out is not None and ref_key in st:
+            r[f"error_vs_{ref_key[4:]}"] = fast.relative_error(out, st[ref_key])
+        if out is not None and "out_fp32" in st:
+            r["error_vs_fp32"] = fast.relative_error(out, st["out_fp32"])
+        r.update(memory())
+        return r
+
+    only = {s for s in args.only.split(",") if s}
+
+    def stage(name, fn, est_s):
+        if name in skip or (only and name not in only):
+            rep.data["stages"][name] = {"skipped": "--skip/--only"}
+            return None
+        return rep.run(name, fn, est_s)
+
+    # ------------------------------------------------------------------ kernels
+    def sdpa_ms(q, k, v, mask=None, backend=None) -> float:
+        from torch.nn.attention import sdpa_kernel
+
+        with (sdpa_kernel([backend]) if backend is not None else nullcontext()):
+            return cuda_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), repeat=5, warmup=2)
+
+    def attention_kernels(r: dict) -> None:
+        from torch.nn.attention import SDPBackend
+
+        H, D = cfg.num_heads, cfg.head_dim
+        q, k, v = (torch.randn(1, H, S, D, device=device, dtype=dtype) for _ in range(3))
+        kc, vc = (torch.randn(1, H, L, D, device=device, dtype=dtype) for _ in range(2))
+        choices = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                   "efficient": SDPBackend.EFFICIENT_ATTENTION}
+        cases = {"self": ((q, k, v, None), 4 * S * S * D * H),
+                 "cross_bias": ((q, kc, vc, inp["bias"]), 4 * S * L * D * H),
+                 "cross_nobias": ((q, kc, vc, None), 4 * S * L * D * H)}
+        for case, (qkvm, fl) in cases.items():
+            for name, backend in choices.items():
+                try:
+                    ms = sdpa_ms(*qkvm, backend=backend)
+                    r[f"{case}_{name}_ms"] = round(ms, 3)
+                    r[f"{case}_{name}_tflops"] = round(fl / ms / 1e9, 1)
+                except Exception as e:
+                    r[f"{case}_{name}_error"] = f"{type(e).__name__}: {str(e)[:150]}"
+        strided = [torch.randn(1, S, H, D, device=device, dtype=dtype).transpose(1, 2) for _ in range(3)]
+        r["self_default_bshd_strided_ms"] = round(sdpa_ms(*strided), 3)  # the layout the model passes
+        if device.type == "cuda":  # which kernels the default picks
+            for case in ("self", "cross_bias"):
+                qkvm = cases[case][0]
+                r[f"{case}_default_kernels"] = kernel_shares(
+                    lambda: F.scaled_dot_product_attention(*qkvm[:3], attn_mask=qkvm[3]))["top_kernels"][:2]
+
+    def gemm_kernels(r: dict) -> None:
+        d = cfg.dim
+        x = torch.randn(S, d, device=device, dtype=dtype)
+        ws = [torch.randn(d, d, device=device, dtype=dtype) / d ** 0.5 for _ in range(3)]
+        wf = torch.cat(ws)
+        r["qkv_separate_ms"] = round(cuda_ms(lambda: [x @ w.t() for w in ws]), 3)
+        r["qkv_fused_ms"] = round(cuda_ms(lambda: x @ wf.t()), 3)
+        n = 8192 if device.type == "cuda" else 256
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        r[f"gemm_{n}_tflops"] = round(2 * n ** 3 / cuda_ms(lambda: a @ b) / 1e9, 1)
+        if device.type == "cuda":
+            try:
+                (aq, sa), (bq, sb) = fast._quantize_rows(a), fast._quantize_rows(b)
+                r[f"fp8_rowwise_gemm_{n}_tflops"] = round(2 * n ** 3 / cuda_ms(
+                    lambda: torch._scaled_mm(aq, bq.t(), scale_a=sa, scale_b=sb.reshape(1, -1),
+                                             out_dtype=torch.bfloat16)) / 1e9, 1)
+            except Exception as e:
+                r["fp8_gemm_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+
+    def kernels():
+        r = {}
+        attention_kernels(r)  # (each helper frees its tensors on return)
+        gemm_kernels(r)
+        self_ms = {k: r.get(f"self_{k}_ms") for k in ("default", "cudnn")}
+        if all(self_ms.values()) and self_ms["cudnn"] < 0.98 * self_ms["default"]:
+            st["sdpa"] = ("cudnn",)
+        r["fast_path_sdpa_priority"] = list(st["sdpa"]) or "default"
+        return r
+
+    stage("kernels", kernels, 30)
+
+    # ------------------------------------------------------------------ eager baseline
+    def eager_bias():
+        reset_peak()
+        tm, out = timed(fwd(), args.repeat)
+        st["out_eager"], st["t_eager_bias"] = out, tm["median_s"]
+        r = result(tm, base_key=None)
+        r["finite"] = bool(torch.isfinite(out).all())
+        r["output_abs_mean"] = float(out.float().abs().mean())
+        return r
+
+    stage("eager_bias", eager_bias, 20)
+    if device.type == "cuda":
+        stage("profile_eager", lambda: kernel_shares(fwd()), 15)
+    stage("eager_nobias", lambda: result(timed(fwd(bias=False), max(args.repeat - 1, 1))[0]), 15)
+
+    def reference():
+        mod = load_reference(args.reference)
+        ref = reference_model(mod, cfg, model)
+        call = lambda: reference_forward(ref, mod, inp["x"], inp["timestep"], inp["context"], inp["bias"])  # noqa
+        reset_peak()
+        tm, out = timed(call, max(args.repeat - 1, 1))
+        r = result(tm, out)
+        r["bitwise_equal_to_eager"] = bool(torch.equal(out, st["out_eager"])) if "out_eager" in st else None
+        del ref, call
+        gc.collect()
+        return r
+
+    if args.reference is not None:
+        stage("reference", reference, 25)
+
+    # ------------------------------------------------------------------ float32 RoPE, eager
+    def eager_rope32():
+        model.rope_dtype = torch.float32
+        reset_peak()
+        tm, out = timed(fwd(), max(args.repeat - 1, 1))
+        st["out_rope32"], st["t_eager_rope32"] = out, tm["median_s"]
+        return result(tm, out)
+
+    stage("eager_rope32", eager_rope32, 15)
+
+    # ------------------------------------------------------------------ attention-map capture, eager
+    def capture_eager():
+        model.rope_dtype = torch.float32
+        base = st.get("t_eager_rope32")
+        r = {}
+        reset_peak()
+        with fast.SpanAttentionRecorder(model, spans) as rec:
+            tm, out = timed(fwd(), 1)
+        r["recorder"] = result(tm, out, ref_key="out_rope32", base_key=None)
+        r["recorder"]["output_bitwise_equal_to_eager_rope32"] = bool(torch.equal(out, st["out_rope32"])) \
+            if "out_rope32" in st else None
+        r["recorder"]["blocks_recorded"] = len(rec.maps)
+        maps_rec = {n: m.clone() for n, m in rec.maps.items()}
+        ind = fast.span_indicator(spans, L, device)
+        probs_maps: dict = {}
+
+        def reduce_probs(p, hook):
+            probs_maps[int(hook.name.split(".")[1])] = fast.span_mass(p, ind)
+
+        reset_peak()
+        with model.hooks([(lambda n: n.endswith("cross_attn.hook_probs"), reduce_probs)]):
+            tm2, out2 = timed(fwd(), 1)
+        r["hook_probs"] = result(tm2, out2, ref_key="out_rope32", base_key=None)
+        if base:
+            r["recorder_overhead_pct"] = round(100 * (tm["median_s"] / base - 1), 1)
+            r["hook_probs_overhead_pct"] = round(100 * (tm2["median_s"] / base - 1), 1)
+            r["recorder_added_s"] = round(tm["median_s"] - base, 3)
+        r["block0_maps_max_abs_diff_recorder_vs_hook_probs"] = float((maps_rec[0] - probs_maps[0]).abs().max())
+        r["block0_span_mass_mean"] = [round(float(v), 4) for v in maps_rec[0].mean((0, 1))]
+        try:  # the inspect helper's AttentionMaps reduction, if present
+            rec2, am = inspect_maps_cost(model, spans)
+            reset_peak()
+            with rec2:
+                tm3, out3 = timed(fwd(), 1)
+            r["inspect_attention_maps"] = result(tm3, out3, ref_key="out_rope32", base_key=None)
+            if base:
+                r["inspect_attention_maps_overhead_pct"] = round(100 * (tm3["median_s"] / base - 1), 1)
+            mine = torch.stack([maps_rec[n][0] for n in sorted(maps_rec)]).mean(0).T  # [K, S]
+            theirs = am.sums[0] / am.counts[0]  # [K, S], per (forward, block, head) term
+            r["inspect_vs_recorder_max_abs_diff"] = float((mine - theirs.to(mine)).abs().max())
+        except Exception as e:
+            r["inspect_attention_maps_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        return r
+
+    stage("capture_eager", capture_eager, 35)
+
+    # ------------------------------------------------------------------ compiled (exact bf16 path)
+    def compiled():
+        import torch._dynamo
+
+        fast.speed_up(model, backend=backend)
+        reset_peak()
+        with fast_ctx():
+            tm, out = timed(fwd(), args.repeat)
+        st["t_compiled"] = tm["median_s"]
+        st["out_compiled"] = out
+        r = result(tm, out)
+        r["compile_s_approx"] = round(tm["first_s"] - tm["median_s"], 1)
+        r["sdpa_priority"] = list(st["sdpa"]) or "default"
+        if "out_rope32" in st:
+            r["error_vs_eager_rope32"] = fast.relative_error(out, st["out_rope32"])
+        c = torch._dynamo.utils.counters
+        r["dynamo_unique_graphs"] = int(c["stats"]["unique_graphs"])
+        r["dynamo_graph_breaks"] = {k[:120]: v for k, v in c["graph_break"].items()}
+        return r
+
+    stage("compiled", compiled, 120)
+    if device.type == "cuda" and "t_compiled" in st:
+        def profile_compiled():
+            with fast_ctx():
+                return kernel_shares(fwd())
+        stage("profile_compiled", profile_compiled, 15)
+
+    # ------------------------------------------------------------------ both experts resident
+    def two_experts():
+        torch.manual_seed(1)
+        second = DiT.from_config(cfg, device=device, dtype=dtype).eval()
+        r = {"allocated_after_build_gib": memory().get("allocated_gib")}
+        if "t_compiled" in st:
+            fast.speed_up(second, backend=backend)
+        reset_peak()
+        with fast_ctx():
+            t2, _ = timed(fwd(second), 1)
+            t1, _ = timed(fwd(model), 1, warmup=0)
+        r.update(second_expert=t2, first_expert=t1, path="compiled" if "t_compiled" in st else "eager", **memory())
+        del second
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return r
+
+    stage("two_experts", two_experts, 40)
+
+    # ------------------------------------------------------------------ capture on the compiled path
+    def capture_compiled():
+        reset_peak()
+        with fast_ctx(), fast.SpanAttentionRecorder(model, spans, compile=device.type == "cuda") as rec:
+            tm, out = timed(fwd(), 2)
+        r = result(tm, out, ref_key="out_compiled", base_key="compiled")
+        r["blocks_recorded"] = len(rec.maps)
+        base = st.get("t_compiled")
+        if base:
+            r["overhead_pct"] = round(100 * (tm["median_s"] / base - 1), 1)
+            r["added_s"] = round(tm["median_s"] - base, 3)
+        if "out_compiled" in st:
+            r["output_bitwise_equal_to_compiled"] = bool(torch.equal(out, st["out_compiled"]))
+        try:  # the inspect helper's AttentionMaps reduction on the compiled path
+            rec2, _ = inspect_maps_cost(model, spans)
+            with fast_ctx(), rec2:
+                tm3, _ = timed(fwd(), 1)
+            r["inspect_attention_maps"] = tm3
+            if base:
+                r["inspect_attention_maps_overhead_pct"] = round(100 * (tm3["median_s"] / base - 1), 1)
+        except Exception as e:
+            r["inspect_attention_maps_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        return r
+
+    if "t_compiled" in st:
+        stage("capture_compiled", capture_compiled, 100)
+
+    # ------------------------------------------------------------------ accuracy against float32
+    def accuracy():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        fast.reset_speed_up(model)
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        for p in model.parameters():  # one tensor at a time: never two full copies
+            p.data = p.data.float()
+        try:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            reset_peak()
+            kernels = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH] if device.type == "cuda" else \
+                [SDPBackend.MATH]
+            with sdpa_kernel(kernels):
+                tm, out = timed(fwd(), 1, warmup=0)
+        finally:
+            for p in model.parameters():
+                p.data = p.data.to(dtype)  # exact: the values came from dtype
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        st["out_fp32"] = out.float()
+        r = {"fp32_forward_s": tm["median_s"], **memory(),
+             "note": "same bf16-valued weights and inputs, computed in float32 (no TF32), float64 RoPE"}
+        for key in ("out_eager", "out_rope32", "out_compiled"):
+            if key in st:
+                r[f"{key[4:]}_error_vs_fp32"] = fast.relative_error(st[key], st["out_fp32"])
+        return r
+
+    stage("accuracy", accuracy, 100)
+
+    # ------------------------------------------------------------------ low-VRAM: block offload
+    def offload():
+        fast.reset_speed_up(model)
+        model.rope_dtype = torch.float32
+        reset_peak()
+        t0 = time.perf_counter()
+        off = fast.BlockOffload(model, device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        setup = time.perf_counter() - t0
+        reset_peak()
+        try:
+            tm, out = timed(fwd(), max(args.repeat - 1, 1))
+            r = result(tm, out, ref_key="out_rope32", base_key="eager_rope32")
+            r["output_bitwise_equal_to_eager_rope32"] = bool(torch.equal(out, st["out_rope32"])) \
+                if "out_rope32" in st else None
+            r["setup_s"] = round(setup, 1)
+            r["path"] = "eager, float32 RoPE"
+        finally:
+            t0 = time.perf_counter()
+            off.remove(to_device=True)
+            r_back = time.perf_counter() - t0
+        r["restore_s"] = round(r_back, 1)
+        return r
+
+    stage("offload", offload, 60)
+
+    # ------------------------------------------------------------------ fp8 fast mode
+    def fp8():
+        fast.reset_speed_up(model)
+        gc.collect()
+        reset_peak()
+        fast.quantize_fp8(model)
+        st["fp8"] = True
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        r = {"allocated_after_quantize_gib": memory().get("allocated_gib")}
+        fast.speed_up(model, backend=backend)
+        reset_peak()
+        with fast_ctx():
+            tm, out = timed(fwd(), args.repeat)
+        r.update(result(tm, out))
+        if st.get("t_compiled"):
+            r["speedup_vs_compiled"] = round(st["t_compiled"] / tm["median_s"], 3)
+        if "out_compiled" in st:
+            r["error_vs_compiled"] = fast.relative_error(out, st["out_compiled"])
+        return r
+
+    stage("fp8", fp8, 45)
+
+    # ------------------------------------------------------------------ step caching (on whatever the model is now)
+    def step_cache():
+        n = 8
+
+        def loop(cache: bool):
+            x = inp["x"].clone()
+            sigmas = torch.linspace(0.95, 0.75, n + 1).tolist()
+            c = fast.StepCache(model, threshold=float("inf"), max_reuse=1) if cache else None
+            times = []
+            try:
+                with fast_ctx():
+                    for i in range(n):
+                        t = torch.tensor([sigmas[i] * 1000], device=device, dtype=dtype)
+                        sync()
+                        t0 = time.perf_counter()
+                        v = model(x, t, inp["context"], inp["bias"])
+                        sync()
+                        times.append(time.perf_counter() - t0)
+                        x[:, :16] = (x[:, :16].float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(dtype)
+            finally:
+                stats = (c.computed, c.reused) if c else (n, 0)
+                if c:
+                    c.remove()
+            return x[:, :16].clone(), times, stats
+
+        plain, t_plain, _ = loop(False)
+        cached, t_cached, (computed, reused) = loop(True)
+        return {"forwards": n, "model": "fp8" if st.get("fp8") else "bf16",
+                "plain_mean_s": round(sum(t_plain) / n, 4), "cached_mean_s": round(sum(t_cached) / n, 4),
+                "cached_s": [round(t, 3) for t in t_cached], "computed": computed, "reused": reused,
+                "latents_error_vs_plain": fast.relative_error(cached, plain),
+                "policy": "first_blocks=1, threshold=inf, max_reuse=1 (every other forward reuses)"}
+
+    stage("step_cache", step_cache, 45)
+
+    rep.data["summary"] = summary(rep.data["stages"])
+    rep.save()
+    print_summary(rep.data["summary"])
+    return rep.data
+
+
+def summary(stages: dict) -> dict:
+    """The headline figures (None where a stage did not run)."""
+    def get(stage, *keys):
+        v = stages.get(stage, {})
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v
+
+    return {
+        "eager_bias_s": get("eager_bias", "median_s"),
+        "eager_nobias_s": get("eager_nobias", "median_s"),
+        "reference_s": get("reference", "median_s"),
+        "eager_rope32_s": get("eager_rope32", "median_s"),
+        "compiled_s": get("compiled", "median_s"),
+        "compiled_speedup": get("compiled", "speedup_vs_eager_bias"),
+        "compiled_max_rel_err": get("compiled", "error_vs_eager", "max_rel"),
+        "compiled_mean_rel_err": get("compiled", "error_vs_eager", "mean_rel"),
+        "capture_eager_recorder_overhead_pct": get("capture_eager", "recorder_overhead_pct"),
+        "capture_eager_hook_probs_overhead_pct": get("capture_eager", "hook_probs_overhead_pct"),
+        "capture_compiled_overhead_pct": get("capture_compiled", "overhead_pct"),
+        "two_experts_peak_gib": get("two_experts", "peak_allocated_gib"),
+        "offload_s": get("offload", "median_s"),
+        "offload_peak_gib": get("offload", "peak_allocated_gib"),
+        "fp8_s": get("fp8", "median_s"),
+        "fp8_speedup": get("fp8", "speedup_vs_eager_bias"),
+        "fp8_mean_rel_err": get("fp8", "error_vs_eager", "mean_rel"),
+        "fp8_peak_gib": get("fp8", "peak_allocated_gib"),
+    }
+
+
+def print_summary(s: dict) -> None:
+    print("\n== summary ==")
+    for k, v in s.items():
+        print(f"  {k:40s} {v}")
+
+
+if __name__ == "__main__":
+    main()

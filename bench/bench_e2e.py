@@ -1,0 +1,287 @@
+"""End-to-end WorldCanvas generation at full size with random weights (umT5-xxl, Wan 2.1 VAE, two A14B experts,
+bf16, one GPU): text encoding, image condition (VAE encode), 50 denoising steps with CFG, tiled VAE decode —
+each stage timed and its peak memory recorded, through the real `wclab.sampler.Session`.
+
+    python bench/bench_e2e.py --out bench/out/e2e.json            # 480x832x81, 50 steps, CFG 5, tiled VAE
+    python bench/bench_e2e.py --fp8 --step-cache 1 --out bench/out/e2e_fast.json   # fast mode
+    python bench/bench_e2e.py --tiny                               # tiny models on the CPU (seconds; CI)
+
+Fast mode: ``--fp8`` (float8 block weights/GEMMs) and ``--step-cache 1`` (reuse the deep blocks' residual on
+every other forward of each CFG branch); both change the output.
+
+Memory plan (the "both experts resident" mode): the T5 encoder runs on the GPU, then moves to CPU memory;
+both experts stay on the GPU for all steps. The first decode runs before the experts are built (decode time
+does not depend on latent values), so its timing is always measured; the final decode runs after the last step
+with both experts resident, if the budget allows. If the budget runs out during denoising, the remaining
+steps are extrapolated from the median step time of the same expert and flagged ``extrapolated``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import Report, memory, reset_peak, sync  # noqa: E402
+
+from wclab.conditions import load_json  # noqa: E402
+from wclab.image import solid_image  # noqa: E402
+from wclab.models import fast  # noqa: E402
+from wclab.models.dit import DiT, DiTConfig  # noqa: E402
+from wclab.models.loading import Models  # noqa: E402
+from wclab.models.text_encoder import TextEncoder, TextEncoderConfig, Tokenizer  # noqa: E402
+from wclab.models.vae import VAE, VAEConfig  # noqa: E402
+from wclab.sampler import Session, Settings  # noqa: E402
+
+FULL = dict(height=480, width=832, frames=81)
+TINY = dict(height=64, width=96, frames=17)
+TINY_T5 = TextEncoderConfig(vocab=440, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
+TINY_VAE = VAEConfig(base_dim=8)
+TINY_DIT = DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
+                     num_layers=2)
+
+
+def synthetic_scene(height: int, width: int, frames: int, objects: int = 3):
+    """A scene in the drawing tool's JSON format: ``objects`` captioned boxes moving on straight lines plus one
+    camera anchor, all visible on every frame."""
+    import numpy as np
+
+    from wclab.conditions.rle import RLEMask
+
+    items = []
+    for i in range(objects + 1):
+        x0, y0 = width * (0.2 + 0.2 * i), height * (0.3 + 0.1 * i)
+        x1, y1 = x0 + width * 0.15, y0 - height * 0.15
+        pts = [[x0 + (x1 - x0) * t / (frames - 1), y0 + (y1 - y0) * t / (frames - 1)] for t in range(frames)]
+        mask = np.zeros((height, width), dtype=bool)
+        r = max(height // 10, 2)
+        mask[max(int(y0) - r, 0):int(y0) + r, max(int(x0) - r, 0):int(x0) + r] = True
+        anchor = i == objects
+        items.append({"tracking": pts, "tracking_vis_value": [1] * frames, "r": 5, "id": i + 1,
+                      "mask_cluster": RLEMask.from_array(mask).to_json(),
+                      "text": "None" if anchor else f"object {i + 1} moves to the upper right."})
+    captions = {str(i + 1): f"object {i + 1} moves to the upper right." for i in range(objects)}
+    items += [{"color_map": {k: "red" for k in captions}}, {"description_global": ""},
+              {"description_motion_raw": ""}, {"description_motion": ""}, {"id_caption_map": captions}]
+    return load_json(items)
+
+
+def steady_denoise(times: list[float], experts: list[str], rest: list[str]) -> dict:
+    """Denoising time without compilation, from per-step seconds ``times`` of the steps run (experts ``experts``)
+    and the experts of the steps not run (``rest``, extrapolated at each expert's mean step time). The first
+    step, which includes compilation, counts as a typical full step: the median of the steps that took at
+    least half the slowest later step (with a StepCache, cheap reused steps alternate with full ones)."""
+    later = times[1:]
+    full = [t for t in later if t >= 0.5 * max(later)] if later else times
+    first = statistics.median(full)
+    mean = {}
+    for e in ("high", "low"):
+        ts = [t for t, x in zip(later, experts[1:]) if x == e]
+        mean[e] = sum(ts) / len(ts) if ts else sum(later or times) / len(later or times)
+    steady = first + sum(later) + sum(mean[e] for e in rest)
+    return {"denoise_measured_s": round(sum(times), 1), "denoise_steady_s": round(steady, 1),
+            "extrapolated": bool(rest), "first_step_compile_s": round(times[0] - first, 1),
+            "mean_step_s": {e: round(v, 3) for e, v in mean.items()}}
+
+
+def build(cls, config, device, dtype, seed: int):
+    """``cls(config)`` with random weights made directly on ``device`` in ``dtype`` (no float32 copy)."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return cls(config).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+class StageTimer:
+    """Wraps a callable; adds each call's synchronised duration to ``seconds[name]``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
+
+    def wrap(self, name: str, fn):
+        def timed_fn(*args, **kwargs):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            if torch.cuda.is_available():
+                self.peaks[name] = max(self.peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2 ** 30)
+            return out
+        return timed_fn
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny models and video on the CPU (for CI)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON report path (default bench/out/e2e[_tiny].json)")
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; tiny 3)")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget; see module docstring")
+    ap.add_argument("--no-compile", action="store_true", help="eager experts (default: fast.speed_up)")
+    ap.add_argument("--fp8", action="store_true", help="fast mode: fast.quantize_fp8 on both experts")
+    ap.add_argument("--step-cache", type=int, default=0, metavar="MAX_REUSE",
+                    help="fast mode: fast.StepCache(max_reuse=MAX_REUSE, threshold=--cache-threshold); 0 = off")
+    ap.add_argument("--cache-threshold", type=float, default=float("inf"))
+    ap.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; tiny: eager)")
+    ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    size = TINY if args.tiny else FULL
+    steps = args.steps or (3 if args.tiny else 50)
+    t5_cfg, vae_cfg, dit_cfg = (TINY_T5, TINY_VAE, TINY_DIT) if args.tiny else \
+        (TextEncoderConfig(), VAEConfig(), DiTConfig.worldcanvas_14b())
+    backend = args.compile_backend or ("eager" if args.tiny else "inductor")
+    out_path = args.out or Path(__file__).resolve().parent / "out" / ("e2e_tiny.json" if args.tiny else "e2e.json")
+    rep = Report(out_path, args.budget_s, "end-to-end generation benchmark")
+    rep.data["setup"] = {"video": size, "steps": steps, "cfg": 5.0, "dtype": str(dtype), "tiled_vae": True,
+                         "compile": None if args.no_compile else backend, "fp8": args.fp8,
+                         "step_cache": {"max_reuse": args.step_cache, "threshold": args.cache_threshold}
+                         if args.step_cache else None}
+    torch.set_grad_enabled(False)
+    timer = StageTimer()
+    st: dict = {}
+    tmp = tempfile.TemporaryDirectory()
+
+    def build_encoders():
+        from wclab.testing import write_tiny_tokenizer
+
+        tok = Tokenizer(write_tiny_tokenizer(Path(tmp.name) / "tokenizer"))
+        reset_peak()
+        t0 = time.perf_counter()
+        t5 = build(TextEncoder, t5_cfg, device, dtype, seed=1)
+        t5.tokenizer = tok
+        vae = build(VAE, vae_cfg, device, dtype, seed=2)
+        vae.latents_mean, vae.latents_inv_std = vae.latents_mean.float(), vae.latents_inv_std.float()
+        sync()
+        st["models"] = Models(tokenizer=tok, text_encoder=t5, vae=vae, high=None, low=None, preview=None,
+                              device=device, dtype=dtype, paths=None)
+        t5.forward = timer.wrap("text_encoder", t5.forward)
+        vae.encode = timer.wrap("vae_encode", vae.encode)
+        vae.decode = timer.wrap("vae_decode", vae.decode)
+        return {"build_s": round(time.perf_counter() - t0, 1),
+                "t5_params_b": round(sum(p.numel() for p in t5.parameters()) / 1e9, 2),
+                "vae_params_m": round(sum(p.numel() for p in vae.parameters()) / 1e6, 1), **memory()}
+
+    def prepare():
+        models = st["models"]
+        scene = synthetic_scene(**size)
+        reset_peak()
+        t0 = time.perf_counter()
+        settings = Settings(steps=steps, seed=0, cfg=5.0, tiled=True)
+        st["session"] = Session(models, scene, solid_image(size["height"], size["width"], (90, 120, 150)),
+                                settings, progress=False)
+        sync()
+        r = {"session_init_s": round(time.perf_counter() - t0, 2),
+             "text_encoder_s": round(timer.seconds.get("text_encoder", 0.0), 2),
+             "vae_encode_s": round(timer.seconds.get("vae_encode", 0.0), 2), **memory()}
+        t0 = time.perf_counter()
+        models.text_encoder.to("cpu")  # both experts need the room
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        r["t5_to_cpu_s"] = round(time.perf_counter() - t0, 1)
+        r["allocated_after_t5_offload_gib"] = memory().get("allocated_gib")
+        r["prompt_tokens"] = int(st["session"].positive.spans[-1][1])
+        return r
+
+    def decode(name):
+        def run():
+            reset_peak()
+            before = timer.seconds.get("vae_decode", 0.0)
+            video = st["session"].decode()
+            return {"decode_s": round(timer.seconds["vae_decode"] - before, 2), "video_shape": list(video.shape),
+                    **memory()}
+        return run
+
+    def build_experts():
+        models = st["models"]
+        reset_peak()
+        t0 = time.perf_counter()
+        models.high = build(DiT, dit_cfg, device, dtype, seed=3)
+        if args.fp8:
+            fast.quantize_fp8(models.high)
+        models.low = build(DiT, dit_cfg, device, dtype, seed=4)
+        if args.fp8:
+            fast.quantize_fp8(models.low)
+        for dit in (models.high, models.low):
+            if not args.no_compile:
+                fast.speed_up(dit, backend=backend)
+            if args.step_cache:
+                st.setdefault("caches", []).append(
+                    fast.StepCache(dit, threshold=args.cache_threshold, max_reuse=args.step_cache))
+        sync()
+        return {"build_s": round(time.perf_counter() - t0, 1), **memory()}
+
+    def denoise():
+        session = st["session"]
+        reset_peak()
+        times, experts = [], []
+        reserve = st.get("decode_s", 0.0) * 1.2 + 10  # keep time for the final decode
+        while not session.done:
+            expert = session.expert
+            sync()
+            t0 = time.perf_counter()
+            session.step()
+            sync()
+            times.append(time.perf_counter() - t0)
+            experts.append(expert)
+            if rep.left() < reserve + 1.5 * statistics.median(times[1:] or times):
+                break
+        done = len(times)
+        r = {"steps_run": done, "steps_total": steps, "step_s": [round(t, 3) for t in times],
+             "experts": "".join(e[0] for e in experts), "first_step_s": round(times[0], 2), **memory()}
+        rest = [session.scheduler.expert_for(float(t), session.settings.boundary)
+                for t in session.scheduler.timesteps[done:]]
+        r.update(steady_denoise(times, experts, rest))
+        r["forwards_per_step"] = 2
+        r["mean_s_per_forward"] = round(r["denoise_steady_s"] / (2 * steps), 3)
+        if st.get("caches"):
+            r["forwards_computed"] = sum(c.computed for c in st["caches"])
+            r["forwards_reused"] = sum(c.reused for c in st["caches"])
+        st["denoise_steady_s"] = r["denoise_steady_s"]
+        return r
+
+    rep.run("build_encoders", build_encoders, 30)
+    if "models" in st:
+        rep.run("prepare", prepare, 60)
+    if "session" in st:
+        r = rep.run("decode_first", decode("first"), 60)
+        st["decode_s"] = (r or {}).get("decode_s", 60.0)
+        rep.run("build_experts", build_experts, 30)
+        if st["models"].high is not None:
+            rep.run("denoise", denoise, 30)
+            rep.run("decode_final", decode("final"), st["decode_s"] * 1.2 + 5)
+
+    stages = rep.data["stages"]
+    get = lambda s, k: (stages.get(s) or {}).get(k)  # noqa: E731
+    decode_s = get("decode_final", "decode_s") or get("decode_first", "decode_s")
+    parts = {"text_encoder_s": get("prepare", "text_encoder_s"), "vae_encode_s": get("prepare", "vae_encode_s"),
+             "denoise_s": st.get("denoise_steady_s"), "vae_decode_s": decode_s}
+    total = sum(parts.values()) if all(v is not None for v in parts.values()) else None
+    peaks = [v.get("peak_allocated_gib") for k, v in stages.items() if isinstance(v, dict)]
+    rep.data["summary"] = {**parts, "total_s (compile excluded)": round(total, 1) if total else None,
+                           "compile_extra_s": get("denoise", "first_step_compile_s"),
+                           "denoise_extrapolated": get("denoise", "extrapolated"),
+                           "peak_allocated_gib_max": max([p for p in peaks if p is not None], default=None),
+                           "peak_denoise_both_experts_gib": get("denoise", "peak_allocated_gib")}
+    rep.save()
+    print("\n== summary ==")
+    for k, v in rep.data["summary"].items():
+        print(f"  {k:34s} {v}")
+    tmp.cleanup()
+    return rep.data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Shared pieces of the GPU benchmarks: a JSON report written after every stage, timing, memory, inputs.
+
+A stage is a function returning a dict. `Report.run` skips it when the time budget left is below its estimate,
+records any exception (type, message, traceback tail) instead of stopping, and rewrites the JSON file, so a
+run that is killed or fails half-way still leaves every figure measured so far.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+GiB = 2 ** 30
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> tuple[dict, object]:
+    """Run ``fn`` warmup + repeat times (device synchronised around each call): seconds per call and the last
+    result. ``first_s`` is the first call (incl. any compilation)."""
+    times, out = [], None
+    for i in range(warmup + repeat):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    timed_runs = times[warmup:] or times
+    return {"first_s": round(times[0], 4), "median_s": round(statistics.median(timed_runs), 4),
+            "min_s": round(min(timed_runs), 4), "runs_s": [round(t, 4) for t in timed_runs]}, out
+
+
+def cuda_ms(fn: Callable[[], object], repeat: int = 10, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn`` timed with CUDA events (wall clock on CPU)."""
+    for _ in range(warmup):
+        fn()
+    if not torch.cuda.is_available():
+        t = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            t.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(t)
+    times = []
+    for _ in range(repeat):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory() -> dict:
+    """GPU memory now and at peak since the last `reset_peak` (GiB; allocated by tensors / reserved by torch)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"allocated_gib": round(torch.cuda.memory_allocated() / GiB, 2),
+            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GiB, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GiB, 2)}
+
+
+def environment() -> dict:
+    env = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+           "torch": torch.__version__, "cuda": torch.version.cuda, "command": " ".join(sys.argv)}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        env.update(device=p.name, device_memory_gib=round(p.total_memory / GiB, 1), sms=p.multi_processor_count,
+                   cudnn=torch.backends.cudnn.version())
+    else:
+        env.update(device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return env
+
+
+class Report:
+    """Stages' results in one JSON file, rewritten after each stage. ``budget_s``: wall-clock budget of the run."""
+
+    def __init__(self, path: Optional[Path], budget_s: float, title: str):
+        self.path, self.budget_s, self.t0 = path, budget_s, time.perf_counter()
+        self.data = {"title": title, "env": environment(), "stages": {}}
+        self.save()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def run(self, name: str, fn: Callable[[], dict], est_s: float = 0.0) -> Optional[dict]:
+        """Run stage ``fn`` unless fewer than ``est_s`` seconds are left; record its dict, or the error."""
+        if self.left() < est_s:
+            result = {"skipped": f"time budget: {self.left():.0f} s left, stage needs ~{est_s:.0f} s"}
+            print(f"[{self.elapsed():6.1f}s] {name}: skipped ({result['skipped']})", flush=True)
+        else:
+            print(f"[{self.elapsed():6.1f}s] {name} ...", flush=True)
+            t0 = time.perf_counter()
+            try:
+                result = fn() or {}
+            except Exception as e:  # record and go on: one failing stage must not lose the others
+                result = {"error": f"{type(e).__name__}: {e}"[:2000],
+                          "traceback": traceback.format_exc()[-3000:]}
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            result["stage_wall_s"] = round(time.perf_counter() - t0, 2)
+            print(f"[{self.elapsed():6.1f}s] {name}: {short(result)}", flush=True)
+        self.data["stages"][name] = result
+        self.save()
+        return result
+
+    def save(self) -> None:
+        self.data["elapsed_s"] = round(self.elapsed(), 1)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.data, indent=1, default=str))
+
+
+def short(d: dict, limit: int = 400) -> str:
+    text = json.dumps({k: v for k, v in d.items() if k != "traceback"}, default=str)
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,60 @@
+"""The GPU benchmark scripts run end to end at their --tiny size on the CPU and report every stage.
+
+Only that they run and report consistent numbers is checked here; the GPU figures are in bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+DIT_STAGES = ["kernels", "eager_bias", "eager_nobias", "eager_rope32", "capture_eager", "compiled", "two_experts",
+              "capture_compiled", "accuracy", "offload", "fp8", "step_cache"]
+
+
+def run(script: str, out: Path, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--tiny", "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_bench_dit_tiny_runs_every_stage_without_errors(tmp_path):
+    report = run("bench_dit.py", tmp_path / "dit.json", "--repeat", "1")
+    stages = report["stages"]
+    assert [s for s in DIT_STAGES if s not in stages] == []
+    failed = {name: r["error"] for name, r in stages.items() if "error" in r or "skipped" in r}
+    assert failed == {}
+    assert stages["compiled"]["dynamo_graph_breaks"] == {}
+    assert stages["compiled"]["error_vs_eager"]["max_rel"] < 1e-5  # float32 model: only RoPE rounding differs
+    assert stages["offload"]["output_bitwise_equal_to_eager_rope32"] is True
+    assert stages["capture_eager"]["recorder"]["output_bitwise_equal_to_eager_rope32"] is True
+    assert stages["capture_eager"]["block0_maps_max_abs_diff_recorder_vs_hook_probs"] < 1e-5
+    assert (stages["step_cache"]["computed"], stages["step_cache"]["reused"]) == (4, 4)
+    assert report["summary"]["compiled_s"] > 0 and report["env"]["torch"]
+
+
+@pytest.mark.slow
+def test_bench_e2e_tiny_runs_all_steps_and_both_decodes(tmp_path):
+    report = run("bench_e2e.py", tmp_path / "e2e.json", "--steps", "2")
+    stages = report["stages"]
+    assert {n: r.get("error") for n, r in stages.items() if "error" in r or "skipped" in r} == {}
+    assert stages["denoise"]["steps_run"] == 2 and stages["denoise"]["extrapolated"] is False
+    assert stages["decode_final"]["video_shape"] == [17, 64, 96, 3]
+    assert report["summary"]["total_s (compile excluded)"] > 0
+
+
+def test_steady_denoise_counts_the_compiling_first_step_as_a_full_step():
+    sys.path.insert(0, str(BENCH))
+    from bench_e2e import steady_denoise
+
+    # StepCache pattern: full, cheap, full, cheap ...; the first step also compiled (+10 s)
+    r = steady_denoise([15.0, 0.2, 5.0, 0.2, 5.0], ["high"] * 5, ["low", "low"])
+    assert r["first_step_compile_s"] == 10.0
+    assert r["denoise_steady_s"] == pytest.approx(5.0 + 10.4 + 2 * 2.6, abs=0.05)
+    assert r["extrapolated"] is True

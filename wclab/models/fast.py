@@ -1,0 +1,463 @@
+"""Opt-in fast paths for the DiT on a GPU. Nothing here changes a model unless called; all of it runs on CPU too.
+
+  speed_up(model)              float32 RoPE (no float64/complex tensors) + ``torch.compile`` of every block;
+                               the exact bf16 computation, fused (`reset_speed_up` undoes it)
+  sdpa_priority(...)           prefer given SDPA kernels (e.g. cuDNN first) inside a ``with`` block
+  quantize_fp8(model)          fast mode: block Linears with float8 (e4m3) weights and per-token float8
+                               activations (``torch._scaled_mm``); halves weight memory, changes outputs slightly
+  BlockOffload(model, device)  low-VRAM mode: block weights stay in (pinned) CPU memory and are streamed to
+                               ``device`` one block ahead of the computation
+  StepCache(model)             fast mode: reuse the deep blocks' residual on steps whose early-block output
+                               barely changed (outputs change; opt-in)
+  SpanAttentionRecorder(...)   per-span cross-attention maps recomputed from the q, k and bias the hooks see,
+                               while the model's own attention keeps its fast kernel (outputs unchanged)
+  relative_error(a, b)         max / mean / L2 relative differences, for reporting a fast path's deviation
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from wclab.errors import WclabError
+from wclab.models.dit import DiT
+from wclab.models.hooks import HookPoint
+
+Device = Union[str, torch.device]
+Span = tuple[int, int]
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite float8 e4m3fn value
+
+
+class FastPathError(WclabError, ValueError):
+    """A fast-path helper got something it cannot work with (the message says what and why)."""
+
+
+# ---------------------------------------------------------------------------------------------- exact bf16 path
+def speed_up(model: DiT, compile: bool = True, **compile_kwargs) -> DiT:
+    """Make ``model`` faster without changing what it computes beyond rounding (in place; returns it).
+
+    RoPE rotates in float32 from a cached (cos, sin) table instead of float64 complex numbers, and each block
+    is wrapped by ``torch.compile`` (``compile_kwargs``, e.g. ``backend="eager"`` to trace without Inductor),
+    which fuses norms, modulation, RoPE and gates. Hook points keep working (a hook attached later triggers one
+    recompilation). All 40 blocks share one compiled graph.
+    """
+    model.rope_dtype = torch.float32
+    if compile:
+        for block in model.blocks:
+            block.compile(**compile_kwargs)
+    return model
+
+
+def reset_speed_up(model: DiT) -> DiT:
+    """Undo `speed_up`: float64 RoPE and eager blocks (in place; returns the model)."""
+    model.rope_dtype = torch.float64
+    for block in model.blocks:
+        block._compiled_call_impl = None
+    return model
+
+
+@contextmanager
+def sdpa_priority(*backends: str) -> Iterator[None]:
+    """Inside the block, torch's SDPA tries these kernels first, in order ("cudnn", "flash", "efficient",
+    "math"); it still falls back to any other kernel that supports the call. Compiled code keeps the kernel
+    chosen when it was compiled."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    unknown = [b for b in backends if b not in names]
+    if unknown:
+        raise FastPathError(f"sdpa_priority: unknown kernel(s) {unknown}; expected some of {list(names)}")
+    order = [names[b] for b in backends] + [b for k, b in names.items() if k not in backends]
+    with sdpa_kernel(order, set_priority=True):
+        yield
+
+
+# ---------------------------------------------------------------------------------------------- fp8 fast mode
+def _quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """[M, K] -> (float8 [M, K], float32 scale [M, 1]) with x ≈ q · scale, one scale per row (amax / 448)."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+class Fp8Linear(nn.Module):
+    """Drop-in for an ``nn.Linear``: weight stored as float8 e4m3 [out, in] with one float32 scale per output
+    row; inputs quantised per token (row) on the fly. On CUDA the product is ``torch._scaled_mm`` (float8 tensor
+    cores, float32 accumulation); elsewhere the same quantised numbers are multiplied in float32 (slow, for tests).
+    Output dtype = the original weight's dtype. Inference only."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach()
+        q, scale = _quantize_rows(w)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.out_dtype = w.dtype
+        self.register_buffer("weight", q)  # [out, in] float8
+        self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # [1, out] float32
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        m = x2.shape[0]
+        if x2.is_cuda and m % 16:  # _scaled_mm wants row counts that are multiples of 16
+            x2 = torch.nn.functional.pad(x2, (0, 0, 0, 16 - m % 16))
+        xq, x_scale = _quantize_rows(x2)
+        if xq.is_cuda:
+            y = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale,
+                                 out_dtype=self.out_dtype)[:m]
+        else:
+            w = self.weight.float() * self.weight_scale.reshape(-1, 1)
+            y = ((xq.float() * x_scale) @ w.t()).to(self.out_dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight=float8_e4m3fn"
+
+
+FP8_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+               "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
+
+
+def quantize_fp8(model: DiT) -> DiT:
+    """Replace every block's Linear layers (`FP8_LINEARS`) by `Fp8Linear`, one at a time so peak memory grows
+    by one layer only (in place; returns the model). Embeddings, modulation and the head stay as they are.
+    The state dict then holds float8 weights + scales, not the released format."""
+    for block in model.blocks:
+        for path in FP8_LINEARS:
+            parent_path, _, name = path.rpartition(".")
+            parent = block.get_submodule(parent_path)
+            linear = getattr(parent, name) if not name.isdigit() else parent[int(name)]
+            if not isinstance(linear, nn.Linear):
+                continue
+            fp8 = Fp8Linear(linear)
+            if name.isdigit():
+                parent[int(name)] = fp8
+            else:
+                setattr(parent, name, fp8)
+            del linear
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- low-VRAM mode
+class BlockOffload:
+    """Low-VRAM mode: keep every block's weights in CPU memory (pinned when CUDA is available) and stream them.
+
+    Everything except the blocks moves to ``device``. Two weight slots of one block each live on ``device``;
+    before block i runs, its weights are swapped into a slot, and block i+1's copy starts on a side CUDA stream,
+    so copying overlaps computing. GPU weight memory: non-block parts + 2 blocks (~1.4 GB at full size, bf16).
+    Outputs equal the resident model's bitwise (same kernels, same weights). ``remove()`` ends it, leaving the
+    weights in CPU memory, or on ``device`` with ``to_device=True``.
+    """
+
+    def __init__(self, model: DiT, device: Device = "cuda", pin: Optional[bool] = None):
+        self.model, self.device = model, torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        pin = self.cuda if pin is None else pin
+        for name, child in model.named_children():
+            if name != "blocks":
+                child.to(self.device)
+        self.tensors: list[list[Tensor]] = []  # per block: its parameters and buffers (module attributes)
+        self.host: list[list[Tensor]] = []  # per block: their CPU copies
+        for block in model.blocks:
+            ts = list(block.parameters()) + [b for b in block.buffers()]
+            self.tensors.append(ts)
+            host = []
+            for t in ts:
+                h = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
+                h.copy_(t.data)
+                t.data = h
+                host.append(h)
+            self.host.append(host)
+        self.slots = [[torch.empty_like(h, device=self.device) for h in self.host[0]] for _ in range(2)] \
+            if self.host else []
+        shapes = [[(h.shape, h.dtype) for h in host] for host in self.host]
+        if any(s != shapes[0] for s in shapes):
+            raise FastPathError("BlockOffload needs blocks with identical parameter shapes")
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.ready = [None, None]  # CUDA events: slot filled
+        self.free = [None, None]  # CUDA events: slot no longer read by the compute stream
+        self.loaded = [-1, -1]  # block index held by each slot
+        self.handles = []
+        n = len(model.blocks)
+        for i, block in enumerate(model.blocks):
+            self.handles.append(block.register_forward_pre_hook(lambda m, a, i=i: self._before(i)))
+            self.handles.append(block.register_forward_hook(lambda m, a, o, i=i, n=n: self._after(i, n)))
+
+    def _fetch(self, i: int) -> None:
+        """Start copying block i's weights into slot i % 2."""
+        s = i % 2
+        if self.loaded[s] == i:
+            return
+        if not self.cuda:
+            for dst, src in zip(self.slots[s], self.host[i]):
+                dst.copy_(src)
+        else:
+            with torch.cuda.stream(self.stream):
+                if self.free[s] is not None:
+                    self.stream.wait_event(self.free[s])
+                for dst, src in zip(self.slots[s], self.host[i]):
+                    dst.copy_(src, non_blocking=True)
+                self.ready[s] = torch.cuda.Event()
+                self.ready[s].record(self.stream)
+        self.loaded[s] = i
+
+    def _before(self, i: int) -> None:
+        self._fetch(i)
+        s = i % 2
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_event(self.ready[s])
+        for t, slot in zip(self.tensors[i], self.slots[s]):
+            t.data = slot
+        nxt = (i + 1) % len(self.tensors)
+        if nxt % 2 != s:  # (an odd block count wraps onto the slot in use: fetch it when needed instead)
+            self._fetch(nxt)
+
+    def _after(self, i: int, n: int) -> None:
+        s = i % 2
+        for t, h in zip(self.tensors[i], self.host[i]):
+            t.data = h
+        if self.cuda:
+            self.free[s] = torch.cuda.Event()
+            self.free[s].record(torch.cuda.current_stream(self.device))
+
+    def remove(self, to_device: bool = False) -> DiT:
+        """Remove the hooks and the slots; weights stay in CPU memory unless ``to_device``. Returns the model."""
+        for h in self.handles:
+            h.remove()
+        if self.cuda:
+            self.stream.synchronize()  # a prefetch may still be writing into a slot
+        self.handles, self.slots = [], []
+        if to_device:
+            for ts in self.tensors:
+                for t in ts:
+                    t.data = t.data.to(self.device)
+        return self.model
+
+
+# ---------------------------------------------------------------------------------------------- step caching
+class _CachedBlocks(nn.ModuleList):
+    """``model.blocks`` while a `StepCache` is attached: same children (names, weights, state dict); during a
+    forward, iteration yields the planned callables instead of the blocks themselves."""
+
+    _plan = None  # set by StepCache for the duration of one forward
+
+    def __iter__(self):
+        return iter(self._plan()) if self._plan is not None else iter(self._modules.values())
+
+
+class StepCache:
+    """Fast mode (changes outputs): skip most blocks on denoising steps where the input barely changed.
+
+    Each forward runs the first ``first_blocks`` blocks, then compares their output with the one stored at the
+    last fully computed forward of the same CFG branch (branches told apart by their ``context`` tensor):
+    mean|Δ| / mean|stored| < ``threshold`` and fewer than ``max_reuse`` reuses in a row -> the remaining blocks
+    are skipped and the residual they added last time is added instead (First-Block-Cache / TeaCache-style).
+    ``threshold=inf, max_reuse=1`` reuses every other forward of each branch. Hook points of skipped blocks do
+    not fire. ``computed`` / ``reused`` count forwards; ``remove()`` (or leaving the ``with``) detaches it.
+    """
+
+    def __init__(self, model: DiT, first_blocks: int = 1, threshold: float = 0.05, max_reuse: int = 1):
+        if not 0 < first_blocks < len(model.blocks):
+            raise FastPathError(f"StepCache: first_blocks must be in 1..{len(model.blocks) - 1}, got {first_blocks}")
+        if max_reuse < 0:
+            raise FastPathError(f"StepCache: max_reuse must be >= 0, got {max_reuse}")
+        self.model, self.first, self.threshold, self.max_reuse = model, first_blocks, threshold, max_reuse
+        self.computed = self.reused = 0
+        self.state: dict[tuple, dict] = {}  # branch key -> {"first": Tensor, "residual": Tensor, "streak": int}
+        self._context: Optional[Tensor] = None
+        model.blocks.__class__ = _CachedBlocks
+        model.blocks._plan = None
+        self._handles = [model.register_forward_pre_hook(self._start, with_kwargs=True),
+                         model.register_forward_hook(self._end)]
+
+    def _start(self, module, args, kwargs) -> None:
+        self._context = args[2] if len(args) > 2 else kwargs["context"]
+        self.model.blocks._plan = self._plan
+
+    def _end(self, module, args, out) -> None:
+        self.model.blocks._plan = None
+
+    def _plan(self):
+        blocks = list(self.model.blocks._modules.values())
+        ctx = self._context
+        key = (ctx.data_ptr(), tuple(ctx.shape))
+        st = self.state.setdefault(key, {"streak": 0})
+        seen: dict[str, Tensor] = {}
+
+        def keep(block, name):
+            def run(x, *args):
+                seen[name] = out = block(x, *args)
+                return out
+            return run
+
+        for i, block in enumerate(blocks[:self.first]):
+            yield keep(block, "first") if i == self.first - 1 else block
+        first = seen["first"]
+        if "first" in st and st["streak"] < self.max_reuse:
+            prev = st["first"]
+            change = float((first - prev).abs().float().mean() / prev.abs().float().mean().clamp(min=1e-12))
+            if change < self.threshold:
+                st["streak"] += 1
+                self.reused += 1
+                residual = st["residual"]
+                yield lambda x, *args: x + residual
+                return
+        for block in blocks[self.first:-1]:
+            yield block
+        yield keep(blocks[-1], "last")
+        st.update(first=first, residual=seen["last"] - first, streak=0)
+        self.computed += 1
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.model.blocks._plan = None
+        self.model.blocks.__class__ = nn.ModuleList
+        self.state.clear()
+
+    def __enter__(self) -> "StepCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+# ---------------------------------------------------------------------------------------------- attention maps
+def span_indicator(spans: Sequence[Span], text_len: int, device: Device = "cpu") -> Tensor:
+    """``float32 [L, K]``: 1 where text token j lies in span k = [s0, s1)."""
+    ind = torch.zeros(text_len, len(spans), device=device)
+    for k, (s0, s1) in enumerate(spans):
+        if not 0 <= s0 < s1 <= text_len:
+            raise FastPathError(f"spans[{k}] = ({s0}, {s1}): expected 0 <= s0 < s1 <= {text_len} text tokens")
+        ind[s0:s1, k] = 1
+    return ind
+
+
+def span_mass(probs: Tensor, indicator: Tensor) -> Tensor:
+    """Attention probabilities [B, heads, S, L] -> per-span mass averaged over heads [B, S, K] (float32)."""
+    return probs.float().mean(1) @ indicator
+
+
+def _qk_logits(q: Tensor, k: Tensor) -> Tensor:
+    """q [N, S, D] · k [N, L, D]ᵀ -> float32 [N, S, L], float32-accumulated from q/k's own values."""
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        try:
+            return torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # torch without bmm(out_dtype=): upcast first (same numbers)
+            pass
+    return torch.bmm(q.float(), k.float().transpose(1, 2))
+
+
+def span_attention(q: Tensor, k: Tensor, bias: Optional[Tensor], indicator: Tensor, head_chunk: int = 10) -> Tensor:
+    """Per-span cross-attention mass, mean over heads: q [B, S, H, D], k [B, L, H, D], bias broadcastable to
+    [B, 1, S, L] (or None), indicator [L, K] -> [B, S, K] float32. Softmax over all L text tokens in float32;
+    heads are processed ``head_chunk`` at a time to bound memory."""
+    B, S, H, D = q.shape
+    L = k.shape[1]
+    out = torch.zeros(B, S, indicator.shape[1], device=q.device, dtype=torch.float32)
+    for h0 in range(0, H, head_chunk):
+        h1 = min(h0 + head_chunk, H)
+        qh = q[:, :, h0:h1].transpose(1, 2).reshape(B * (h1 - h0), S, D)
+        kh = k[:, :, h0:h1].transpose(1, 2).reshape(B * (h1 - h0), L, D)
+        logits = _qk_logits(qh, kh).view(B, h1 - h0, S, L) * D ** -0.5
+        if bias is not None:
+            logits = logits + bias.float()
+        out += logits.softmax(-1).sum(1) @ indicator
+    return out / H
+
+
+class SpanAttentionRecorder:
+    """Record, for every chosen block, how much cross-attention each video token puts on each text span.
+
+    ``maps[n]``: ``[B, S_video, K]`` float32 for block n — softmax(q·kᵀ/√d + bias) over all text tokens, summed
+    over span k's tokens and averaged over heads — for the last forward (``history`` keeps one dict per forward
+    when ``keep_history``). It is recomputed from the q, k and bias the hook points see (float32 accumulation of
+    the same bf16 q/k the model used), so the model keeps its fast attention kernel and its output is unchanged.
+    ``compile`` wraps the computation in ``torch.compile`` (fuses scaling, bias, softmax and the head mean).
+    Subclasses may override `reduce` to compute something else from (q, k, bias).
+
+        with SpanAttentionRecorder(model, spans=[(3, 12), (13, 20)]) as rec:
+            model(x, t, ctx, bias)
+        rec.maps[20]  # [1, S, 2]
+    """
+
+    def __init__(self, model: DiT, spans: Sequence[Span], blocks: Optional[Sequence[int]] = None,
+                 device: Optional[Device] = None, compile: bool = False, keep_history: bool = False):
+        if not spans:
+            raise FastPathError("SpanAttentionRecorder: spans is empty; give at least one (s0, s1) text-token span")
+        self.model, self.spans = model, [(int(a), int(b)) for a, b in spans]
+        n = len(model.blocks)
+        self.blocks = list(range(n)) if blocks is None else [int(b) for b in blocks]
+        bad = [b for b in self.blocks if not 0 <= b < n]
+        if bad or not self.blocks:
+            raise FastPathError(f"SpanAttentionRecorder: block indices must be in 0..{n - 1}, got {self.blocks}")
+        self.device = device
+        self.keep_history = keep_history
+        self.maps: dict[int, Tensor] = {}
+        self.history: list[dict[int, Tensor]] = []
+        self._fn = torch.compile(span_attention, dynamic=False) if compile else span_attention
+        self._indicator: Optional[Tensor] = None
+        self._held: dict[str, Optional[Tensor]] = {}
+        self._where: dict[str, tuple[int, str]] = {}  # hook name -> (block, "q" | "k" | "bias" | "out")
+        self._removers: list = []
+
+    def __enter__(self) -> "SpanAttentionRecorder":
+        for n in self.blocks:
+            for field in ("q", "k", "bias", "out"):
+                name = f"blocks.{n}.cross_attn.hook_{field}"
+                self._where[name] = (n, field)
+                self._removers.append(self.model.add_hook(name, self._hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for remove in self._removers:
+            remove()
+        self._removers = []
+
+    @torch.compiler.disable  # runs eagerly: compiled blocks break their graph here instead of tracing it
+    def _hook(self, x: Tensor, hook: HookPoint) -> None:
+        block, field = self._where[hook.name]
+        if field != "out":
+            self._held[field] = x
+            return
+        q, k, bias = self._held.get("q"), self._held.get("k"), self._held.get("bias")
+        self._held = {}
+        if block == self.blocks[0]:  # a new forward starts
+            self.maps = {}
+        self.reduce(block, q, k, bias)
+        if block == self.blocks[-1] and self.keep_history:
+            self.history.append(self.maps)
+
+    def reduce(self, block: int, q: Tensor, k: Tensor, bias: Optional[Tensor]) -> None:
+        """Store block ``block``'s per-span map from q [B, S, H, D], k [B, L, H, D] and bias (or None)."""
+        L = k.shape[1]
+        if self._indicator is None or self._indicator.shape[0] != L or self._indicator.device != q.device:
+            self._indicator = span_indicator(self.spans, L, q.device)
+        m = self._fn(q, k, bias, self._indicator)
+        self.maps[block] = m if self.device is None else m.to(self.device)
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+def relative_error(out: Tensor, ref: Tensor) -> dict[str, float]:
+    """Deviation of ``out`` from ``ref`` (computed in float64): ``max_rel`` = max|Δ| / max|ref|, ``mean_rel`` =
+    mean|Δ| / mean|ref|, ``l2_rel`` = ‖Δ‖ / ‖ref‖, and ``max_abs``; ``nan`` counts non-finite outputs."""
+    if out.shape != ref.shape:
+        raise FastPathError(f"relative_error: shapes differ, {list(out.shape)} vs {list(ref.shape)}")
+    o, r = out.detach().double(), ref.detach().double()
+    d = (o - r).abs()
+    return {"max_rel": float(d.max() / r.abs().max().clamp(min=1e-30)),
+            "mean_rel": float(d.mean() / r.abs().mean().clamp(min=1e-30)),
+            "l2_rel": float(d.norm() / r.norm().clamp(min=1e-30)),
+            "max_abs": float(d.max()), "nan": int((~torch.isfinite(o)).sum())}
+
+
+__all__ = ["speed_up", "reset_speed_up", "sdpa_priority", "Fp8Linear", "FP8_LINEARS", "quantize_fp8",
+           "BlockOffload", "StepCache", "SpanAttentionRecorder", "span_attention", "span_indicator", "span_mass",
+           "relative_error", "FastPathError"]
