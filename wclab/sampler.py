@@ -374,16 +374,11 @@ class Session:
                        ) -> ActivationCache:
         """Run steps (like :meth:`run`) caching the named activations of every forward.
 
-        Keys are ``step{i}.{cond|uncond}.{high|low}.<hook name>``; only hooks matching ``names`` (a name, a
-        list of names, or a predicate on the bare hook name) are stored, moved to ``device``.
+        ``names``: a hook name (``high.<hook>``, ``low.<hook>``, or a bare ``<hook>`` for both experts), a list
+        of them, or a predicate on the bare hook name. Keys are ``step{i}.{cond|uncond}.{high|low}.<hook>``;
+        only the named activations are kept, detached and moved to ``device`` (None: left where they are).
         """
         store: dict[str, torch.Tensor] = {}
-
-        def want(bare: str) -> bool:
-            if callable(names):
-                return bool(names(bare))
-            wanted = [names] if isinstance(names, str) else list(names)
-            return bare in wanted
 
         def make(expert: Expert, bare: str) -> HookFn:
             def fn(x, hook):
@@ -393,17 +388,16 @@ class Session:
                 return None
             return fn
 
-        selected = []
-        for e in ("high", "low"):
-            pts = self.dit(e).hook_points()
-            if callable(names):
-                bare_names = [n for n in pts if want(n)]
-            else:
-                bare_names = [names] if isinstance(names, str) else list(names)
-                for n in bare_names:
-                    self.dit(e).resolve_hook_points(n)
-            selected += [(f"{e}.{n}", make(e, n)) for n in bare_names]
-
+        if callable(names):
+            selected = [(f"{e}.{n}", make(e, n)) for e in ("high", "low") for n in self.dit(e).hook_points()
+                        if names(n)]
+            if not selected:
+                raise SessionError("run_with_cache: the names predicate matched no hook point (see hook_names())")
+        else:
+            selected = []
+            for name in [names] if isinstance(names, str) else list(names):
+                experts, bare = self._split(name)
+                selected += [(f"{e}.{bare}", make(e, bare)) for e in experts]
         with self.hooks(selected):
             self.run(until=until)
         return ActivationCache(store)
