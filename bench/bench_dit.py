@@ -14,12 +14,13 @@ recorded without stopping the others):
   eager_nobias      the same without the bias
   reference         the reference implementation's own blocks on the same weights (with --reference)
   eager_rope32      eager with the float32 RoPE path only
-  capture_eager     + SpanAttentionRecorder on all blocks (q/k recompute), + wclab.inspect.AttentionMaps'
-                    reduction (chunked recompute), + a reduction hook on the opt-in cross_attn.hook_probs
+  capture_eager     eager float32-RoPE forward + wclab.inspect.AttentionMaps' capture on all blocks (its hooks and
+                    reduction on the bare DiT), then a reduction hook on the opt-in cross_attn.hook_probs (the
+                    explicit pattern: time, and the maps' check)
   compiled          fast.speed_up: float32 RoPE + torch.compile per block (+ cuDNN attention first, if faster)
   profile_compiled  kernel shares of the compiled path
   two_experts       a second expert resident on the same GPU; peak memory with both
-  capture_compiled  compiled path + SpanAttentionRecorder(compile=True), and + the inspect AttentionMaps reduction
+  capture_compiled  compiled path + the same AttentionMaps capture
   accuracy          float32 forward of the same weights: every bf16 variant's error against it
   offload           BlockOffload (blocks streamed from pinned CPU memory): peak memory and time
   fp8               quantize_fp8 + compile: time, deviation, memory
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import math
 import sys
 import time
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import Report, cuda_ms, memory, reset_peak, sync, timed  # noqa: E402
 
 from wclab.encode.bias import BiasSpec  # noqa: E402
+from wclab.inspect.attention import cross_attention_hooks, span_mass, span_selector  # noqa: E402
 from wclab.models import fast  # noqa: E402
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
 
@@ -143,26 +146,18 @@ def reference_forward(ref, mod, x, timestep, context, bias):
     return ref.unpatchify(ref.head(x, t), (f, h, w))
 
 
-def inspect_maps_cost(model: DiT, spans):
-    """(recorder, AttentionMaps) where the recorder's per-block reduction is `wclab.inspect.AttentionMaps`'s own
-    (``_accumulate``: chunked float32 recompute of the probabilities, summed per caption span), driven by the
-    same q/k/bias hooks without a Session — so its cost can be timed on one forward."""
-    from types import SimpleNamespace
+def attention_maps_capture(model: DiT, spans, text_len: int, device) -> tuple[list, dict]:
+    """`wclab.inspect.AttentionMaps`' capture on the bare DiT (a Session would also need T5 and the VAE at full
+    size): its hooks (`cross_attention_hooks`) on every block's cross-attention and its per-block reduction
+    (`span_mass`, all heads) onto the caption spans. Returns (hooks for ``model.hooks``, maps): maps[n] is block
+    n's float32 [K, S] mass (summed over heads) from the last forward."""
+    sel = span_selector(spans, text_len, device)
+    n, calls, maps = len(model.blocks), itertools.count(), {}
 
-    from wclab.inspect.attention import AttentionMaps, _Target
+    def reduce(q, k, bias):
+        maps[next(calls) % n] = span_mass(q, k, bias, sel)
 
-    maps = AttentionMaps.__new__(AttentionMaps)
-    maps.session = SimpleNamespace(current_branch="cond", step_index=0, positive=SimpleNamespace(spans=list(spans)),
-                                   conditions=SimpleNamespace(caption_order={str(i): i for i in range(len(spans))}))
-    maps.heads = list(range(model.cfg.num_heads))
-    maps.targets = [_Target(str(i)) for i in range(len(spans))]
-    maps._word_spans, maps.sums, maps.counts, maps._selector_cache = {}, {}, {}, {}
-
-    class Recorder(fast.SpanAttentionRecorder):
-        def reduce(self, block, q, k, bias):
-            maps._accumulate(q, k, bias)
-
-    return Recorder(model, spans), maps
+    return cross_attention_hooks([f"blocks.{b}.cross_attn" for b in range(n)], reduce), maps
 
 
 # ---------------------------------------------------------------------------------------------- profiling
@@ -366,48 +361,34 @@ def main(argv=None) -> dict:
     # ------------------------------------------------------------------ attention-map capture, eager
     def capture_eager():
         model.rope_dtype = torch.float32
-        base = st.get("t_eager_rope32")
-        r = {}
+        base, H = st.get("t_eager_rope32"), cfg.num_heads
+        hooks, maps = attention_maps_capture(model, spans, L, device)
         reset_peak()
-        with fast.SpanAttentionRecorder(model, spans) as rec:
-            tm, out = timed(fwd(), 1)
-        r["recorder"] = result(tm, out, ref_key="out_rope32", base_key=None)
-        r["recorder"]["output_bitwise_equal_to_eager_rope32"] = bool(torch.equal(out, st["out_rope32"])) \
+        with model.hooks(hooks):
+            tm, out = timed(fwd(), args.repeat)
+        r = {"attention_maps": result(tm, out, ref_key="out_rope32", base_key=None)}
+        r["attention_maps"]["output_bitwise_equal_to_eager_rope32"] = bool(torch.equal(out, st["out_rope32"])) \
             if "out_rope32" in st else None
-        r["recorder"]["blocks_recorded"] = len(rec.maps)
-        maps_rec = {n: m.clone() for n, m in rec.maps.items()}
-        ind = fast.span_indicator(spans, L, device)
-        probs_maps: dict = {}
+        r["attention_maps"]["blocks_recorded"] = len(maps)
+        sel, probs_maps = span_selector(spans, L, device), {}
 
-        def reduce_probs(p, hook):
-            probs_maps[int(hook.name.split(".")[1])] = fast.span_mass(p, ind)
+        def reduce_probs(p, hook):  # the explicit pattern [B, H, S, L], summed like the maps
+            probs_maps[int(hook.name.split(".")[1])] = (p.sum((0, 1)) @ sel).T
 
         reset_peak()
         with model.hooks([(lambda n: n.endswith("cross_attn.hook_probs"), reduce_probs)]):
             tm2, out2 = timed(fwd(), 1)
         r["hook_probs"] = result(tm2, out2, ref_key="out_rope32", base_key=None)
         if base:
-            r["recorder_overhead_pct"] = round(100 * (tm["median_s"] / base - 1), 1)
+            r["overhead_pct"] = round(100 * (tm["median_s"] / base - 1), 1)
+            r["added_s"] = round(tm["median_s"] - base, 3)
             r["hook_probs_overhead_pct"] = round(100 * (tm2["median_s"] / base - 1), 1)
-            r["recorder_added_s"] = round(tm["median_s"] - base, 3)
-        r["block0_maps_max_abs_diff_recorder_vs_hook_probs"] = float((maps_rec[0] - probs_maps[0]).abs().max())
-        r["block0_span_mass_mean"] = [round(float(v), 4) for v in maps_rec[0].mean((0, 1))]
-        try:  # the inspect helper's AttentionMaps reduction, if present
-            rec2, am = inspect_maps_cost(model, spans)
-            reset_peak()
-            with rec2:
-                tm3, out3 = timed(fwd(), 1)
-            r["inspect_attention_maps"] = result(tm3, out3, ref_key="out_rope32", base_key=None)
-            if base:
-                r["inspect_attention_maps_overhead_pct"] = round(100 * (tm3["median_s"] / base - 1), 1)
-            mine = torch.stack([maps_rec[n][0] for n in sorted(maps_rec)]).mean(0).T  # [K, S]
-            theirs = am.sums[0] / am.counts[0]  # [K, S], per (forward, block, head) term
-            r["inspect_vs_recorder_max_abs_diff"] = float((mine - theirs.to(mine)).abs().max())
-        except Exception as e:
-            r["inspect_attention_maps_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        # block 0 sees identical inputs in both runs; per (head, token) probabilities, hence / H
+        r["block0_maps_max_abs_diff_vs_hook_probs"] = float((maps[0] - probs_maps[0]).abs().max() / H)
+        r["block0_span_mass_mean"] = [round(float(v), 4) for v in maps[0].mean(1) / H]
         return r
 
-    stage("capture_eager", capture_eager, 35)
+    stage("capture_eager", capture_eager, 60)
 
     # ------------------------------------------------------------------ compiled (exact bf16 path)
     def compiled():
@@ -458,26 +439,19 @@ def main(argv=None) -> dict:
 
     # ------------------------------------------------------------------ capture on the compiled path
     def capture_compiled():
+        hooks, maps = attention_maps_capture(model, spans, L, device)
         reset_peak()
-        with fast_ctx(), fast.SpanAttentionRecorder(model, spans, compile=device.type == "cuda") as rec:
-            tm, out = timed(fwd(), 2)
+        with fast_ctx(), model.hooks(hooks):
+            tm, out = timed(fwd(), args.repeat)
         r = result(tm, out, ref_key="out_compiled", base_key="compiled")
-        r["blocks_recorded"] = len(rec.maps)
+        r["blocks_recorded"] = len(maps)
         base = st.get("t_compiled")
         if base:
             r["overhead_pct"] = round(100 * (tm["median_s"] / base - 1), 1)
             r["added_s"] = round(tm["median_s"] - base, 3)
         if "out_compiled" in st:
             r["output_bitwise_equal_to_compiled"] = bool(torch.equal(out, st["out_compiled"]))
-        try:  # the inspect helper's AttentionMaps reduction on the compiled path
-            rec2, _ = inspect_maps_cost(model, spans)
-            with fast_ctx(), rec2:
-                tm3, _ = timed(fwd(), 1)
-            r["inspect_attention_maps"] = tm3
-            if base:
-                r["inspect_attention_maps_overhead_pct"] = round(100 * (tm3["median_s"] / base - 1), 1)
-        except Exception as e:
-            r["inspect_attention_maps_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        r["block0_span_mass_mean"] = [round(float(v), 4) for v in maps[0].mean(1) / cfg.num_heads]
         return r
 
     if "t_compiled" in st:
@@ -622,7 +596,7 @@ def summary(stages: dict) -> dict:
         "compiled_speedup": get("compiled", "speedup_vs_eager_bias"),
         "compiled_max_rel_err": get("compiled", "error_vs_eager", "max_rel"),
         "compiled_mean_rel_err": get("compiled", "error_vs_eager", "mean_rel"),
-        "capture_eager_recorder_overhead_pct": get("capture_eager", "recorder_overhead_pct"),
+        "capture_eager_overhead_pct": get("capture_eager", "overhead_pct"),
         "capture_eager_hook_probs_overhead_pct": get("capture_eager", "hook_probs_overhead_pct"),
         "capture_compiled_overhead_pct": get("capture_compiled", "overhead_pct"),
         "two_experts_peak_gib": get("two_experts", "peak_allocated_gib"),

@@ -33,8 +33,9 @@ def test_bench_dit_tiny_runs_every_stage_without_errors(tmp_path):
     assert stages["compiled"]["dynamo_graph_breaks"] == {}
     assert stages["compiled"]["error_vs_eager"]["max_rel"] < 1e-5  # float32 model: only RoPE rounding differs
     assert stages["offload"]["output_bitwise_equal_to_eager_rope32"] is True
-    assert stages["capture_eager"]["recorder"]["output_bitwise_equal_to_eager_rope32"] is True
-    assert stages["capture_eager"]["block0_maps_max_abs_diff_recorder_vs_hook_probs"] < 1e-5
+    assert stages["capture_eager"]["attention_maps"]["output_bitwise_equal_to_eager_rope32"] is True
+    assert stages["capture_eager"]["block0_maps_max_abs_diff_vs_hook_probs"] < 1e-5
+    assert stages["capture_compiled"]["blocks_recorded"] == 2
     assert (stages["step_cache"]["computed"], stages["step_cache"]["reused"]) == (4, 4)
     assert report["summary"]["compiled_s"] > 0 and report["env"]["torch"]
 

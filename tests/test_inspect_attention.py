@@ -15,7 +15,8 @@ from conftest import FIXTURES, TINY_MODELS, TOKENIZER
 from wclab.conditions import load_json
 from wclab.encode import word_spans
 from wclab.image import solid_image
-from wclab.inspect import AttentionMaps, InspectError, span_mass
+from wclab.inspect import AttentionMaps, InspectError, span_mass, span_selector
+from wclab.inspect import attention as attention_module
 from wclab.models.attention import attention_logits
 from wclab.models.loading import load_models
 from wclab.sampler import Session, Settings
@@ -127,16 +128,38 @@ def test_maps_equal_explicit_probabilities_summed_over_heads_and_spans(base):
 
 
 def test_span_mass_is_the_pattern_summed_over_heads_and_groups_in_any_chunking():
+    """float32 sums of the same probabilities in other orders: assert_close's float32 default (1.3e-6 rel)."""
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 37, 3, 8, generator=g), torch.randn(2, 11, 3, 8, generator=g)
     bias = torch.randn(2, 1, 37, 11, generator=g)
-    selector = torch.zeros(11, 3)
-    selector[0:4, 0], selector[4:5, 1], selector[7:11, 2] = 1, 1, 1
+    selector = span_selector([(0, 4), (4, 5), None, (7, 11)], 11)
+    per_head = 2 * 37 * 11  # logits of one head
     for b in (bias, None):
         probs = attention_logits(q, k, b).softmax(-1)  # [B, H, S, L], the explicit pattern
         expected = (probs[:, [0, 2]].sum((0, 1)) @ selector).T  # [R, S]
-        for chunk in (1 << 20, 2 * 2 * 11 * 5):  # whole, and chunks of 5 video tokens
+        assert float(expected[2].abs().max()) == 0
+        for chunk in (1 << 20, per_head, per_head - 1, 2 * 11 * 5):  # both heads; one head; tokens 36 / 5 at a time
             torch.testing.assert_close(span_mass(q, k, b, selector, heads=[0, 2], chunk_elements=chunk), expected)
+        torch.testing.assert_close(span_mass(q, k, b, selector), (probs.sum((0, 1)) @ selector).T)
+
+
+def test_span_mass_computation_traces_into_one_graph():
+    """On CUDA span_mass runs through torch.compile: its computation must trace without graph breaks."""
+    import torch._dynamo
+
+    g = torch.Generator().manual_seed(1)
+    q, k, bias = torch.randn(1, 20, 4, 8, generator=g), torch.randn(1, 6, 4, 8, generator=g), torch.randn(1, 1, 20, 6)
+    selector = span_selector([(1, 3), (3, 6)], 6)
+    torch._dynamo.reset()
+    traced = torch.compile(attention_module._span_mass, backend="eager", fullgraph=True, dynamic=False)
+    torch.testing.assert_close(traced(q, k, bias, selector, 2, 20), span_mass(q, k, bias, selector))
+
+
+def test_span_selector_marks_each_span_and_rejects_spans_outside_the_text():
+    sel = span_selector([(1, 3), None], 5)
+    assert sel.dtype == torch.float32 and sel.T.tolist() == [[0, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
+    with pytest.raises(InspectError, match=r"spans\[1\] = \(4, 9\)"):
+        span_selector([(0, 3), (4, 9)], 6)
 
 
 def test_negative_bias_setting_shows_on_the_uncond_branch(base):

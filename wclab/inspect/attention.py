@@ -3,21 +3,27 @@
 For every selected forward (step × CFG branch × expert) and DiT block, each video token's attention
 probabilities onto the text tokens are summed over the selected heads and over each target's text tokens
 (an object's caption span, or one word of it), giving ``[R, S]`` (R targets, S video tokens) that is added
-to a running sum per step. No attention matrix is formed or kept: the state is one ``[R, S]`` float32
-tensor per step.
+to a running sum per step. No attention pattern is kept: the state is one ``[R, S]`` float32 tensor per step.
 
-How: hooks on ``cross_attn.hook_q`` / ``hook_k`` / ``hook_bias`` hold references to the block's q, k and
-bias; the hook on ``cross_attn.hook_out`` calls :func:`span_mass`, which gets the per-target sums from one
-extra attention call whose values are the 0/1 target-membership columns (``softmax(q·kᵀ/√d + bias)·V`` with
-``V[l, r] = 1`` when text token l belongs to target r *is* the mass on target r), so fused kernels reduce
-the pattern without materialising it. Rejected alternatives: the opt-in ``hook_probs`` point makes the block
-form the full ``[B, heads, S, L]`` float32 pattern (≈2.7 GB per block at 480×832×81) and leave its fused
-kernel, which changes the generation's numerics; recomputing the pattern explicitly in chunks is exact in
-float32 but memory-bound. Measured on one H100 for one full-size block (bf16, S = 32760 video tokens, L = 512,
-20 targets, random weights): block forward 79.5 ms; :func:`span_mass` 1.8 ms with all 40 heads (2.3 %),
-0.6 ms with 10 heads; the explicit float32 recomputation 12.2 ms (15 %). The fused result is in the model's
-dtype per head (bf16: max deviation 5e-3 from float32 on 40-head sums up to 6.3); on float32 models it
-agrees with ``hook_probs`` to 1e-5. The forward itself is untouched (bitwise the same generation).
+How: :func:`cross_attention_hooks` puts one hook function on ``cross_attn.hook_q`` / ``hook_k`` /
+``hook_bias`` (which hold references to the block's q, k and bias) and ``hook_out`` (which hands them to a
+reduction); the reduction is :func:`span_mass`, which recomputes ``softmax(q·kᵀ/√d + bias)`` in float32 (q·kᵀ
+accumulated in float32 from the model's own q and k), a few heads at a time, sums it over the heads and
+multiplies by the 0/1 target-membership matrix ``[L, R]``. On CUDA that computation is ``torch.compile``'d
+(scaling, bias, softmax and the head sum fuse); elsewhere it runs eagerly, with the same float32 numbers (on
+float32 models it agrees with the opt-in ``hook_probs`` pattern to 1e-5). The hooks only look and run
+eagerly inside compiled blocks (``wclab.models.fast.speed_up``), so the model keeps its own fused attention
+and the generation is bitwise the same as without maps (eager; compiled blocks are split at the hooks, which
+changes their fused rounding). The same hooks and reduction work on a bare
+:class:`wclab.models.dit.DiT` (``model.hooks(cross_attention_hooks(...))``), which is how ``bench/bench_dit.py``
+measures them: on one H100 at 480×832×81 (bf16, all 40 blocks and heads, 3 spans) +6.3 % per forward eager and
++7.0 % compiled, +1.6–2.1 GiB peak memory (``bench/RESULTS.md``, run 4). The first CUDA call compiles (≈15 s).
+
+Rejected alternatives: the ``hook_probs`` point makes the block form the full ``[B, heads, S, L]`` float32
+pattern (≈2.7 GB per block at 480×832×81) and leave its fused kernel, which changes the generation's
+numerics; one extra ``scaled_dot_product_attention`` call with the membership columns as values avoids the
+float32 logits but computes in the model's dtype (bf16: 5e-3 off) and cost more per forward on an H100
+(+10 % eager, +18.9 % compiled, against +7.2 % / +7.1 % for this float32 reduction in the same run 1).
 
 Targets per CFG branch: on the ``cond`` branch object k's target is its caption span in the prompt (and its
 words, from :func:`wclab.encode.word_spans`); on the ``uncond`` branch it is the negative-prompt span that the
@@ -26,12 +32,12 @@ and words have none. A target without tokens on a branch adds zeros.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Iterable, Literal, Optional, Sequence, Union
+from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from wclab.encode import word_spans
@@ -39,7 +45,9 @@ from wclab.errors import WclabError
 
 Branch = Literal["cond", "uncond"]
 Normalize = Literal["mean", "sum", "max", "none"]
-CHUNK_ELEMENTS = 1 << 26  # float32 probabilities per chunk of recomputation (256 MiB)
+CHUNK_ELEMENTS = 1 << 28  # float32 logits per chunk of recomputation (1 GiB; 10 of 40 heads at 480x832x81)
+Span = tuple[int, int]
+ReduceFn = Callable[[Tensor, Tensor, Optional[Tensor]], None]
 
 
 class InspectError(WclabError, ValueError):
@@ -102,37 +110,15 @@ class AttentionMaps:
     def __enter__(self) -> "AttentionMaps":
         if self._stack is not None:
             raise InspectError("these AttentionMaps are already attached")
-        hooks = []
-        for e in self.experts:
-            for b in self.blocks:
-                hooks += self._block_hooks(f"{e}.blocks.{b}.cross_attn")
+        modules = [f"{e}.blocks.{b}.cross_attn" for e in self.experts for b in self.blocks]
         self._stack = ExitStack()
-        self._stack.enter_context(self.session.hooks(hooks))
+        self._stack.enter_context(self.session.hooks(cross_attention_hooks(modules, self._accumulate, self._wanted)))
         return self
 
     def __exit__(self, *exc) -> None:
         stack, self._stack = self._stack, None
         if stack is not None:
             stack.close()
-
-    def _block_hooks(self, prefix: str) -> list:
-        held: dict[str, Tensor] = {}
-
-        def keep(name: str):
-            @torch.compiler.disable  # runs eagerly inside compiled blocks (wclab.models.fast.speed_up)
-            def fn(x, hook):
-                if self._wanted():
-                    held[name] = x
-            return fn
-
-        @torch.compiler.disable
-        def reduce(out, hook):
-            if "q" in held and "k" in held:
-                self._accumulate(held["q"], held["k"], held.get("bias"))
-            held.clear()
-
-        return [(f"{prefix}.hook_q", keep("q")), (f"{prefix}.hook_k", keep("k")),
-                (f"{prefix}.hook_bias", keep("bias")), (f"{prefix}.hook_out", reduce)]
 
     def _wanted(self) -> bool:
         s = self.session
@@ -147,19 +133,14 @@ class AttentionMaps:
         key = (branch, tuple(spans), tuple(sorted(order.items())), text_len, str(device))
         sel = self._selector_cache.get(key)
         if sel is None:
-            sel = torch.zeros(text_len, len(self.targets), dtype=torch.float32)
-            for r, t in enumerate(self.targets):
+            columns: list[Optional[Span]] = []
+            for t in self.targets:
                 k = order.get(t.object_id)
-                if k is None or k >= len(spans):
-                    continue
-                if t.word is None:
-                    s0, s1 = spans[k]
-                elif branch == "cond":
-                    s0, s1 = self._word_spans[(t.object_id, t.word_index)]
+                if k is None or k >= len(spans) or (t.word is not None and branch != "cond"):
+                    columns.append(None)
                 else:
-                    continue
-                sel[s0:s1, r] = 1.0
-            sel = self._selector_cache[key] = sel.to(device)
+                    columns.append(tuple(spans[k]) if t.word is None else self._word_spans[(t.object_id, t.word_index)])
+            sel = self._selector_cache[key] = span_selector(columns, text_len, device)
         return sel
 
     def _accumulate(self, q: Tensor, k: Tensor, bias: Optional[Tensor]) -> None:
@@ -248,41 +229,118 @@ class AttentionMaps:
         return {i: float(m.mean()) for i, m in self.token_masks().items()}
 
 
+def cross_attention_hooks(modules: Iterable[str], reduce: ReduceFn, wanted: Callable[[], bool] = lambda: True
+                          ) -> list[tuple[str, Callable]]:
+    """Hooks that hand each listed cross-attention module's q, k and bias to ``reduce`` once per forward.
+
+    modules: cross-attention paths, ``"blocks.3.cross_attn"`` for ``DiT.hooks`` or ``"high.blocks.3.cross_attn"``
+    for ``Session.hooks``. At the module's ``hook_out``, ``reduce(q, k, bias)`` gets q ``[B, S, H, D]``, k
+    ``[B, L, H, D]`` and bias ``[B, 1, S, L]`` (None without a bias) as the module used them, if ``wanted()`` was
+    true when its q went by. Returns ``[(hook name, fn), ...]`` to attach with either ``hooks(...)``. The hooks
+    only look, and run eagerly inside compiled blocks (one function for all blocks).
+    """
+    held: dict[str, Tensor] = {}
+
+    @torch.compiler.disable  # graph breaks here instead of tracing the hook (wclab.models.fast.speed_up)
+    def hook(x: Tensor, point) -> None:
+        field = point.name.rpartition(".hook_")[2]
+        if field == "q":
+            held.clear()
+            if wanted():
+                held["q"] = x
+        elif field == "out":
+            if "q" in held and "k" in held:
+                reduce(held["q"], held["k"], held.get("bias"))
+            held.clear()
+        elif "q" in held:
+            held[field] = x
+
+    return [(f"{m}.hook_{f}", hook) for m in modules for f in ("q", "k", "bias", "out")]
+
+
+def span_selector(spans: Sequence[Optional[Span]], text_len: int, device=None) -> Tensor:
+    """float32 ``[L, R]``: column r is 1 on text tokens ``[s0, s1)`` of ``spans[r]`` (all 0 for None)."""
+    sel = torch.zeros(text_len, len(spans), dtype=torch.float32)
+    for r, span in enumerate(spans):
+        if span is None:
+            continue
+        s0, s1 = span
+        if not 0 <= s0 < s1 <= text_len:
+            raise InspectError(f"spans[{r}] = ({s0}, {s1}): expected 0 <= s0 < s1 <= {text_len} text tokens")
+        sel[s0:s1, r] = 1.0
+    return sel.to(device) if device is not None else sel
+
+
 @torch.no_grad()
 def span_mass(q: Tensor, k: Tensor, bias: Optional[Tensor], selector: Tensor, heads: Optional[Sequence[int]] = None,
-              chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
-    """Cross-attention mass of each video token on each text-token group, without forming the attention pattern.
+              chunk_elements: int = CHUNK_ELEMENTS, compile: Optional[bool] = None) -> Tensor:
+    """Cross-attention mass of each video token on each text-token group: float32 ``[R, S]``.
 
     q ``[B, S, H, D]``, k ``[B, L, H, D]`` (as at ``cross_attn.hook_q`` / ``hook_k``), bias ``[B, 1, S, L]`` or
-    None, selector ``[L, R]`` (1 where text token l belongs to group r). Returns float32 ``[R, S]``:
-    ``softmax(q·kᵀ/√D + bias)`` summed over the batch, the selected ``heads`` (default all) and each group's
-    text tokens.
-
-    The sum over a group's tokens is what attention computes when the values are the selector's columns, so
-    this is one attention call with values ``[L, R]`` (fused kernels never form the ``[S, L]`` pattern;
-    numerics are those of the model's own attention in q's dtype). Video tokens go in chunks of at most
-    ``chunk_elements`` pattern entries, which bounds memory where the math fallback forms the pattern.
+    None, selector ``[L, R]`` (1 where text token l belongs to group r, see :func:`span_selector`). Returns
+    ``softmax(q·kᵀ/√D + bias)`` over all L text tokens, summed over the batch, the selected ``heads`` (default
+    all) and each group's tokens, computed in float32 (q·kᵀ accumulated in float32 from q's and k's values).
+    At most ``chunk_elements`` float32 logits exist at a time: whole heads (as many as evenly divide the heads),
+    or runs of video tokens of one head when a head alone is larger. ``compile``: run the computation through
+    ``torch.compile`` (default: when q is on CUDA; where its backend fails there, a warning and eager).
     """
+    global _compiled_fn
     B, S, H, D = q.shape
-    L, R = k.shape[1], selector.shape[1]
+    L = k.shape[1]
     if heads is not None and list(heads) != list(range(H)):
         index = torch.tensor(list(heads), device=q.device)
         q, k = q.index_select(2, index), k.index_select(2, index)
     h = q.shape[2]
-    width = -(-R // 8) * 8  # value width padded to a multiple of 8 for the fused kernels
-    v = torch.zeros(L, width, dtype=q.dtype, device=q.device)
-    v[:, :R] = selector.to(q.dtype)
-    v = v.expand(B, h, L, width)
-    kt = k.transpose(1, 2)  # [B, h, L, D]
-    mask = None if bias is None else bias.to(q.dtype)
-    out = torch.empty(R, S, dtype=torch.float32, device=q.device)
-    chunk = max(1, chunk_elements // (B * h * L))
-    for s0 in range(0, S, chunk):
-        s1 = min(S, s0 + chunk)
-        m = None if mask is None else mask[:, :, s0:s1]
-        mass = F.scaled_dot_product_attention(q[:, s0:s1].transpose(1, 2), kt, v, attn_mask=m)  # [B, h, c, width]
-        out[:, s0:s1] = mass[..., :R].float().sum(dim=(0, 1)).T
-    return out
+    per_head = B * S * L
+    head_chunk = max((n for n in range(1, h + 1) if h % n == 0 and n * per_head <= chunk_elements), default=1)
+    token_chunk = S if per_head <= chunk_elements else max(1, chunk_elements // (B * L))
+    sel = selector.to(q.device, torch.float32)
+    if q.is_cuda if compile is None else compile:
+        if _compiled_fn is None:
+            _compiled_fn = torch.compile(_span_mass, dynamic=False)
+        try:
+            return _compiled_fn(q, k, bias, sel, head_chunk, token_chunk)
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no Triton for this GPU: same numbers, eagerly
+            if compile:
+                raise
+            warnings.warn(f"span_mass: torch.compile failed ({str(e)[:200]}); computing eagerly from now on")
+            _compiled_fn = _span_mass
+    return _span_mass(q, k, bias, sel, head_chunk, token_chunk)
+
+
+_compiled_fn: Optional[Callable] = None  # torch.compile(_span_mass), made at the first CUDA call
+
+
+def _qk_logits(q: Tensor, k: Tensor) -> Tensor:
+    """q ``[N, S, D]`` · k ``[N, L, D]``ᵀ -> float32 ``[N, S, L]``, accumulated in float32 from q's and k's values."""
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        try:
+            return torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # torch without bmm(out_dtype=): upcast first (same numbers)
+            pass
+    return torch.bmm(q.float(), k.float().transpose(1, 2))
+
+
+def _span_mass(q: Tensor, k: Tensor, bias: Optional[Tensor], sel: Tensor, head_chunk: int, token_chunk: int
+               ) -> Tensor:
+    """:func:`span_mass` after head selection: ``head_chunk`` heads × ``token_chunk`` video tokens at a time."""
+    B, S, h, D = q.shape
+    L = k.shape[1]
+    parts = []
+    for s0 in range(0, S, token_chunk):
+        c = min(token_chunk, S - s0)
+        mass = None
+        for h0 in range(0, h, head_chunk):
+            n = min(head_chunk, h - h0)
+            qc = q[:, s0:s0 + c, h0:h0 + n].transpose(1, 2).reshape(B * n, c, D)
+            kc = k[:, :, h0:h0 + n].transpose(1, 2).reshape(B * n, L, D)
+            logits = _qk_logits(qc, kc).view(B, n, c, L) * D ** -0.5
+            if bias is not None:
+                logits = logits + bias[:, :, s0:s0 + c].float()
+            m = logits.softmax(-1).sum((0, 1)) @ sel  # [c, R]
+            mass = m if mass is None else mass + m
+        parts.append(mass)
+    return torch.cat(parts).T.contiguous()  # [R, S]
 
 
 def _checked(values, allowed: list, name: str, cast) -> list:

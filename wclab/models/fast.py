@@ -9,24 +9,22 @@
                                ``device`` one block ahead of the computation
   StepCache(model)             fast mode: reuse the deep blocks' residual on steps whose early-block output
                                barely changed (outputs change; opt-in)
-  SpanAttentionRecorder(...)   per-span cross-attention maps recomputed from the q, k and bias the hooks see,
-                               while the model's own attention keeps its fast kernel (outputs unchanged)
   relative_error(a, b)         max / mean / L2 relative differences, for reporting a fast path's deviation
+
+Per-object cross-attention maps (with or without these fast paths) are `wclab.inspect.AttentionMaps`.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from wclab.errors import WclabError
 from wclab.models.dit import DiT
-from wclab.models.hooks import HookPoint
 
 Device = Union[str, torch.device]
-Span = tuple[int, int]
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8 e4m3fn value
 
@@ -329,121 +327,6 @@ class StepCache:
         self.remove()
 
 
-# ---------------------------------------------------------------------------------------------- attention maps
-def span_indicator(spans: Sequence[Span], text_len: int, device: Device = "cpu") -> Tensor:
-    """``float32 [L, K]``: 1 where text token j lies in span k = [s0, s1)."""
-    ind = torch.zeros(text_len, len(spans), device=device)
-    for k, (s0, s1) in enumerate(spans):
-        if not 0 <= s0 < s1 <= text_len:
-            raise FastPathError(f"spans[{k}] = ({s0}, {s1}): expected 0 <= s0 < s1 <= {text_len} text tokens")
-        ind[s0:s1, k] = 1
-    return ind
-
-
-def span_mass(probs: Tensor, indicator: Tensor) -> Tensor:
-    """Attention probabilities [B, heads, S, L] -> per-span mass averaged over heads [B, S, K] (float32)."""
-    return probs.float().mean(1) @ indicator
-
-
-def _qk_logits(q: Tensor, k: Tensor) -> Tensor:
-    """q [N, S, D] · k [N, L, D]ᵀ -> float32 [N, S, L], float32-accumulated from q/k's own values."""
-    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-        try:
-            return torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
-        except (TypeError, RuntimeError):  # torch without bmm(out_dtype=): upcast first (same numbers)
-            pass
-    return torch.bmm(q.float(), k.float().transpose(1, 2))
-
-
-def span_attention(q: Tensor, k: Tensor, bias: Optional[Tensor], indicator: Tensor, head_chunk: int = 10) -> Tensor:
-    """Per-span cross-attention mass, mean over heads: q [B, S, H, D], k [B, L, H, D], bias broadcastable to
-    [B, 1, S, L] (or None), indicator [L, K] -> [B, S, K] float32. Softmax over all L text tokens in float32;
-    heads are processed ``head_chunk`` at a time to bound memory."""
-    B, S, H, D = q.shape
-    L = k.shape[1]
-    out = torch.zeros(B, S, indicator.shape[1], device=q.device, dtype=torch.float32)
-    for h0 in range(0, H, head_chunk):
-        h1 = min(h0 + head_chunk, H)
-        qh = q[:, :, h0:h1].transpose(1, 2).reshape(B * (h1 - h0), S, D)
-        kh = k[:, :, h0:h1].transpose(1, 2).reshape(B * (h1 - h0), L, D)
-        logits = _qk_logits(qh, kh).view(B, h1 - h0, S, L) * D ** -0.5
-        if bias is not None:
-            logits = logits + bias.float()
-        out += logits.softmax(-1).sum(1) @ indicator
-    return out / H
-
-
-class SpanAttentionRecorder:
-    """Record, for every chosen block, how much cross-attention each video token puts on each text span.
-
-    ``maps[n]``: ``[B, S_video, K]`` float32 for block n — softmax(q·kᵀ/√d + bias) over all text tokens, summed
-    over span k's tokens and averaged over heads — for the last forward (``history`` keeps one dict per forward
-    when ``keep_history``). It is recomputed from the q, k and bias the hook points see (float32 accumulation of
-    the same bf16 q/k the model used), so the model keeps its fast attention kernel and its output is unchanged.
-    ``compile`` wraps the computation in ``torch.compile`` (fuses scaling, bias, softmax and the head mean).
-    Subclasses may override `reduce` to compute something else from (q, k, bias).
-
-        with SpanAttentionRecorder(model, spans=[(3, 12), (13, 20)]) as rec:
-            model(x, t, ctx, bias)
-        rec.maps[20]  # [1, S, 2]
-    """
-
-    def __init__(self, model: DiT, spans: Sequence[Span], blocks: Optional[Sequence[int]] = None,
-                 device: Optional[Device] = None, compile: bool = False, keep_history: bool = False):
-        if not spans:
-            raise FastPathError("SpanAttentionRecorder: spans is empty; give at least one (s0, s1) text-token span")
-        self.model, self.spans = model, [(int(a), int(b)) for a, b in spans]
-        n = len(model.blocks)
-        self.blocks = list(range(n)) if blocks is None else [int(b) for b in blocks]
-        bad = [b for b in self.blocks if not 0 <= b < n]
-        if bad or not self.blocks:
-            raise FastPathError(f"SpanAttentionRecorder: block indices must be in 0..{n - 1}, got {self.blocks}")
-        self.device = device
-        self.keep_history = keep_history
-        self.maps: dict[int, Tensor] = {}
-        self.history: list[dict[int, Tensor]] = []
-        self._fn = torch.compile(span_attention, dynamic=False) if compile else span_attention
-        self._indicator: Optional[Tensor] = None
-        self._held: dict[str, Optional[Tensor]] = {}
-        self._where: dict[str, tuple[int, str]] = {}  # hook name -> (block, "q" | "k" | "bias" | "out")
-        self._removers: list = []
-
-    def __enter__(self) -> "SpanAttentionRecorder":
-        for n in self.blocks:
-            for field in ("q", "k", "bias", "out"):
-                name = f"blocks.{n}.cross_attn.hook_{field}"
-                self._where[name] = (n, field)
-                self._removers.append(self.model.add_hook(name, self._hook))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for remove in self._removers:
-            remove()
-        self._removers = []
-
-    @torch.compiler.disable  # runs eagerly: compiled blocks break their graph here instead of tracing it
-    def _hook(self, x: Tensor, hook: HookPoint) -> None:
-        block, field = self._where[hook.name]
-        if field != "out":
-            self._held[field] = x
-            return
-        q, k, bias = self._held.get("q"), self._held.get("k"), self._held.get("bias")
-        self._held = {}
-        if block == self.blocks[0]:  # a new forward starts
-            self.maps = {}
-        self.reduce(block, q, k, bias)
-        if block == self.blocks[-1] and self.keep_history:
-            self.history.append(self.maps)
-
-    def reduce(self, block: int, q: Tensor, k: Tensor, bias: Optional[Tensor]) -> None:
-        """Store block ``block``'s per-span map from q [B, S, H, D], k [B, L, H, D] and bias (or None)."""
-        L = k.shape[1]
-        if self._indicator is None or self._indicator.shape[0] != L or self._indicator.device != q.device:
-            self._indicator = span_indicator(self.spans, L, q.device)
-        m = self._fn(q, k, bias, self._indicator)
-        self.maps[block] = m if self.device is None else m.to(self.device)
-
-
 # ---------------------------------------------------------------------------------------------- reporting
 def relative_error(out: Tensor, ref: Tensor) -> dict[str, float]:
     """Deviation of ``out`` from ``ref`` (computed in float64): ``max_rel`` = max|Δ| / max|ref|, ``mean_rel`` =
@@ -459,5 +342,4 @@ def relative_error(out: Tensor, ref: Tensor) -> dict[str, float]:
 
 
 __all__ = ["speed_up", "reset_speed_up", "sdpa_priority", "Fp8Linear", "FP8_LINEARS", "quantize_fp8",
-           "BlockOffload", "StepCache", "SpanAttentionRecorder", "span_attention", "span_indicator", "span_mass",
-           "relative_error", "FastPathError"]
+           "BlockOffload", "StepCache", "relative_error", "FastPathError"]
