@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from wclab.errors import CheckpointError, WclabError
 from wclab.models.attention import attention, attention_from_probs, attention_logits
 from wclab.models.hooks import HookedModule, HookPoint
+from wclab.models.weights import read_state_dict
 
 Device = Union[str, torch.device]
 
@@ -388,14 +389,4 @@ def _describe(checkpoint) -> str:
 def _read_state_dict(checkpoint, device: Device) -> Mapping[str, Tensor]:
     if not isinstance(checkpoint, (str, Path)):
         return checkpoint
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"DiT checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device=str(device))
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # corrupt / wrong format: name the file
-        raise CheckpointError(f"cannot read DiT checkpoint {path}: {e}") from e
+    return read_state_dict(checkpoint, device, what="DiT checkpoint")

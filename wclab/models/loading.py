@@ -18,8 +18,14 @@ from typing import Optional, Union
 
 import torch
 
-from wclab.checkpoints import (TINY_CONFIG_NAME, VARIANTS, CheckpointFile, locate, read_tiny_config,
-                               released_files)
+from wclab.checkpoints import (
+    TINY_CONFIG_NAME,
+    VARIANTS,
+    CheckpointFile,
+    locate,
+    read_tiny_config,
+    released_files,
+)
 from wclab.errors import CheckpointError
 from wclab.models.dit import DiT
 from wclab.models.latent_preview import LatentPreview

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from wclab.errors import CheckpointError, WclabError
+from wclab.models.weights import read_state_dict
 
 TEXT_LEN = 512  # tokens in Wan's text context
 
@@ -169,31 +170,6 @@ def wan_t5_to_hf(sd: dict[str, torch.Tensor], config: TextEncoderConfig,
     return out, origin
 
 
-def load_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A ``.pth``/``.safetensors`` state dict (``weights_only``, memory-mapped); CheckpointError names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            try:
-                sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:  # files in the legacy (non-zip) format cannot be memory-mapped
-                if "mmap" not in str(e):
-                    raise
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    if isinstance(sd, dict) and "model_state" in sd:
-        sd = sd["model_state"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"checkpoint {path} is not a flat state dict of tensors")
-    return sd
-
 
 class TextEncoder(nn.Module):
     """umT5 encoder: ``forward(ids, mask) -> [B, L, dim]`` with embeddings past each sequence length zeroed."""
@@ -213,7 +189,7 @@ class TextEncoder(nn.Module):
         """Load Wan's ``models_t5_umt5-xxl-enc-bf16.pth`` (or a same-format file); strict key check.
 
         ``num_heads`` is read from the relative-position table; passing it only adds a consistency check."""
-        sd = load_torch_checkpoint(path)
+        sd = read_state_dict(path, what="T5 checkpoint")
         config = TextEncoderConfig.from_state_dict(sd, num_heads, source=str(path))
         hf_sd, origin = wan_t5_to_hf(sd, config, source=str(path))
         if tokenizer is not None and not isinstance(tokenizer, Tokenizer):

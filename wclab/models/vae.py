@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wclab.errors import CheckpointError, WclabError
-from wclab.models.text_encoder import load_torch_checkpoint
+from wclab.models.weights import read_state_dict
 
 # Per-channel statistics of Wan 2.1 VAE latents (published with the model).
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -91,7 +91,7 @@ class VAE(nn.Module):
         the weights. Missing, unexpected or misshaped keys raise CheckpointError naming the key and file."""
         from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
-        sd = load_torch_checkpoint(path)
+        sd = read_state_dict(path, what="VAE checkpoint")
         for key in ("encoder.conv1.weight", "conv2.weight"):
             if key not in sd:
                 raise CheckpointError(f"{path}: missing key {key!r} (not a Wan 2.1 VAE checkpoint?)")
