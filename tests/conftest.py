@@ -1,6 +1,7 @@
 """Shared test fixtures: where ../shared lives (read-only reference goldens and tiny models)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -49,3 +50,24 @@ def load_golden(name: str):
     meta = json.loads(_need(REFERENCE / f"golden_{name}.json").read_text(encoding="utf-8"))
     tensors = load_file(str(_need(REFERENCE / f"golden_{name}.safetensors")))
     return meta, tensors
+
+
+@functools.lru_cache(maxsize=1)
+def fixture_models():
+    """The reference's tiny fixture models (fp32, CPU), loaded once per test process."""
+    from wclab.models.loading import load_models
+
+    return load_models(_need(TINY_MODELS), tokenizer=_need(TOKENIZER))
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_base_session():
+    """Prepared, not stepped: synth_small (128x224x17), solid start image, seed 0, 2 steps, CFG 5, β 30, full
+    per-step records, on the fixture models. Shared by test modules: always ``.branch()`` it before use."""
+    from wclab.conditions import load_json
+    from wclab.image import solid_image
+    from wclab.sampler import Session, Settings
+
+    scene = load_json(_need(FIXTURES / "synth_small.json"))
+    return Session(fixture_models(), scene, solid_image(128, 224, (90, 120, 150)), Settings(steps=2, seed=0),
+                   progress=False)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from test_inspect_attention import tiny_base_session
+from conftest import tiny_base_session
 from wclab.conditions import load_json, ops
 from wclab.encode import encode_conditions
 from wclab.inspect import (InspectError, Variant, anchor_variants, base_variant, beta_variants, caption_variants,

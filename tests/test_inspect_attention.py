@@ -2,34 +2,21 @@
 
 One prepared 2-step session on synth_small (128x224x17: F'=5 latent frames, token grid 5x8x14 = 560 tokens,
 2 blocks x 4 heads per expert; step 0 runs the high expert, step 1 the low one) is shared by the inspect test
-modules through `tiny_base_session()`; every test branches it, so runs never affect each other.
+modules through `conftest.tiny_base_session()`; every test branches it, so runs never affect each other.
 """
 from __future__ import annotations
-
-import functools
 
 import pytest
 import torch
 
-from conftest import FIXTURES, TINY_MODELS, TOKENIZER
-from wclab.conditions import load_json
+from conftest import tiny_base_session
 from wclab.encode import word_spans
-from wclab.image import solid_image
 from wclab.inspect import AttentionMaps, InspectError, span_mass, span_selector
 from wclab.inspect import attention as attention_module
 from wclab.models.attention import attention_logits
-from wclab.models.loading import load_models
-from wclab.sampler import Session, Settings
+from wclab.sampler import Session
 
 GRID = (5, 8, 14)
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_base_session() -> Session:
-    """Prepared, not stepped: seed 0, 2 steps, CFG 5, β 30, full per-step records. Branch it before use."""
-    models = load_models(TINY_MODELS, tokenizer=TOKENIZER)
-    scene = load_json(FIXTURES / "synth_small.json")
-    return Session(models, scene, solid_image(128, 224, (90, 120, 150)), Settings(steps=2, seed=0), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_inspect_attention import tiny_base_session
+from conftest import tiny_base_session
 from wclab.conditions import ops
 from wclab.inspect import (InspectError, condition_videos, latent_path, path_crops, sample_trajectories,
                            token_mask_stats, video_crops)

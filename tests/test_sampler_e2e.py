@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, TINY_MODELS, TOKENIZER, load_golden
+from conftest import FIXTURES, fixture_models, load_golden
 from wclab.conditions import load_json
 from wclab.image import solid_image
-from wclab.models.loading import load_models
 from wclab.sampler import Session, SessionError, Settings, generate
 
 
@@ -23,7 +22,7 @@ def golden():
 
 @pytest.fixture(scope="module")
 def models():
-    return load_models(TINY_MODELS, tokenizer=TOKENIZER)
+    return fixture_models()
 
 
 @pytest.fixture(scope="module")
