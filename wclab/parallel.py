@@ -40,7 +40,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
 from wclab.errors import WclabError
-from wclab.models.dit import DiT, timestep_embedding
+from wclab.models.dit import DiT
 from wclab.models.hooks import HookedModule
 
 
@@ -186,24 +186,17 @@ class ParallelDiT(HookedModule):
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         """As `DiT.forward`, with blocks and head run on this rank's tokens (see the module docstring)."""
         m = self.model
-        grid = m._check_inputs(x, timestep, context, bias)
-        dtype = m.patch_embedding.weight.dtype
-        B = x.shape[0]
-        t = m.time_embedding(timestep_embedding(timestep, m.cfg.freq_dim).to(dtype)).expand(B, -1)  # [B, dim]
-        t_mod = m.time_projection(t).unflatten(1, (6, m.cfg.dim))  # [B, 6, dim]
-        context = m.text_embedding(context.to(dtype))  # [B, L, dim]
-        x = m.patch_embedding(x.to(dtype))  # [B, dim, f, h, w]
-        x = m.hook_embed(x.flatten(2).transpose(1, 2).contiguous())  # [B, S, dim]
-        num_tokens = x.shape[1]
+        e = m.embed(x, timestep, context, bias)
+        num_tokens = e.tokens.shape[1]
         mine = token_slice(num_tokens, self.mesh)
-        x = x[:, mine].contiguous()  # [B, S_local, dim]
-        freqs = m._rope_table(grid, x.device)[mine]
-        bias = None if bias is None else bias[:, :, mine].to(dtype)  # [B, 1, S_local, L]
+        x = e.tokens[:, mine].contiguous()  # [B, S_local, dim]
+        freqs = e.freqs[mine]
+        bias = None if e.bias is None else e.bias[:, :, mine]  # [B, 1, S_local, L]
         with self._ulysses(num_tokens):
             for block in m.blocks:
-                x = block(x, context, t_mod, freqs, bias)
-        x = gather_tokens(m.head(x, t), num_tokens, dim=1, mesh=self.mesh)  # [B, S, out_dim·prod(patch)]
-        return m.hook_head_out(m.unpatchify(x, grid))
+                x = block(x, e.context, e.t_mod, freqs, bias)
+        x = gather_tokens(m.head(x, e.t), num_tokens, dim=1, mesh=self.mesh)  # [B, S, out_dim·prod(patch)]
+        return m.hook_head_out(m.unpatchify(x, e.grid))
 
 
 def parallelize_models(models, mesh: Optional[DeviceMesh] = None):

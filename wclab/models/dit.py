@@ -30,7 +30,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -249,6 +249,18 @@ class Head(nn.Module):
         return self.head(self.norm(x) * (1 + scale) + shift)  # [B, S, out_dim·prod(patch)]
 
 
+class Embedded(NamedTuple):
+    """`DiT.embed`'s output: what every block takes, plus what the head needs."""
+
+    tokens: Tensor  # [B, S, dim]
+    t: Tensor  # [B, dim] time embedding (for the head)
+    t_mod: Tensor  # [B, 6, dim] block modulation
+    context: Tensor  # [B, L, dim] embedded text
+    freqs: Tensor  # RoPE table for the S tokens
+    bias: Optional[Tensor]  # [B, 1, S, L] in the model dtype, or None
+    grid: tuple[int, int, int]  # (f, h, w) token grid
+
+
 class DiT(HookedModule):
     """Wan2.2 DiT: ``forward(x [B, in_dim, F, H, W], timestep [B], context [B, L, text_dim], bias)``
     -> [B, out_dim, F, H, W]. Inputs are cast to the model's dtype."""
@@ -350,9 +362,9 @@ class DiT(HookedModule):
         return self._rope_cache[1]
 
     # ------------------------------------------------------------ forward
-    def forward(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        """x [B, in_dim, F, H, W], timestep [B] (0..1000), context [B, L, text_dim] (T5 output),
-        bias [B, 1, S, L] additive cross-attention bias or None -> [B, out_dim, F, H, W]."""
+    def embed(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Embedded:
+        """Everything the blocks take, from `forward`'s inputs: tokens [B, S, dim] (S = f·h·w, frame-major),
+        t [B, dim], t_mod [B, 6, dim], context [B, L, dim], RoPE table, bias in the model dtype, token grid."""
         grid = self._check_inputs(x, timestep, context, bias)
         dtype = self.patch_embedding.weight.dtype
         B = x.shape[0]
@@ -362,12 +374,18 @@ class DiT(HookedModule):
         context = self.text_embedding(context.to(dtype))  # [B, L, dim]
         x = self.patch_embedding(x.to(dtype))  # [B, dim, f, h, w]
         x = self.hook_embed(x.flatten(2).transpose(1, 2).contiguous())  # [B, S, dim], S = f·h·w frame-major
-        freqs = self._rope_table(grid, x.device)
         bias = None if bias is None else bias.to(dtype)
+        return Embedded(x, t, t_mod, context, self._rope_table(grid, x.device), bias, grid)
+
+    def forward(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        """x [B, in_dim, F, H, W], timestep [B] (0..1000), context [B, L, text_dim] (T5 output),
+        bias [B, 1, S, L] additive cross-attention bias or None -> [B, out_dim, F, H, W]."""
+        e = self.embed(x, timestep, context, bias)
+        x = e.tokens
         for block in self.blocks:
-            x = block(x, context, t_mod, freqs, bias)
-        x = self.head(x, t)  # [B, S, out_dim·prod(patch)]
-        return self.hook_head_out(self.unpatchify(x, grid))
+            x = block(x, e.context, e.t_mod, e.freqs, e.bias)
+        x = self.head(x, e.t)  # [B, S, out_dim·prod(patch)]
+        return self.hook_head_out(self.unpatchify(x, e.grid))
 
 
 # ---------------------------------------------------------------- loading helpers
