@@ -103,6 +103,7 @@ class StepRecord:
 class _Branch:
     """Text embedding + bias for one CFG branch."""
 
+    text: str  # the prompt as given (before the tokenizer's cleaning)
     context: torch.Tensor  # [1, L_text, text_dim]
     spans: list[tuple[int, int]]
     bias_spec: Optional[BiasSpec]
@@ -121,7 +122,7 @@ class Session:
 
     def __init__(self, models, scene: Scene, image: Union[str, Image.Image, np.ndarray, torch.Tensor],
                  settings: Optional[Settings] = None, progress: bool = True, **overrides: Any):
-        settings = (settings or Settings()).replace(**overrides) if overrides else (settings or Settings())
+        settings = (settings or Settings()).replace(**overrides)
         settings = settings.replace(height=settings.height or scene.height, width=settings.width or scene.width,
                                     frames=settings.frames or scene.frames)
         if (settings.height, settings.width, settings.frames) != (scene.height, scene.width, scene.frames):
@@ -144,6 +145,7 @@ class Session:
                 models.vae, image_tensor, settings.frames, tiled=self._tiled(), tile_size=settings.tile_size,
                 tile_stride=settings.tile_stride)
         self.negative = self._encode_text(settings.negative_prompt)
+        self.positive: Optional[_Branch] = None
         self._set_scene(scene)
         self.noise = make_noise(latent_shape(settings.height, settings.width, settings.frames), settings.seed,
                                 device=models.device, dtype=models.dtype)
@@ -163,16 +165,16 @@ class Session:
         ids, mask = tok(text)
         with torch.no_grad():
             context = self.models.text_encoder(ids, mask).to(self.models.device, self.models.dtype)
-        return _Branch(context=context, spans=caption_spans(text, tok, tok.text_len), bias_spec=None, bias=None)
+        spans = caption_spans(text, tok, tok.text_len)
+        return _Branch(text=text, context=context, spans=spans, bias_spec=None, bias=None)
 
     def _set_scene(self, scene: Scene) -> None:
         self.scene = scene
         self.conditions: ConditionTensors = encode_conditions(
             scene, self.first_frame_latents.float(), point_mode=self.settings.point_mode)
         prompt = self.conditions.prompt.text
-        if getattr(self, "positive", None) is None or self._prompt_text != prompt:
+        if self.positive is None or self.positive.text != prompt:  # captions changed: encode the new prompt
             self.positive = self._encode_text(prompt)
-            self._prompt_text = prompt
         self._channels = self.conditions.dit_channels().to(self.models.device, self.models.dtype)
         self._build_biases()
 
@@ -300,7 +302,6 @@ class Session:
         """Use another scene (same size) from the next step on: re-encodes channels, prompt and biases."""
         if scene.size != self.scene.size:
             raise SessionError(f"scene size {scene.size} differs from the session's {self.scene.size} (H, W, T)")
-        check_model_size(scene)
         self._set_scene(scene)
 
     def update(self, **changes: Any) -> None:
@@ -449,7 +450,7 @@ def generate(models, scene: Scene, image, settings: Optional[Settings] = None, p
 
 
 def _as_image(image, height: int, width: int) -> Image.Image:
-    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+    if isinstance(image, str) or hasattr(image, "__fspath__"):
         image = load_image(image)
     elif isinstance(image, torch.Tensor):
         image = Image.fromarray(image.detach().cpu().numpy().astype(np.uint8))
