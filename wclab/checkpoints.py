@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from wclab.models.weights import read_state_dict
+
 VARIANTS = ("WorldCanvas", "WorldCanvas_ref")
 WAN_REPO = "Wan-AI/Wan2.2-T2V-A14B"
 WORLDCANVAS_REPO = "hlwang06/WorldCanvas"
@@ -269,16 +271,8 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, TensorInfo], in
 
 def read_torch_header(path: str | Path) -> dict[str, TensorInfo]:
     """Key -> TensorInfo of a ``.pth`` state dict, memory-mapped (tensor data is not read)."""
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "model_state" in sd:
-        sd = sd["model_state"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"not a state dict but {type(sd).__name__}")
-    return {k: TensorInfo(tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in sd.items()
-            if isinstance(v, torch.Tensor)}
+    sd = read_state_dict(path)
+    return {k: TensorInfo(tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in sd.items()}
 
 
 def _all_finite(path: Path) -> Optional[str]:
@@ -294,8 +288,7 @@ def _all_finite(path: Path) -> Optional[str]:
                 if t.is_floating_point() and not torch.isfinite(t).all():
                     return k
         return None
-    sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    for k, t in tqdm(sd.items(), desc=path.name, leave=False):
+    for k, t in tqdm(read_state_dict(path).items(), desc=path.name, leave=False):
         if t.is_floating_point() and not torch.isfinite(t).all():
             return k
     return None

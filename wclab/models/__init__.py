@@ -1,8 +1,10 @@
-"""The models WorldCanvas runs: DiT experts with hook points, umT5 text encoder, Wan VAE, flow-match scheduler."""
+"""The models WorldCanvas runs: DiT experts with hook points, umT5 text encoder, Wan VAE, flow-match scheduler.
+
+Loading a whole set from a checkpoint folder: `wclab.models.loading.load_models` (also ``wclab.load_models``).
+"""
 from wclab.models.dit import DiT, DiTConfig
-from wclab.models.loading import Models, load_models
 from wclab.models.scheduler import FlowMatchScheduler
 from wclab.models.text_encoder import TextEncoder, Tokenizer
 from wclab.models.vae import VAE
 
-__all__ = ["DiT", "DiTConfig", "FlowMatchScheduler", "Models", "TextEncoder", "Tokenizer", "VAE", "load_models"]
+__all__ = ["DiT", "DiTConfig", "FlowMatchScheduler", "TextEncoder", "Tokenizer", "VAE"]
