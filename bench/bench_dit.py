@@ -19,6 +19,9 @@ recorded without stopping the others):
                     explicit pattern: time, and the maps' check)
   compiled          fast.speed_up: float32 RoPE + torch.compile per block (+ cuDNN attention first, if faster)
   profile_compiled  kernel shares of the compiled path
+  compiled_flash    the compiled path with each installed flash kernel (flash3 / flash4 / flash2) for the
+                    self-attention; the fastest, if faster than SDPA, is the compiled path of the stages after it
+  profile_compiled_flash  kernel shares of that path
   two_experts       a second expert resident on the same GPU; peak memory with both
   capture_compiled  compiled path + the same AttentionMaps capture
   accuracy          float32 forward of the same weights: every bf16 variant's error against it
@@ -26,6 +29,7 @@ recorded without stopping the others):
   fp8               quantize_fp8 + compile: time, deviation, memory
   step_cache        8-step mini denoising loop with and without StepCache: mean time per forward, deviation
 Errors are reported against eager_bias as max|Δ|/max|ref|, mean|Δ|/mean|ref| and ‖Δ‖/‖ref‖.
+Every stage uses torch SDPA (the reference's kernel) unless it says otherwise.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ import itertools
 import math
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -47,6 +51,8 @@ from benchlib import Report, cuda_ms, memory, reset_peak, sync, timed  # noqa: E
 from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.inspect.attention import cross_attention_hooks, span_mass, span_selector  # noqa: E402
 from wclab.models import fast  # noqa: E402
+from wclab.models.attention import (AUTO_ORDER, attention, attention_backend, available_backends,  # noqa: E402
+                                    set_attention_backend)
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
 
 FULL_SIZE = dict(frames=81, height=480, width=832, text_len=512)
@@ -214,6 +220,8 @@ def main(argv=None) -> dict:
     out_path = args.out or Path(__file__).resolve().parent / "out" / ("dit_tiny.json" if args.tiny else "dit.json")
     skip = {s for s in args.skip.split(",") if s}
     rep = Report(out_path, args.budget_s, "DiT forward benchmark")
+    set_attention_backend("sdpa")  # flash kernels only where a stage says so
+    flash_backends = [b for b in AUTO_ORDER if b in available_backends()] if device.type == "cuda" else []
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
 
@@ -222,15 +230,22 @@ def main(argv=None) -> dict:
     S, L = math.prod(grid), size["text_len"]
     flops = dit_flops(cfg, S, L)
     rep.data["setup"] = {"config": str(cfg), "video": size, "tokens": S, "text_tokens": L, "dtype": str(dtype),
-                         "compile_backend": backend, "tflop_per_forward": round(flops / 1e12, 2), **memory()}
-    st: dict = {"sdpa": ()}  # state shared between stages
+                         "compile_backend": backend, "tflop_per_forward": round(flops / 1e12, 2),
+                         "flash_backends_installed": flash_backends, **memory()}
+    st: dict = {"sdpa": (), "attention": "sdpa"}  # state shared between stages
 
     def fwd(m=None, bias=True):
         m = m or model
         return lambda: m(inp["x"], inp["timestep"], inp["context"], inp["bias"] if bias else None)
 
-    def fast_ctx():
-        return fast.sdpa_priority(*st["sdpa"]) if st["sdpa"] else nullcontext()
+    @contextmanager
+    def fast_ctx(kernel: str | None = None):
+        """The compiled path's kernels: SDPA priority and the self-attention backend (default: the fastest)."""
+        with ExitStack() as stack:
+            if st["sdpa"]:
+                stack.enter_context(fast.sdpa_priority(*st["sdpa"]))
+            stack.enter_context(attention_backend(kernel or st["attention"]))
+            yield
 
     def result(tm: dict, out=None, ref_key="out_eager", base_key: str | None = "eager_bias") -> dict:
         r = dict(tm)
@@ -281,6 +296,19 @@ def main(argv=None) -> dict:
                     r[f"{case}_{name}_error"] = f"{type(e).__name__}: {str(e)[:150]}"
         strided = [torch.randn(1, S, H, D, device=device, dtype=dtype).transpose(1, 2) for _ in range(3)]
         r["self_default_bshd_strided_ms"] = round(sdpa_ms(*strided), 3)  # the layout the model passes
+        bshd = [t.transpose(1, 2) for t in strided]  # [B, S, H, D], as the model calls attention()
+        with torch.nn.attention.sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
+            ref = attention(*bshd)
+        for fb in flash_backends:
+            try:
+                with attention_backend(fb):
+                    out = attention(*bshd)  # (first call: a JIT-compiled kernel may compile here)
+                    ms = cuda_ms(lambda: attention(*bshd), repeat=5, warmup=2)
+                r[f"self_{fb}_ms"] = round(ms, 3)
+                r[f"self_{fb}_tflops"] = round(cases["self"][1] / ms / 1e9, 1)
+                r[f"self_{fb}_error_vs_sdpa"] = fast.relative_error(out, ref)
+            except Exception as e:
+                r[f"self_{fb}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         if device.type == "cuda":  # which kernels the default picks
             for case in ("self", "cross_bias"):
                 qkvm = cases[case][0]
@@ -398,8 +426,8 @@ def main(argv=None) -> dict:
         reset_peak()
         with fast_ctx():
             tm, out = timed(fwd(), args.repeat)
-        st["t_compiled"] = tm["median_s"]
-        st["out_compiled"] = out
+        st["t_compiled"] = st["t_compiled_sdpa"] = tm["median_s"]
+        st["out_compiled"] = st["out_compiled_sdpa"] = out
         r = result(tm, out)
         r["compile_s_approx"] = round(tm["first_s"] - tm["median_s"], 1)
         r["sdpa_priority"] = list(st["sdpa"]) or "default"
@@ -417,6 +445,33 @@ def main(argv=None) -> dict:
                 return kernel_shares(fwd())
         stage("profile_compiled", profile_compiled, 15)
 
+    # ------------------------------------------------------------------ compiled with flash self-attention
+    def compiled_flash():
+        r = {}
+        for fb in flash_backends:
+            try:
+                reset_peak()
+                with fast_ctx(fb):
+                    tm, out = timed(fwd(), args.repeat)
+                rr = result(tm, out)
+                rr["speedup_vs_compiled_sdpa"] = round(st["t_compiled_sdpa"] / tm["median_s"], 3)
+                rr["error_vs_compiled_sdpa"] = fast.relative_error(out, st["out_compiled_sdpa"])
+                r[fb] = rr
+                if tm["median_s"] < st["t_compiled"]:
+                    st.update(attention=fb, t_compiled=tm["median_s"], out_compiled=out)
+            except Exception as e:
+                r[fb] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        r["compiled_path_attention"] = st["attention"]
+        return r
+
+    if flash_backends and "t_compiled" in st:
+        stage("compiled_flash", compiled_flash, 60 * len(flash_backends))
+        if st["attention"] != "sdpa":
+            def profile_compiled_flash():
+                with fast_ctx():
+                    return kernel_shares(fwd())
+            stage("profile_compiled_flash", profile_compiled_flash, 15)
+
     # ------------------------------------------------------------------ both experts resident
     def two_experts():
         torch.manual_seed(1)
@@ -428,7 +483,8 @@ def main(argv=None) -> dict:
         with fast_ctx():
             t2, _ = timed(fwd(second), 1)
             t1, _ = timed(fwd(model), 1, warmup=0)
-        r.update(second_expert=t2, first_expert=t1, path="compiled" if "t_compiled" in st else "eager", **memory())
+        r.update(second_expert=t2, first_expert=t1, path="compiled" if "t_compiled" in st else "eager",
+                 attention=st["attention"], **memory())
         del second
         gc.collect()
         if device.type == "cuda":
@@ -481,7 +537,7 @@ def main(argv=None) -> dict:
         st["out_fp32"] = out.float()
         r = {"fp32_forward_s": tm["median_s"], **memory(),
              "note": "same bf16-valued weights and inputs, computed in float32 (no TF32), float64 RoPE"}
-        for key in ("out_eager", "out_rope32", "out_compiled"):
+        for key in ("out_eager", "out_rope32", "out_compiled_sdpa", "out_compiled"):
             if key in st:
                 r[f"{key[4:]}_error_vs_fp32"] = fast.relative_error(st[key], st["out_fp32"])
         return r
@@ -596,6 +652,11 @@ def summary(stages: dict) -> dict:
         "compiled_speedup": get("compiled", "speedup_vs_eager_bias"),
         "compiled_max_rel_err": get("compiled", "error_vs_eager", "max_rel"),
         "compiled_mean_rel_err": get("compiled", "error_vs_eager", "mean_rel"),
+        **{f"compiled_{fb}_{k}": get("compiled_flash", fb, *key) for fb in AUTO_ORDER
+           for k, key in (("s", ("median_s",)), ("speedup", ("speedup_vs_eager_bias",)),
+                          ("max_rel_err", ("error_vs_eager", "max_rel")),
+                          ("mean_rel_err", ("error_vs_eager", "mean_rel"))) if fb in stages.get("compiled_flash", {})},
+        "compiled_path_attention": get("compiled_flash", "compiled_path_attention") or "sdpa",
         "capture_eager_overhead_pct": get("capture_eager", "overhead_pct"),
         "capture_eager_hook_probs_overhead_pct": get("capture_eager", "hook_probs_overhead_pct"),
         "capture_compiled_overhead_pct": get("capture_compiled", "overhead_pct"),

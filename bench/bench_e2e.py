@@ -31,7 +31,9 @@ from benchlib import Report, memory, reset_peak, sync  # noqa: E402
 
 from wclab.conditions import load_json  # noqa: E402
 from wclab.image import solid_image  # noqa: E402
+from wclab.models import attention as attention_mod  # noqa: E402
 from wclab.models import fast  # noqa: E402
+from wclab.models.attention import BACKENDS, set_attention_backend  # noqa: E402
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
 from wclab.models.loading import Models  # noqa: E402
 from wclab.models.text_encoder import TextEncoder, TextEncoderConfig, Tokenizer  # noqa: E402
@@ -133,6 +135,8 @@ def main(argv=None) -> dict:
                     help="fast mode: fast.StepCache(max_reuse=MAX_REUSE, threshold=--cache-threshold); 0 = off")
     ap.add_argument("--cache-threshold", type=float, default=float("inf"))
     ap.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; tiny: eager)")
+    ap.add_argument("--attention", default="auto", choices=BACKENDS,
+                    help="attention backend (wclab.models.attention; auto: FlashAttention-3/4/2 if installed)")
     ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
     args = ap.parse_args(argv)
 
@@ -145,8 +149,12 @@ def main(argv=None) -> dict:
     backend = args.compile_backend or ("eager" if args.tiny else "inductor")
     out_path = args.out or Path(__file__).resolve().parent / "out" / ("e2e_tiny.json" if args.tiny else "e2e.json")
     rep = Report(out_path, args.budget_s, "end-to-end generation benchmark")
+    set_attention_backend(args.attention)
+    self_attention = attention_mod._AUTO if args.attention == "auto" else args.attention
     rep.data["setup"] = {"video": size, "steps": steps, "cfg": 5.0, "dtype": str(dtype), "tiled_vae": True,
                          "compile": None if args.no_compile else backend, "fp8": args.fp8,
+                         "attention": args.attention,
+                         "self_attention_kernel": self_attention if device.type == "cuda" else "sdpa",
                          "step_cache": {"max_reuse": args.step_cache, "threshold": args.cache_threshold}
                          if args.step_cache else None}
     torch.set_grad_enabled(False)

@@ -1,9 +1,12 @@
 """Multi-head attention with a switchable backend. Layout everywhere: [B, L, heads, head_dim].
 
 Backends: "sdpa" (torch scaled_dot_product_attention; an additive bias goes in as a float attn_mask, exact),
-"flash3" (``flash_attn_interface``), "flash2" (``flash_attn``), "math" (explicit softmax(QKᵀ/√d + bias)·V in
-float32), and "auto" (flash3, else flash2, where applicable; else sdpa). Flash kernels take no bias and run only
-on CUDA in fp16/bf16, so calls they cannot compute use sdpa under every flash setting.
+"flash3" (FlashAttention-3, module ``flash_attn_interface``), "flash4" (FlashAttention's CuTe-DSL kernels, module
+``flash_attn.cute`` from the ``flash-attn-4`` package: Hopper and Blackwell, compiled on first use), "flash2"
+(FlashAttention-2, module ``flash_attn``), "math" (explicit softmax(QKᵀ/√d + bias)·V in float32), and "auto"
+(the first installed of flash3, flash4, flash2 where applicable; else sdpa). Flash kernels take no bias and run
+only on CUDA in fp16/bf16, so calls they cannot compute use sdpa under every flash setting. Flash kernels are
+called through one torch custom op (``wclab::flash_attention``), so ``torch.compile`` keeps them opaque.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import functools
 import importlib
 import importlib.util
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +22,30 @@ from torch import Tensor
 
 from wclab.errors import WclabError
 
-BACKENDS = ("auto", "sdpa", "flash2", "flash3", "math")
-_FLASH_MODULES = {"flash3": "flash_attn_interface", "flash2": "flash_attn"}
+BACKENDS = ("auto", "sdpa", "flash3", "flash4", "flash2", "math")
+AUTO_ORDER = ("flash3", "flash4", "flash2")
+# The module holding each flash kernel's ``flash_attn_func``, and the module whose presence says it is installed.
+# FA2 is told by its compiled extension: its package ``flash_attn`` also holds FA4's ``flash_attn.cute``.
+_FLASH_MODULES = {"flash3": "flash_attn_interface", "flash4": "flash_attn.cute", "flash2": "flash_attn"}
+_FLASH_MARKERS = {"flash3": "flash_attn_interface", "flash4": "flash_attn.cute", "flash2": "flash_attn_2_cuda"}
 _backend = "auto"
-# Whether each flash module is installed, looked up once without importing it, so "auto" picks a kernel with
-# plain dict reads that torch.compile traces without graph breaks.
-_INSTALLED = {b: importlib.util.find_spec(m) is not None for b, m in _FLASH_MODULES.items()}
+
+
+def _spec_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a missing or broken parent package
+        return False
+
+
+def find_installed_flash() -> dict[str, bool]:
+    """Whether each flash kernel's package is installed (looked up without importing it)."""
+    return {b: _spec_exists(m) for b, m in _FLASH_MARKERS.items()}
+
+
+# Looked up once at import, so "auto" resolves to a constant that torch.compile traces without graph breaks.
+_INSTALLED = find_installed_flash()
+_AUTO = next((b for b in AUTO_ORDER if _INSTALLED[b]), "sdpa")
 
 
 class AttentionBackendError(WclabError, ValueError):
@@ -32,17 +53,29 @@ class AttentionBackendError(WclabError, ValueError):
 
 
 @functools.lru_cache(maxsize=None)
-def _flash_module(backend: str):
-    """The imported flash-attention module for "flash2"/"flash3", or None when not installed."""
+def _flash_kernel(backend: str) -> Optional[Callable]:
+    """``flash_attn_func`` of the "flash2"/"flash3"/"flash4" module, or None when it is not installed/importable."""
+    if not _INSTALLED[backend]:
+        return None
     try:
-        return importlib.import_module(_FLASH_MODULES[backend])
+        return getattr(importlib.import_module(_FLASH_MODULES[backend]), "flash_attn_func", None)
     except ImportError:
         return None
 
 
+def _require_flash_kernel(backend: str) -> Callable:
+    kernel = _flash_kernel(backend)
+    if kernel is None:
+        raise AttentionBackendError(
+            f"attention backend {backend!r} needs the python module {_FLASH_MODULES[backend]!r} "
+            f"(with flash_attn_func), which is not installed or does not import; select another backend"
+        )
+    return kernel
+
+
 def available_backends() -> list[str]:
     """Backends usable in this environment."""
-    return [b for b in BACKENDS if b not in _FLASH_MODULES or _flash_module(b) is not None]
+    return [b for b in BACKENDS if b not in _FLASH_MODULES or _flash_kernel(b) is not None]
 
 
 def set_attention_backend(backend: str) -> None:
@@ -50,10 +83,8 @@ def set_attention_backend(backend: str) -> None:
     global _backend
     if backend not in BACKENDS:
         raise AttentionBackendError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
-    if backend in _FLASH_MODULES and _flash_module(backend) is None:
-        raise AttentionBackendError(
-            f"attention backend {backend!r} needs the python module {_FLASH_MODULES[backend]!r}, which is not installed"
-        )
+    if backend in _FLASH_MODULES:
+        _require_flash_kernel(backend)
     _backend = backend
 
 
@@ -72,6 +103,19 @@ def attention_backend(backend: str) -> Iterator[None]:
         set_attention_backend(previous)
 
 
+@torch.library.custom_op("wclab::flash_attention", mutates_args=())
+def flash_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
+    """softmax(QKᵀ/√D)·V by the flash kernel ``backend`` ("flash2"/"flash3"/"flash4"): q [B, Lq, H, D],
+    k/v [B, Lk, H, D] -> [B, Lq, H, D]."""
+    out = _require_flash_kernel(backend)(q, k, v)
+    return out[0] if isinstance(out, tuple) else out  # flash3/flash4 versions may return (out, lse)
+
+
+@flash_attention.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
 def _flash_applies(q: Tensor, bias: Optional[Tensor]) -> bool:
     return bias is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
@@ -82,7 +126,7 @@ def _choose(q: Tensor, bias: Optional[Tensor]) -> str:
     if not _flash_applies(q, bias):
         return "sdpa"
     if _backend == "auto":
-        return "flash3" if _INSTALLED["flash3"] else "flash2" if _INSTALLED["flash2"] else "sdpa"
+        return _AUTO
     return _backend
 
 
@@ -108,10 +152,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None) ->
     backend = _choose(q, bias)
     if backend == "math":
         return attention_from_probs(attention_logits(q, k, bias).softmax(-1), v)
-    module = _flash_module(backend) if backend in _FLASH_MODULES else None
-    if module is not None:  # (None: installed but not importable; use sdpa)
-        out = module.flash_attn_func(q, k, v)
-        return out[0] if isinstance(out, tuple) else out  # some flash3 versions return (out, lse)
+    if backend in _FLASH_MODULES:
+        return flash_attention(q, k, v, backend)
     mask = None if bias is None else bias.to(q.dtype)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2)
