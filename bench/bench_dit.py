@@ -210,6 +210,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip", default="", help="comma-separated stage names to skip")
     ap.add_argument("--only", default="", help="comma-separated stage names to run (default: all)")
     ap.add_argument("--device", default=None, help="default cuda if available, else cpu")
+    ap.add_argument("--flash", default=",".join(AUTO_ORDER),
+                    help="flash backends the compiled_flash stage tries, if installed (comma-separated; 'none')")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -221,7 +223,9 @@ def main(argv=None) -> dict:
     skip = {s for s in args.skip.split(",") if s}
     rep = Report(out_path, args.budget_s, "DiT forward benchmark")
     set_attention_backend("sdpa")  # flash kernels only where a stage says so
-    flash_backends = [b for b in AUTO_ORDER if b in available_backends()] if device.type == "cuda" else []
+    wanted_flash = args.flash.split(",")
+    flash_backends = [b for b in AUTO_ORDER if b in wanted_flash and b in available_backends()] \
+        if device.type == "cuda" else []
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
 
@@ -495,6 +499,11 @@ def main(argv=None) -> dict:
 
     # ------------------------------------------------------------------ capture on the compiled path
     def capture_compiled():
+        noop_hooks, _ = attention_maps_capture(model, spans, L, device)
+        noop = torch.compiler.disable(lambda x, point: None)  # the same graph breaks, no reduction
+        noop_hooks = [(name, noop) for name, _ in noop_hooks]
+        with fast_ctx(), model.hooks(noop_hooks):
+            _, out_noop = timed(fwd(), 1)
         hooks, maps = attention_maps_capture(model, spans, L, device)
         reset_peak()
         with fast_ctx(), model.hooks(hooks):
@@ -507,6 +516,8 @@ def main(argv=None) -> dict:
             r["added_s"] = round(tm["median_s"] - base, 3)
         if "out_compiled" in st:
             r["output_bitwise_equal_to_compiled"] = bool(torch.equal(out, st["out_compiled"]))
+            r["noop_hooks_output_bitwise_equal_to_compiled"] = bool(torch.equal(out_noop, st["out_compiled"]))
+            r["noop_hooks_output_bitwise_equal_to_capture"] = bool(torch.equal(out_noop, out))
         r["block0_span_mass_mean"] = [round(float(v), 4) for v in maps[0].mean(1) / cfg.num_heads]
         return r
 

@@ -39,11 +39,16 @@ def speed_up(model: DiT, compile: bool = True, **compile_kwargs) -> DiT:
 
     RoPE rotates in float32 from a cached (cos, sin) table instead of float64 complex numbers, and each block
     is wrapped by ``torch.compile`` (``compile_kwargs``, e.g. ``backend="eager"`` to trace without Inductor),
-    which fuses norms, modulation, RoPE and gates. Hook points keep working (a hook attached later triggers one
+    which fuses norms, modulation, RoPE and gates. Inductor keeps eager's bf16 rounding between fused ops
+    (``emulate_precision_casts``): on an H100 that cost no time and put the compiled forward 0.36 % (mean
+    rel.) from eager instead of 1.5 %, and graph breaks (hooks that run eagerly, e.g. attention-map capture)
+    then move outputs by rounding only. Hook points keep working (a hook attached later triggers one
     recompilation). All 40 blocks share one compiled graph.
     """
     model.rope_dtype = torch.float32
     if compile:
+        if compile_kwargs.get("backend", "inductor") == "inductor":
+            compile_kwargs["options"] = {"emulate_precision_casts": True, **compile_kwargs.get("options", {})}
         for block in model.blocks:
             block.compile(**compile_kwargs)
     return model
