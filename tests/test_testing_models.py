@@ -139,3 +139,74 @@ def test_tiny_models_give_finite_bounded_outputs(tiny):
     video = m.vae.decode(torch.randn(1, 16, 2, 4, 6, generator=g))
     assert video.shape == (1, 3, 5, 32, 48) and torch.isfinite(video).all()
     assert (video.abs() > 0.99).float().mean() < 0.5 and video.std() > 0.01
+
+
+# ---------------------------------------------------------------- streaming writers (the released-size path)
+
+def streamed_tensors(shapes, dtype):
+    """A ``make(key, shape)`` that counts how many of its tensors are still alive when the next one is asked for."""
+    import weakref
+
+    alive, most = [], [0]
+
+    def make(key, shape):
+        alive[:] = [r for r in alive if r() is not None]
+        most[0] = max(most[0], len(alive))
+        t = torch.full(shape, float(len(key)), dtype=dtype)
+        alive.append(weakref.ref(t))
+        return t
+
+    return make, most
+
+
+def test_streaming_safetensors_writer_holds_one_tensor_and_reads_back_exactly(tmp_path):
+    from wclab.testing import write_safetensors_streaming
+
+    shapes = {"b.weight": (3, 4), "a.bias": (5,), "c": (2, 2, 2)}
+    make, most = streamed_tensors(shapes, torch.bfloat16)
+    path = write_safetensors_streaming(tmp_path / "x.safetensors", shapes, torch.bfloat16, make, {"format": "pt"})
+    assert most[0] == 0  # the previous tensor was dropped before the next was made
+    back = load_file(str(path))
+    assert {k: tuple(v.shape) for k, v in back.items()} == shapes
+    assert all(torch.equal(back[k], torch.full(s, float(len(k)), dtype=torch.bfloat16)) for k, s in shapes.items())
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_streaming_torch_writer_holds_one_tensor_and_loads_with_weights_only(tmp_path, mmap):
+    from wclab.testing import write_torch_streaming
+
+    shapes = {"token_embedding.weight": (7, 3), "blocks.0.norm1.weight": (3,), "norm.weight": (3,)}
+    make, most = streamed_tensors(shapes, torch.float32)
+    path = write_torch_streaming(tmp_path / "x.pth", shapes, torch.float32, make)
+    assert most[0] == 0
+    back = torch.load(str(path), weights_only=True, mmap=mmap)
+    assert list(back) == list(shapes)
+    assert all(torch.equal(back[k], torch.full(s, float(len(k)))) for k, s in shapes.items())
+
+
+def test_writers_name_a_tensor_of_the_wrong_shape(tmp_path):
+    from wclab.testing import write_safetensors_streaming, write_torch_streaming
+
+    bad = lambda key, shape: torch.zeros(1, dtype=torch.bfloat16)
+    for writer, name in ((write_safetensors_streaming, "x.safetensors"), (write_torch_streaming, "x.pth")):
+        with pytest.raises(ValueError, match="make\\('w'\\)"):
+            writer(tmp_path / name, {"w": (2, 2)}, torch.bfloat16, bad)
+
+
+def test_write_checkpoints_at_other_sizes_passes_the_checker_and_loads(tmp_path):
+    """The code path of the released-size writer (`make_released_size_checkpoints`), at sizes CI can afford: a
+    released-layout directory without wclab_tiny.json, whose DiT has 128-wide heads like the released one."""
+    from wclab.checkpoints import expected_shapes, read_safetensors_header, read_torch_header
+    from wclab.models.loading import load_models
+    from wclab.testing import write_checkpoints
+
+    sizes = {**TINY_SIZES, "dit": {**TINY_SIZES["dit"], "dim": 256, "num_heads": 2}}
+    root = write_checkpoints(tmp_path, sizes, seed=3, variants=["WorldCanvas", "WorldCanvas_ref"])
+    assert not (root / TINY_CONFIG_NAME).exists()
+    expected = expected_shapes(sizes)
+    ref = [f.replace("WorldCanvas/", "WorldCanvas_ref/") for f in (HIGH, LOW)]
+    for role, f in [("t5", T5), ("vae", VAE), ("high", HIGH), ("low", LOW), ("high", ref[0]), ("low", ref[1])]:
+        infos = read_torch_header(root / f) if f.endswith(".pth") else read_safetensors_header(root / f)[0]
+        assert {k: i.shape for k, i in infos.items()} == expected[role], f
+    models = load_models(root, variant="WorldCanvas_ref", t5_num_heads=4, preview=False)
+    assert models.high.cfg.dim == 256 and models.high.cfg.num_heads == 2  # dim // 128, as for released files

@@ -1,4 +1,4 @@
-"""Tiny random-weight checkpoints in the released layout and formats, for demos and tests without downloads.
+"""Random-weight checkpoints in the released layout and formats, for demos, tests and full-size runs without downloads.
 
 `make_tiny_checkpoints(dir)` writes, under ``dir`` (paths as in checkpoints/README.md):
 
@@ -10,17 +10,23 @@
 
 Key sets and shapes equal the reference's tiny fixtures; only the random values differ. Weights are scaled
 like a standard initialisation (std 1/sqrt(fan_in), norms near 1), so every model gives finite, bounded outputs.
+
+`make_released_size_checkpoints(dir)` (or ``python -m wclab.testing DIR --size released``) writes the same layout
+at the released sizes (~69 GB a variant), streaming tensor by tensor so memory holds one tensor at a time.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
+import struct
+import sys
 from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from wclab.checkpoints import TINY_CONFIG_NAME, dit_config, released_files, t5_shapes, vae_shapes
+from wclab.checkpoints import TINY_CONFIG_NAME, dit_config, dit_shapes, released_files, t5_shapes, vae_shapes
 
 # Sizes of the reference's tiny fixtures (fixtures/reference/models/config.json), reference argument names.
 TINY_SIZES = {
@@ -51,26 +57,102 @@ def _negative_prompt() -> str:
 
 
 # ----------------------------------------------------------------------------------------------- weights
-def random_state_dict(shapes: dict[str, tuple[int, ...]], generator: torch.Generator,
-                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Random tensors for a key -> shape table, scaled by the role the key name implies:
+def random_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A random tensor for one checkpoint key, on the generator's device, scaled by the role the key name implies:
     norm scales 1 + 0.1·N, biases 0.02·N, embeddings/relative-position tables 0.5·N, DiT modulations
     N/sqrt(dim), every other weight N/sqrt(fan_in)."""
-    out = {}
-    for key, shape in shapes.items():
-        x = torch.randn(shape, generator=generator)
-        if key.endswith("gamma") or (key.endswith("weight") and "norm" in key):
-            x = 1 + 0.1 * x
-        elif key.endswith("bias"):
-            x = 0.02 * x
-        elif key.startswith("token_embedding") or "pos_embedding" in key:
-            x = 0.5 * x
-        elif key.endswith("modulation"):
-            x = x / math.sqrt(shape[-1])
-        else:
-            x = x / math.sqrt(math.prod(shape[1:]))
-        out[key] = x.to(dtype).contiguous()
-    return out
+    x = torch.randn(shape, generator=generator, device=generator.device)
+    if key.endswith("gamma") or (key.endswith("weight") and "norm" in key):
+        x = 1 + 0.1 * x
+    elif key.endswith("bias"):
+        x = 0.02 * x
+    elif key.startswith("token_embedding") or "pos_embedding" in key:
+        x = 0.5 * x
+    elif key.endswith("modulation"):
+        x = x / math.sqrt(shape[-1])
+    else:
+        x = x / math.sqrt(math.prod(shape[1:]))
+    return x.to(dtype).contiguous()
+
+
+def random_state_dict(shapes: dict[str, tuple[int, ...]], generator: torch.Generator,
+                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """`random_tensor` for every key of a key -> shape table (held in memory: for small models)."""
+    return {key: random_tensor(key, shape, generator, dtype) for key, shape in shapes.items()}
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a contiguous tensor (moved to the CPU)."""
+    return memoryview(t.detach().cpu().contiguous().view(torch.uint8).numpy())
+
+
+def write_safetensors_streaming(path: str | Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
+                                make: Callable[[str, tuple[int, ...]], torch.Tensor],
+                                metadata: Optional[dict[str, str]] = None) -> Path:
+    """Write a ``.safetensors`` file whose tensors come one at a time from ``make(key, shape)``: the header is
+    computed from ``shapes`` first, then each tensor is made, written and dropped, so memory holds one tensor.
+    Tensors are made and laid out in ``shapes``' order; ``make`` must return
+    ``dtype`` tensors of the given shape."""
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"write_safetensors_streaming: dtype must be one of {list(_SAFETENSORS_DTYPES)}, got {dtype}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for key in shapes:
+        n = math.prod(shapes[key]) * itemsize
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shapes[key]),
+                       "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for key in shapes:
+            t = make(key, shapes[key])
+            if tuple(t.shape) != tuple(shapes[key]) or t.dtype != dtype:
+                raise ValueError(f"{path}: make({key!r}) gave {t.dtype} {list(t.shape)}, expected {dtype} "
+                                 f"{list(shapes[key])}")
+            f.write(_tensor_bytes(t))
+            del t  # before the next one is made
+    return path
+
+
+def write_torch_streaming(path: str | Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
+                          make: Callable[[str, tuple[int, ...]], torch.Tensor]) -> Path:
+    """Write a ``torch.save`` state dict (zip format, readable by ``torch.load(weights_only=True, mmap=True)``)
+    whose tensors come one at a time from ``make(key, shape)``, so memory holds one tensor: ``torch.save`` first
+    writes the file's skeleton without tensor bytes (``torch.serialization.skip_data`` on fake tensors), then each
+    tensor's bytes go to its storage record's offset. ``make`` must return ``dtype`` tensors of the given shape."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.serialization import skip_data
+
+    path = Path(path)
+    with FakeTensorMode():
+        skeleton = {key: torch.empty(shape, dtype=dtype) for key, shape in shapes.items()}
+    with skip_data(materialize_fake_tensors=True):
+        torch.save(skeleton, str(path))
+    # torch.save names storages "0", "1", ... in the order it pickles them: the state dict's key order.
+    reader = torch._C.PyTorchFileReader(str(path))
+    offsets = {int(r.rsplit("/", 1)[1]): reader.get_record_offset(r)
+               for r in reader.get_all_records() if r.startswith("data/")}
+    del reader
+    if sorted(offsets) != list(range(len(shapes))):
+        raise RuntimeError(f"{path}: expected storage records 0..{len(shapes) - 1}, found {sorted(offsets)}")
+    with open(path, "r+b") as f:
+        for i, (key, shape) in enumerate(shapes.items()):
+            t = make(key, shape)
+            if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                raise ValueError(f"{path}: make({key!r}) gave {t.dtype} {list(t.shape)}, expected {dtype} {list(shape)}")
+            f.seek(offsets[i])
+            f.write(_tensor_bytes(t))
+            del t  # before the next one is made
+    return path
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -127,39 +209,102 @@ def write_tiny_tokenizer(directory: str | Path, vocab_size: int = TINY_SIZES["t5
 
 
 # ----------------------------------------------------------------------------------------------- the layout
+def write_checkpoints(directory: str | Path, sizes: Optional[dict] = None, seed: int = 0,
+                      variants: Sequence[str] = ("WorldCanvas",), device: Union[str, torch.device] = "cpu",
+                      progress: bool = False) -> Path:
+    """Write random-weight checkpoints in the released layout, file names, key sets and dtypes under ``directory``.
+
+    ``sizes``: model sizes in the reference's argument names (like `TINY_SIZES`); None writes the released sizes
+    (umT5-xxl 5.7 B parameters, Wan 2.1 VAE, two 14 B DiT experts: ~69 GB per variant). Tensors are drawn on
+    ``device`` (a GPU makes full size fast) one at a time and streamed to disk, so memory holds one tensor. ``seed``
+    fixes every weight for a given device; each file draws from its own generator, so the experts (and the
+    variants) differ. The tokenizer is always the small built-in one (`write_tiny_tokenizer`): the real umT5
+    tokenizer cannot be made here. Returns ``directory``.
+    """
+    from tqdm.auto import tqdm
+
+    from wclab.checkpoints import T5_XXL, WAN21_VAE
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = sizes or {"t5": T5_XXL, "vae": WAN21_VAE, "dit": None}
+    device = torch.device(device)
+    dit_shape = dit_shapes(dit_config(sizes["dit"]))
+    jobs = [("t5", "WorldCanvas", t5_shapes(**sizes["t5"]), torch.bfloat16, 1),
+            ("vae", "WorldCanvas", vae_shapes(**sizes["vae"]), torch.float32, 2)]
+    for v, variant in enumerate(variants):
+        jobs += [(expert, variant, dit_shape, torch.bfloat16, 10 + 2 * v + e) for e, expert in enumerate(("high", "low"))]
+    total = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for _, _, shapes, d, _ in jobs
+                for s in shapes.values())
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {root}", disable=not progress)
+    for role, variant, shapes, dtype, k in jobs:
+        f = next(f for f in released_files(variant) if f.role == role)
+        path = root / f.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        generator = torch.Generator(device).manual_seed(seed * 1000 + k)
+
+        def make(key: str, shape: tuple[int, ...], generator=generator, dtype=dtype) -> torch.Tensor:
+            t = random_tensor(key, shape, generator, dtype)
+            bar.update(t.numel() * t.element_size())
+            return t
+
+        if path.suffix == ".safetensors":
+            write_safetensors_streaming(path, shapes, dtype, make, metadata={"format": "pt"})
+        else:
+            write_torch_streaming(path, shapes, dtype, make)
+    bar.close()
+    tokenizer = next(f for f in released_files() if f.role == "tokenizer")
+    write_tiny_tokenizer(root / tokenizer.path)
+    return root
+
+
 def make_tiny_checkpoints(directory: str | Path, seed: int = 0, variant_ref: bool = False) -> Path:
-    """Write tiny random-weight checkpoints in the released layout and formats under ``directory``.
+    """Write tiny random-weight checkpoints in the released layout and formats under ``directory``, plus
+    ``wclab_tiny.json`` with their sizes (the head counts weights cannot tell).
 
     ``seed`` fixes every weight (same seed -> same files); each file draws from its own generator, so the
     high/low experts (and the ``WorldCanvas_ref`` pair written when ``variant_ref``) differ. Takes ~1 s.
     Returns ``directory``, ready for ``wclab.models.loading.load_models(directory)`` and
     ``python -m wclab.checkpoints directory``.
     """
-    from safetensors.torch import save_file
-
-    from wclab.checkpoints import dit_shapes
-
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
     variants = ["WorldCanvas", "WorldCanvas_ref"] if variant_ref else ["WorldCanvas"]
-
-    def gen(k: int) -> torch.Generator:
-        return torch.Generator().manual_seed(seed * 1000 + k)
-
-    def target(role: str, variant: str = "WorldCanvas") -> Path:
-        f = next(f for f in released_files(variant) if f.role == role)
-        (root / f.path).parent.mkdir(parents=True, exist_ok=True)
-        return root / f.path
-
-    torch.save(random_state_dict(t5_shapes(**TINY_SIZES["t5"]), gen(1), torch.bfloat16), target("t5"))
-    torch.save(random_state_dict(vae_shapes(**TINY_SIZES["vae"]), gen(2), torch.float32), target("vae"))
-    write_tiny_tokenizer(target("tokenizer"))
-    shapes = dit_shapes(dit_config(TINY_SIZES["dit"]))
-    for v, variant in enumerate(variants):
-        for e, expert in enumerate(("high", "low")):
-            sd = random_state_dict(shapes, gen(10 + 2 * v + e), torch.bfloat16)
-            save_file(sd, str(target(expert, variant)), metadata={"format": "pt"})
+    root = write_checkpoints(directory, TINY_SIZES, seed=seed, variants=variants)
     info = {"format": "wclab-tiny", "version": 1, "seed": seed, "variants": variants, **TINY_SIZES,
             "note": "Tiny random-weight models in the released formats, made by wclab.testing.make_tiny_checkpoints."}
     (root / TINY_CONFIG_NAME).write_text(json.dumps(info, indent=1))
     return root
+
+
+def make_released_size_checkpoints(directory: str | Path, seed: int = 0, variants: Sequence[str] = ("WorldCanvas",),
+                                   device: Union[str, torch.device, None] = None, progress: bool = True) -> Path:
+    """Random-weight checkpoints of the released sizes (`write_checkpoints` with ``sizes=None``): ~69 GB for one
+    variant; tensors are drawn on the GPU when one is present. For measuring loading and full-size runs without
+    the real weights; the videos are noise."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return write_checkpoints(directory, None, seed=seed, variants=variants, device=device, progress=progress)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m wclab.testing DIR [--size tiny|released] [--variants ...] [--seed N] [--device D]``."""
+    import argparse
+
+    from wclab.checkpoints import VARIANTS
+
+    p = argparse.ArgumentParser(prog="python -m wclab.testing",
+                                description="Write random-weight checkpoints in the released layout.")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--size", choices=["tiny", "released"], default="tiny")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["WorldCanvas"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="where tensors are drawn (default: cuda when present)")
+    args = p.parse_args(argv)
+    if args.size == "tiny":
+        make_tiny_checkpoints(args.directory, args.seed, variant_ref="WorldCanvas_ref" in args.variants)
+    else:
+        make_released_size_checkpoints(args.directory, args.seed, args.variants, args.device)
+    print(f"wrote {args.directory} ({args.size} sizes, variants {' '.join(args.variants)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
