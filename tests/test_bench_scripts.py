@@ -59,3 +59,12 @@ def test_steady_denoise_counts_the_compiling_first_step_as_a_full_step():
     assert r["first_step_compile_s"] == 10.0
     assert r["denoise_steady_s"] == pytest.approx(5.0 + 10.4 + 2 * 2.6, abs=0.05)
     assert r["extrapolated"] is True
+
+
+def test_bench_load_tiny_loads_every_placement(tmp_path):
+    report = run("bench_load.py", tmp_path / "load.json")
+    for stage in ("resident", "offload", "fp8"):
+        result = report["stages"][stage]
+        assert "error" not in result, result
+        assert result["forward_finite"] and result["placement"] == stage and result["load_s"] > 0
+    assert report["summary"]["load_s"] == report["stages"]["resident"]["load_s"]

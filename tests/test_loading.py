@@ -120,3 +120,27 @@ def test_models_to_casts_every_model(tiny):
     assert m.dtype == torch.bfloat16
     for module in (m.text_encoder, m.vae, m.high, m.low):
         assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+
+
+def test_offloaded_experts_compute_what_resident_ones_do(tiny, tiny_models):
+    """experts="offload": block weights stay in CPU memory and stream in per block; same outputs, bitwise."""
+    offloaded = load_models(tiny, experts="offload", preview=False)
+    assert offloaded.high.block_offload is not None
+    _, t = load_golden("units")
+    x, ts, ctx = t["dit_in_x53"][:, :, :2, :8, :8], t["dit_timestep"], t["t5_out"]
+    for name in ("high", "low"):
+        got = getattr(offloaded, name)(x, ts, ctx)
+        assert torch.equal(got, getattr(tiny_models, name)(x, ts, ctx))
+
+
+def test_fp8_experts_are_quantised_as_they_are_read(tiny):
+    from wclab.models.fast import Fp8Linear
+
+    m = load_models(tiny, experts="fp8", preview=False)
+    for expert in (m.high, m.low):
+        assert isinstance(expert.blocks[0].ffn[0], Fp8Linear)
+
+
+def test_an_unknown_expert_placement_is_named(tiny):
+    with pytest.raises(CheckpointError, match="experts: expected one of"):
+        load_models(tiny, experts="gpu", preview=False)

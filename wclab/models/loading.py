@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 
@@ -33,6 +33,8 @@ from wclab.models.text_encoder import TextEncoder, Tokenizer
 from wclab.models.vae import VAE
 
 PathLike = Union[str, Path]
+ExpertPlacement = Literal["resident", "offload", "fp8"]
+EXPERT_PLACEMENTS = ("resident", "offload", "fp8")
 FIXTURE_FILES = {"t5": "t5_tiny.pth", "vae": "vae_tiny.pth", "high": "dit_high_tiny.safetensors",
                  "low": "dit_low_tiny.safetensors"}
 RELEASED_VAE_BASE_DIM = 96  # LatentPreview.wan21() is only meaningful for the released VAE
@@ -154,12 +156,18 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
                 low: Optional[PathLike] = None, tokenizer: Optional[PathLike] = None,
                 device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                 num_heads: Optional[int] = None, t5_num_heads: Optional[int] = None,
-                preview: bool = True) -> Models:
+                preview: bool = True, experts: ExpertPlacement = "resident") -> Models:
     """Load tokenizer, T5 text encoder, VAE and both DiT experts (strict key/shape checks) onto ``device`` in
     ``dtype``. ``checkpoint_dir`` None: ``$WCLAB_CHECKPOINTS`` or the repository's ``checkpoints/`` (not needed
     when all five paths are given). ``num_heads``/``t5_num_heads`` override the head counts (released DiT:
     dim // 128). ``preview``: also make a `LatentPreview` (the published Wan 2.1 coefficients for the released
-    VAE, a least-squares fit to the decoder for any other VAE)."""
+    VAE, a least-squares fit to the decoder for any other VAE).
+
+    ``experts`` places the two DiT experts: "resident" both on ``device`` (~57 GB in bf16 at full size);
+    "offload" block weights in (pinned) CPU memory, streamed to ``device`` one block ahead
+    (`wclab.models.fast.BlockOffload`, ~5 GB of GPU memory per forward; the handle is ``expert.block_offload``);
+    "fp8" each expert quantised to float8 weights (`wclab.models.fast.quantize_fp8`, outputs change slightly)
+    right after it is read, so at most one expert is ever held in ``dtype`` on ``device``."""
     paths = resolve_paths(checkpoint_dir, variant=variant, t5=t5, vae=vae, high=high, low=low, tokenizer=tokenizer,
                           num_heads=num_heads, t5_num_heads=t5_num_heads)
     tok = Tokenizer(paths.tokenizer)
@@ -169,8 +177,9 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
         raise CheckpointError(f"tokenizer {paths.tokenizer} has {len(tok.hf)} tokens but the T5 embedding in "
                               f"{paths.t5} has only {text_encoder.config.vocab} rows")
     vae_model = VAE.from_checkpoint(paths.vae, device=device, dtype=dtype)
-    experts = [DiT.from_checkpoint(p, num_heads=paths.num_heads, device=device, dtype=dtype)
-               for p in (paths.high, paths.low)]
+    if experts not in EXPERT_PLACEMENTS:
+        raise CheckpointError(f"experts: expected one of {EXPERT_PLACEMENTS}, got {experts!r}")
+    experts = [_load_expert(p, paths.num_heads, device, dtype, experts) for p in (paths.high, paths.low)]
     for name, expert in zip(("high", "low"), experts):
         if expert.cfg.text_dim != text_encoder.config.dim:
             raise CheckpointError(f"{getattr(paths, name)}: DiT text_dim {expert.cfg.text_dim} does not match the "
@@ -178,6 +187,19 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
     return Models(tokenizer=tok, text_encoder=text_encoder, vae=vae_model, high=experts[0], low=experts[1],
                   preview=make_preview(vae_model) if preview else None, device=torch.device(device), dtype=dtype,
                   paths=paths)
+
+
+def _load_expert(path: Path, num_heads: Optional[int], device: Union[str, torch.device], dtype: torch.dtype,
+                 placement: ExpertPlacement) -> DiT:
+    """One DiT expert read from ``path`` and placed as `load_models`' ``experts`` says."""
+    from wclab.models.fast import BlockOffload, quantize_fp8
+
+    if placement == "offload":
+        dit = DiT.from_checkpoint(path, num_heads=num_heads, device="cpu", dtype=dtype)
+        dit.block_offload = BlockOffload(dit, device)
+        return dit
+    dit = DiT.from_checkpoint(path, num_heads=num_heads, device=device, dtype=dtype)
+    return quantize_fp8(dit) if placement == "fp8" else dit
 
 
 @torch.no_grad()
