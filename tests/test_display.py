@@ -14,7 +14,8 @@ from PIL import Image  # noqa: E402
 
 from wclab.conditions import ops  # noqa: E402
 from wclab.inspect import (expand_latent_frames, heatmap_overlay, mask_overlay, overlay_trajectories,  # noqa: E402
-                           plot_heatmaps, plot_step_grid, plot_trajectories, save_video, show_video, video_grid)
+                           plot_heatmaps, plot_step_grid, plot_trajectories, save_video, show_video, show_videos,
+                           video_grid)
 from wclab.inspect.display import DisplayError, object_colors, use_bundled_ffmpeg  # noqa: E402
 
 H, W, T = 64, 96, 9
@@ -139,3 +140,15 @@ def test_heatmap_figures_have_one_axis_per_map_and_frame():
     assert len(fig.axes) == 2 * 2
     grid = plot_step_grid({0: maps, 1: maps, 2: maps}, frame=None)
     assert len(grid.axes) == 2 * 3
+
+
+def test_inline_videos_wider_than_the_limit_are_encoded_smaller():
+    """A full-size video (or a grid of them) is downsampled before encoding: the inline HTML stays small."""
+    import re
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (9, 96, 400, 3), dtype=np.uint8)  # noise: encodes to its full size
+    full = show_video(wide, return_html=True, max_width=400)
+    small = show_video(wide, return_html=True, max_width=100)
+    assert re.search(r'width="100"', small) and len(small) < len(full) / 4
+    assert re.search(r'width="50"', show_videos({"a": wide, "b": wide}, return_html=True, max_width=50))

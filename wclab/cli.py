@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wclab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate a video from conditions + start image")
+    add_generate_arguments(g)
+    g.set_defaults(func=_generate)
+    return p
+
+
+def add_generate_arguments(g: argparse.ArgumentParser) -> None:
+    """The arguments of ``wclab generate`` (also taken by ``python -m wclab.parallel generate``)."""
     g.add_argument("--conditions", required=True, help="scene JSON in the drawing tool's format")
     g.add_argument("--image", required=True, help="start image (resized to cover, centre-cropped)")
     g.add_argument("--checkpoints", required=True, help="checkpoint directory (released or tiny layout)")
@@ -62,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on GPU, float32 on CPU")
     g.add_argument("--save-latents", default=None, help="also save the final latents (.safetensors)")
-    g.set_defaults(func=_generate)
-    return p
 
 
 def _cuda() -> bool:

@@ -1,7 +1,11 @@
 """Sequence-parallel DiT: the video tokens of one forward split across GPUs (or CPU processes).
 
     torchrun --nproc-per-node 4 -m wclab.parallel generate --conditions scene.json --image start.png \\
-        --checkpoints checkpoints/ --out out.mp4          # the arguments of `wclab generate`
+        --checkpoints checkpoints/ --out out.mp4 [--cfg-parallel auto|1|2] [--compile] [--attention flash4]
+
+    # the same on 2 machines of 4 GPUs each (run on both; HOST = the first machine's address):
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id wc1 \\
+        -m wclab.parallel generate ...
 
 How (P ranks, S video tokens): after the patch embedding, rank r keeps the tokens of chunk r of
 ``torch.chunk(range(S), P)`` (`token_slice`) with the matching rows of the RoPE table and of the cross-attention
@@ -18,6 +22,12 @@ PyTorch's ring `context_parallel` cannot do this (it patches every scaled_dot_pr
 the cross-attention onto the text with its bias mask, and its ring kernels take no mask, so padding tokens would
 be keys), nor xDiT's Ulysses as the reference uses it (zero-padded chunks whose tokens act as keys; yunchang 0.6.4's
 ``UlyssesAttention`` ends in a flash kernel that has no CPU version) -- see the README's "Several GPUs" section.
+
+CFG parallelism (``make_mesh(cfg=2)``): the ranks form a 2-D mesh ("cfg", "seq"); the first half of the ranks
+computes the prompt (cond) branch of every step and the second half the negative-prompt (uncond) branch, each
+half splitting its forward's tokens as above; one all-gather per forward gives every rank both velocities.
+`Session` picks this up from the expert's ``cfg_branch`` / ``join_cfg``; hooks on a rank then see only its branch.
+4 GPUs can run as 1 × 4 (sequence only) or 2 × 2 (CFG × sequence).
 
 Each rank holds the whole model: this splits activations and attention work, not weights. Hooks inside the
 blocks see this rank's token slice ([B, S_local, ...]); ``hook_embed`` and ``hook_head_out`` see full tensors.
@@ -85,6 +95,29 @@ def _mesh(mesh: Optional[DeviceMesh]) -> DeviceMesh:
     return _default_mesh[1]
 
 
+def make_mesh(cfg: int = 1) -> DeviceMesh:
+    """The ranks of the initialised process group as a 2-D mesh ("cfg", "seq") of shape (cfg, world / cfg):
+    ``cfg`` = 2 runs the two CFG branches on the two halves of the ranks, 1 runs both branches on all ranks
+    (sequence split only). A collective: every rank must call it with the same ``cfg``."""
+    if not dist.is_initialized():
+        raise ParallelError("torch.distributed is not initialised: call wclab.parallel.init_distributed() first")
+    world = dist.get_world_size()
+    if cfg not in (1, 2) or world % cfg:
+        raise ParallelError(f"cfg: expected 1 or 2 CFG groups dividing the {world} ranks, got {cfg}")
+    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    return init_device_mesh(device_type, (cfg, world // cfg), mesh_dim_names=("cfg", "seq"))
+
+
+def _split_mesh(mesh: DeviceMesh) -> tuple[DeviceMesh, Optional[DeviceMesh]]:
+    """(sequence mesh, CFG mesh or None) of a 1-D mesh or a 2-D ("cfg", "seq") mesh from `make_mesh`."""
+    if mesh.ndim == 1:
+        return mesh, None
+    if mesh.ndim == 2 and mesh.mesh_dim_names == ("cfg", "seq"):
+        return mesh["seq"], (mesh["cfg"] if mesh["cfg"].size() > 1 else None)
+    raise ParallelError(f"expected a 1-D mesh or a 2-D ('cfg', 'seq') mesh from make_mesh, got dims "
+                        f"{mesh.mesh_dim_names} of shape {tuple(mesh.shape)}")
+
+
 def token_slice(num_tokens: int, mesh: Optional[DeviceMesh] = None) -> slice:
     """This rank's tokens of ``num_tokens``: chunk r of ``torch.chunk`` over P ranks, i.e. [r·c, (r+1)·c)
     clipped to num_tokens with c = ceil(num_tokens / P) (DTensor's Shard layout; late ranks may get fewer)."""
@@ -127,7 +160,8 @@ def gather_token_sums(local: Tensor, num_tokens: int, mesh: Optional[DeviceMesh]
 def gather_attention_maps(maps, mesh: Optional[DeviceMesh] = None):
     """Join a `wclab.inspect.AttentionMaps` recorded under `ParallelDiT`: each rank's ``maps.sums[step]``
     [R, S_local] becomes [R, S] (counts are per rank already complete). Call once on every rank after the run,
-    before reading maps; returns ``maps``."""
+    before reading maps; returns ``maps``. ``mesh``: the sequence mesh (of a 2-D mesh, its "seq" part)."""
+    mesh = _split_mesh(_mesh(mesh))[0]
     num_tokens = math.prod(maps.grid)
     maps.sums = {step: gather_token_sums(s, num_tokens, mesh) for step, s in sorted(maps.sums.items())}
     return maps
@@ -146,11 +180,26 @@ class ParallelDiT(HookedModule):
     def __init__(self, model: DiT, mesh: Optional[DeviceMesh] = None):
         super().__init__()
         self.model = model
-        self.mesh = _mesh(mesh)
+        self.mesh, self.cfg_mesh = _split_mesh(_mesh(mesh))  # sequence mesh; CFG mesh (None: no CFG split)
         if model.cfg.num_heads < self.mesh.size():
             raise ParallelError(f"Ulysses attention splits the {model.cfg.num_heads} heads across ranks: at most "
                                 f"{model.cfg.num_heads} ranks, got {self.mesh.size()}")
         self._hook_points = model.hook_points()
+
+    @property
+    def cfg_branch(self) -> Optional[str]:
+        """Under CFG parallelism the branch this rank computes ("cond" or "uncond"), else None (both)."""
+        if self.cfg_mesh is None:
+            return None
+        return ("cond", "uncond")[self.cfg_mesh.get_local_rank()]
+
+    def join_cfg(self, local: Tensor) -> tuple[Tensor, Tensor]:
+        """This rank's branch output -> (cond, uncond) on every rank (an all-gather over the CFG groups)."""
+        if self.cfg_mesh is None:
+            raise ParallelError("join_cfg: this model has no CFG split (make its mesh with make_mesh(cfg=2))")
+        parts = [torch.empty_like(local) for _ in range(2)]
+        dist.all_gather(parts, local.contiguous(), group=self.cfg_mesh.get_group())
+        return parts[0], parts[1]
 
     def __getattr__(self, name: str):
         try:
@@ -201,7 +250,8 @@ class ParallelDiT(HookedModule):
 
 def parallelize_models(models, mesh: Optional[DeviceMesh] = None):
     """A copy of `wclab.models.loading.Models` whose two experts are `ParallelDiT` (text encoder, VAE and
-    weights shared): ``Session(parallelize_models(models), ...)`` runs sequence-parallel."""
+    weights shared): ``Session(parallelize_models(models), ...)`` runs sequence-parallel, and CFG-parallel too
+    when ``mesh`` comes from ``make_mesh(cfg=2)``."""
     mesh = _mesh(mesh)
 
     def split(dit):
@@ -212,6 +262,14 @@ def parallelize_models(models, mesh: Optional[DeviceMesh] = None):
 
 # ---------------------------------------------------------------- launcher
 
+def cfg_groups(choice: str, world: int, cfg_scale: float) -> int:
+    """How many CFG groups ``--cfg-parallel`` asks for: "1", "2", or "auto" = 2 when the ranks split evenly,
+    there are at least 2 and CFG is on (scale != 1), else 1."""
+    if choice == "auto":
+        return 2 if world >= 2 and world % 2 == 0 and cfg_scale != 1.0 else 1
+    return int(choice)
+
+
 def _generate(args) -> int:
     from safetensors.torch import save_file
 
@@ -221,16 +279,27 @@ def _generate(args) -> int:
     from wclab.models.loading import load_models
     from wclab.sampler import Session, Settings
 
-    mesh = init_distributed()
-    rank = dist.get_rank()
-    if mesh.device_type == "cuda":
+    init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cuda = dist.get_backend() == "nccl"
+    if cuda:
         args.device = f"cuda:{torch.cuda.current_device()}"
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        args.dtype or ("bfloat16" if mesh.device_type == "cuda" else "float32")]
+        args.dtype or ("bfloat16" if cuda else "float32")]
     try:
+        mesh = make_mesh(cfg_groups(args.cfg_parallel, world, args.cfg))
         scene = resize_scene(load_json(args.conditions), args.height, args.width, args.frames)
         models = load_models(args.checkpoints, variant=args.variant, tokenizer=args.tokenizer, device=args.device,
                              dtype=dtype)
+        if args.attention:
+            from wclab.models.attention import set_attention_backend
+
+            set_attention_backend(args.attention)
+        if args.compile:
+            from wclab.models.fast import speed_up
+
+            speed_up(models.high)
+            speed_up(models.low)
         settings = Settings(steps=args.steps, seed=args.seed, cfg=args.cfg, shift=args.shift,
                             boundary=args.boundary, beta=args.beta, point_mode=args.point_mode, record="none")
         session = Session(parallelize_models(models, mesh), scene, args.image, settings, progress=rank == 0).run()
@@ -240,8 +309,8 @@ def _generate(args) -> int:
             video, out = session.decode(), Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
             save_video(video, out, fps=args.fps)
-            print(f"wrote {out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]}, "
-                  f"{mesh.size()} ranks)")
+            print(f"wrote {out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]}, {world} ranks as "
+                  f"{mesh.shape[0]} CFG x {mesh.shape[1]} sequence)")
             if args.save_latents:
                 save_file({"latents": session.latents.detach().float().cpu().contiguous()}, args.save_latents)
                 print(f"wrote {args.save_latents}")
@@ -251,15 +320,33 @@ def _generate(args) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``torchrun --nproc-per-node N -m wclab.parallel generate ...`` (arguments of ``wclab generate``)."""
-    from wclab.cli import build_parser
+def build_parser():
+    """``wclab generate``'s arguments plus the launcher's own: --cfg-parallel, --compile, --attention."""
+    import argparse
 
+    from wclab.cli import add_generate_arguments
+    from wclab.models.attention import BACKENDS
+
+    parser = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m wclab.parallel",
+                                     description="WorldCanvas generation on several GPUs (sequence and CFG split)")
+    generate = parser.add_subparsers(dest="command", required=True).add_parser("generate")
+    add_generate_arguments(generate)
+    generate.add_argument("--cfg-parallel", default="auto", choices=["auto", "1", "2"],
+                          help="CFG groups: 2 = cond and uncond branches on the two halves of the ranks; "
+                               "auto = 2 when the rank count is even (default)")
+    generate.add_argument("--compile", action="store_true", help="wclab.models.fast.speed_up on both experts")
+    generate.add_argument("--attention", default=None, choices=list(BACKENDS),
+                          help="attention backend (default: auto = flash kernels when installed, else SDPA)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``torchrun --nproc-per-node N -m wclab.parallel generate ...`` (arguments of ``wclab generate`` plus
+    --cfg-parallel, --compile, --attention)."""
     parser = build_parser()
-    parser.prog = "torchrun --nproc-per-node N -m wclab.parallel"
     args = parser.parse_args(argv)
     if args.command != "generate":
-        parser.error(f"only 'generate' runs sequence-parallel, got {args.command!r}")
+        parser.error(f"only 'generate' runs in parallel, got {args.command!r}")
     try:
         return _generate(args)
     except WclabError as e:

@@ -13,7 +13,13 @@ Profiles:
   ci        the tiny models at the smallest example size, 64x112x9, 2 steps: what CI executes.
   released  the released checkpoints in ``checkpoints/`` (or ``$WCLAB_CHECKPOINTS``), 480x832x81, 50 steps,
             CUDA bfloat16 when a GPU is present (CPU float32 otherwise).
+  gpu       the same full-size files and scenes on a GPU with 4 steps, so each notebook runs in minutes: for
+            trying the notebooks at full size (e.g. on the random released-size checkpoints that
+            ``python -m wclab.testing DIR --size released`` writes; set ``$WCLAB_CHECKPOINTS=DIR``).
   auto      ``$WCLAB_PROFILE`` when set, else "released" when the released weights are present, else "tiny".
+
+Models are cached one set at a time: asking for another variant (or device/dtype) first frees the cached set, so a
+full-size notebook never holds two ~70 GB sets.
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ if TYPE_CHECKING:
     from wclab.models.loading import Models
     from wclab.sampler import Settings
 
-PROFILES = ("tiny", "ci", "released")
+PROFILES = ("tiny", "ci", "released", "gpu")
+GPU_STEPS = 4
 TINY_SEED = 0
 _TINY_FOLDER = f"tiny-seed{TINY_SEED}-v1"
 _models_cache: dict[tuple, Any] = {}
@@ -92,6 +99,7 @@ class Profile:
         directory = tiny_checkpoints() if self.tiny else self.checkpoint_dir
         key = (str(directory), variant, self.device, self.dtype)
         if key not in _models_cache:
+            clear_models()
             _models_cache[key] = load_models(directory, variant=variant, device=self.device, dtype=self.dtype)
         return _models_cache[key]
 
@@ -125,20 +133,33 @@ class Profile:
 
 
 def select(name: str = "auto") -> Profile:
-    """The profile called ``name`` ("tiny", "ci", "released" or "auto": see the module docstring)."""
+    """The profile called ``name`` ("tiny", "ci", "released", "gpu" or "auto": see the module docstring)."""
     if name == "auto":
         name = os.environ.get("WCLAB_PROFILE", "").strip() or ("released" if released_available() else "tiny")
     if name not in PROFILES:
         raise ProfileError(f"profile: expected one of {['auto', *PROFILES]}, got {name!r} "
                            "(check the PROFILE cell or $WCLAB_PROFILE)")
-    if name == "released":
+    if name in ("released", "gpu"):
         from wclab.models.loading import default_checkpoint_dir
 
         gpu = torch.cuda.is_available()
-        return Profile("released", 480, 832, 81, 50, "full", "cuda" if gpu else "cpu",
-                       torch.bfloat16 if gpu else torch.float32, default_checkpoint_dir())
+        if name == "gpu" and not gpu:
+            raise ProfileError("profile 'gpu' needs a CUDA GPU (torch.cuda.is_available() is False); use 'released' "
+                               "or 'tiny'")
+        return Profile(name, 480, 832, 81, 50 if name == "released" else GPU_STEPS, "full",
+                       "cuda" if gpu else "cpu", torch.bfloat16 if gpu else torch.float32, default_checkpoint_dir())
     h, w, t, steps, examples = (128, 224, 17, 4, "small") if name == "tiny" else (64, 112, 9, 2, "ci")
     return Profile(name, h, w, t, steps, examples, "cpu", torch.float32, cache_dir() / _TINY_FOLDER)
+
+
+def clear_models() -> None:
+    """Forget the cached models (and give their GPU memory back to the driver's pool)."""
+    _models_cache.clear()
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def released_available(variant: str = "WorldCanvas") -> bool:
@@ -214,6 +235,7 @@ __all__ = [
     "Profile",
     "ProfileError",
     "cache_dir",
+    "clear_models",
     "example_names",
     "examples_dir",
     "released_available",

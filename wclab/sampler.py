@@ -238,7 +238,13 @@ class Session:
         dit = self.dit(self.scheduler.expert_for(t, self.settings.boundary))
         x = self.model_input(latents)
         timestep = torch.tensor([t], device=x.device, dtype=x.dtype)
+        split = getattr(dit, "cfg_branch", None)  # CFG parallelism: this rank computes one branch only
         with self._hooks_on(dit):
+            if self.settings.cfg != 1.0 and split is not None:
+                self.current_branch = split
+                branch = self.positive if split == "cond" else self.negative
+                cond, uncond = dit.join_cfg(dit(x, timestep, branch.context, branch.bias))
+                return cond, uncond, uncond + self.settings.cfg * (cond - uncond)
             self.current_branch = "cond"
             cond = dit(x, timestep, self.positive.context, self.positive.bias)
             uncond = None

@@ -364,26 +364,45 @@ def video_grid(videos: Union[Mapping[str, ArrayLike], Sequence[ArrayLike]], colu
     return out
 
 
+INLINE_MAX_WIDTH = 832  # pixels: widest inline video (one video or one grid)
+INLINE_MAX_WIDTH_EACH = 416  # pixels: widest video of several shown side by side
+
+
+def _display_width(a: np.ndarray, max_width: int) -> int:
+    """Width to show (and encode) ``a`` at: its own, or ``max_width`` when wider (mediapy downsamples to it)."""
+    return min(a.shape[2], max_width)
+
+
 def show_video(frames: ArrayLike, fps: float = 16, title: Optional[str] = None, return_html: bool = False,
-               **kwargs) -> Optional[str]:
-    """Show ``uint8 [N, H, W, 3]`` inline in a notebook (mediapy); ``return_html`` gives the HTML instead."""
+               max_width: int = INLINE_MAX_WIDTH, **kwargs) -> Optional[str]:
+    """Show ``uint8 [N, H, W, 3]`` inline in a notebook (mediapy); ``return_html`` gives the HTML instead.
+    Videos wider than ``max_width`` pixels are downsampled to it before encoding, so full-size videos and grids
+    keep notebooks small (save the full resolution with `save_video`)."""
     import mediapy
 
     use_bundled_ffmpeg()
-    return mediapy.show_videos([as_video(frames)], [title], fps=fps, return_html=return_html, **kwargs)
+    a = as_video(frames)
+    kwargs.setdefault("width", _display_width(a, max_width))
+    return mediapy.show_videos([a], [title], fps=fps, return_html=return_html, **kwargs)
 
 
 def show_videos(videos: Union[Mapping[str, ArrayLike], Sequence[ArrayLike]], fps: float = 16,
-                columns: Optional[int] = None, return_html: bool = False, **kwargs) -> Optional[str]:
-    """Show several videos side by side (a mapping's keys become titles)."""
+                columns: Optional[int] = None, return_html: bool = False, max_width: int = INLINE_MAX_WIDTH_EACH,
+                **kwargs) -> Optional[str]:
+    """Show several videos side by side (a mapping's keys become titles), each downsampled to at most
+    ``max_width`` pixels wide before encoding."""
     import mediapy
 
     use_bundled_ffmpeg()
     if isinstance(videos, Mapping):
-        return mediapy.show_videos({k: as_video(v, k) for k, v in videos.items()}, fps=fps, columns=columns,
-                                   return_html=return_html, **kwargs)
-    return mediapy.show_videos([as_video(v) for v in videos], fps=fps, columns=columns, return_html=return_html,
-                               **kwargs)
+        arrays = {k: as_video(v, k) for k, v in videos.items()}
+        first = next(iter(arrays.values()), None)
+    else:
+        arrays = [as_video(v) for v in videos]
+        first = arrays[0] if arrays else None
+    if first is not None:
+        kwargs.setdefault("width", _display_width(first, max_width))
+    return mediapy.show_videos(arrays, fps=fps, columns=columns, return_html=return_html, **kwargs)
 
 
 def save_video(frames: ArrayLike, path: Union[str, Path], fps: float = 16, columns: Optional[int] = None) -> Path:

@@ -1,0 +1,109 @@
+"""Launching generation on several processes: CFG parallelism and the multi-machine torchrun arguments, on CPU
+(gloo) with the tiny checkpoints. The CFG split computes each branch exactly as one process does, so its results
+are bitwise equal; the sequence split (tests/test_parallel.py) equals one process up to float rounding."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import EXAMPLES, REPO
+from wclab.parallel import cfg_groups
+
+TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+
+def _check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from wclab.testing import make_tiny_checkpoints
+
+    return make_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
+
+
+def generate_args(tiny: Path, out: Path) -> list[str]:
+    from wclab.image import solid_image
+
+    image = out.parent / "start.png"
+    solid_image(64, 112, (90, 120, 150)).save(image)
+    return ["generate", "--conditions", str(EXAMPLES / "door.json"), "--image", str(image), "--checkpoints",
+            str(tiny), "--out", str(out), "--height", "64", "--width", "112", "--frames", "9", "--steps", "2",
+            "--save-latents", str(out.with_suffix(".safetensors"))]
+
+
+def test_auto_takes_two_cfg_groups_on_an_even_rank_count_with_cfg_on():
+    assert cfg_groups("auto", 4, 5.0) == 2 and cfg_groups("auto", 2, 5.0) == 2
+    assert cfg_groups("auto", 3, 5.0) == 1 and cfg_groups("auto", 1, 5.0) == 1
+    assert cfg_groups("auto", 4, 1.0) == 1  # no negative branch to split off
+    assert cfg_groups("1", 4, 5.0) == 1 and cfg_groups("2", 2, 5.0) == 2
+
+
+@pytest.mark.slow
+def test_two_nodes_by_c10d_rendezvous_with_cfg_split_equal_one_process_bitwise(tiny, tmp_path):
+    """Two torchrun agents, one process each, standing for two machines: `--nnodes 2 --rdzv-backend c10d
+    --rdzv-endpoint HOST:PORT`, exactly as documented for several machines."""
+    single = tmp_path / "single" / "v.mp4"
+    single.parent.mkdir()
+    _check(subprocess.run([sys.executable, "-m", "wclab.cli", *generate_args(tiny, single)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT_S))
+
+    nodes = tmp_path / "nodes" / "v.mp4"
+    nodes.parent.mkdir()
+    port = _free_port()
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "wclab-test",
+              "-m", "wclab.parallel", *generate_args(tiny, nodes)]
+    agents = [subprocess.Popen(launch, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(2)]
+    try:
+        outputs = [a.communicate(timeout=TIMEOUT_S) for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+    for a, (out, err) in zip(agents, outputs):
+        assert a.returncode == 0, out[-2000:] + err[-4000:]
+    assert "1 ranks" not in "".join(o for o, _ in outputs)
+    assert any("2 ranks as 2 CFG x 1 sequence" in o for o, _ in outputs)
+    assert nodes.is_file()
+    a = load_file(str(single.with_suffix(".safetensors")))["latents"]
+    b = load_file(str(nodes.with_suffix(".safetensors")))["latents"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_parallel_e2e_bench_scans_layouts_and_compares_with_one_process(tmp_path):
+    out = tmp_path / "p"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), str(REPO / "bench" / "bench_parallel_e2e.py"), "--tiny",
+           "--layouts", "1x1,2x1,1x2", "--steps", "2", "--full", "2:2", "--out", str(out)]
+    _check(subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S))
+    cfg_split = json.loads((out / "scan_2x1_2steps.json").read_text())
+    seq_split = json.loads((out / "scan_1x2_2steps.json").read_text())
+    assert cfg_split["setup"]["ranks"] == 2 and cfg_split["setup"]["steps"] == 2
+    assert cfg_split["summary"]["bitwise_equal_to_1gpu"] is True
+    assert seq_split["summary"]["max_rel_err_vs_1gpu"] < 1e-5
+    assert cfg_split["summary"]["total_s"] > 0 and len(cfg_split["step_s"]) == 2
+    full = list(out.glob("full_*_2steps.json"))
+    assert len(full) == 1 and json.loads(full[0].read_text())["summary"]["max_rel_err_vs_1gpu"] < 1e-5
