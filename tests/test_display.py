@@ -148,7 +148,14 @@ def test_inline_videos_wider_than_the_limit_are_encoded_smaller():
 
     rng = np.random.default_rng(0)
     wide = rng.integers(0, 256, (9, 96, 400, 3), dtype=np.uint8)  # noise: encodes to its full size
-    full = show_video(wide, return_html=True, max_width=400)
-    small = show_video(wide, return_html=True, max_width=100)
+    full = show_video(wide, return_html=True, max_width=400, bps=None)
+    small = show_video(wide, return_html=True, max_width=100, bps=None)
     assert re.search(r'width="100"', small) and len(small) < len(full) / 4
     assert re.search(r'width="50"', show_videos({"a": wide, "b": wide}, return_html=True, max_width=50))
+
+
+@pytest.mark.slow
+def test_a_full_size_noise_video_stays_under_three_megabytes_inline():
+    """81 frames of 480x832 noise (the worst case: random weights) at 8 fps: the bit rate cap bounds the HTML."""
+    frames = np.random.default_rng(0).integers(0, 256, (81, 480, 832, 3), dtype=np.uint8)
+    assert len(show_video(frames, fps=8, return_html=True)) < 3e6  # was 27 MB before the caps

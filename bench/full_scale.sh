@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The full-scale run of bench/RESULTS.md ("full scale"), as it ran on a lent 4-GPU machine (no network there):
+# released-size random checkpoints, loading, the notebooks on one GPU each, generation on 1, 2 and 4 GPUs.
+#
+#   bash bench/full_scale.sh setup            # wheels carried in .whl/ (bench/README.md) -> /tmp/site
+#   bash bench/full_scale.sh load OUT         # write + check the released layout, load it three ways
+#   bash bench/full_scale.sh notebooks OUT    # notebooks 01-07, profile "gpu", spread over the GPUs
+#   bash bench/full_scale.sh parallel OUT     # torchrun generation: layouts 1x1 .. 2x2, then 50 steps
+#
+# CKPT (default: a folder on the largest local file system) holds the checkpoints (~69 GB, + hard links for
+# the WorldCanvas_ref pair).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD
+if [ -z "${CKPT:-}" ]; then
+  CKPT=$(df -P -BG --output=avail,target 2>/dev/null | tail -n +2 | sort -n | tail -1 | awk '{print $2}')/wclab_ckpt
+  [ "$CKPT" = "//wclab_ckpt" ] && CKPT=/wclab_ckpt
+fi
+export WCLAB_CHECKPOINTS=$CKPT
+step=${1:?usage: full_scale.sh setup|load|notebooks|parallel OUT}
+out=${2:-bench/out/full_scale}
+mkdir -p "$out"
+
+case $step in
+setup)
+  mkdir -p /tmp/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  for a in .whl/*.tar.xz; do [ -e "$a" ] && tar xJf "$a" -C /tmp/site; done
+  nvidia-smi -L; df -h "$(dirname "$CKPT")"; free -g | head -2; echo "CKPT=$CKPT"
+  ;;
+load)
+  mkdir -p "$CKPT"
+  python3 bench/bench_load.py --dir "$CKPT" --out "$out/load.json" 2>&1 | tee "$out/load.log"
+  mkdir -p "$CKPT/WorldCanvas_dit/WorldCanvas_ref"
+  for e in high low; do
+    ln -f "$CKPT/WorldCanvas_dit/WorldCanvas/${e}_model.safetensors" "$CKPT/WorldCanvas_dit/WorldCanvas_ref/"
+  done
+  python3 -m wclab.checkpoints "$CKPT" --variant WorldCanvas_ref | tail -3
+  ;;
+notebooks)
+  gpus=$(nvidia-smi -L | awk -F'[ :]' '{printf "%s%s", sep, $2; sep=","}')
+  python3 bench/run_notebooks.py --profile gpu --gpus "$gpus" --out "$out" 2>&1 | tee "$out/notebooks.log"
+  ;;
+parallel)
+  n=$(nvidia-smi -L | wc -l)
+  torchrun --nproc-per-node "$n" bench/bench_parallel_e2e.py --checkpoints "$CKPT" --compile \
+    --layouts "${LAYOUTS:-1x1,1x2,2x1,1x4,2x2}" --steps "${STEPS:-4}" --full "${FULL:-4:50,2:50}" \
+    --out "$out" 2>&1 | grep -v "Warning\|warn(" | tee "$out/parallel.log"
+  ;;
+*) echo "unknown step $step"; exit 2 ;;
+esac
