@@ -3,12 +3,14 @@ seeds), and is stored in git without outputs."""
 from __future__ import annotations
 
 import copy
-import os
-import time
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import run_notebooks  # noqa: E402
 
 from wclab.checkpoints import released_files
 from wclab.models.loading import resolve_paths
@@ -17,26 +19,21 @@ from wclab.profile import ProfileError, released_available, select, tiny_checkpo
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 CELL_TIMEOUT = 300  # seconds for one cell: a hang fails the test instead of stalling CI
+# what each notebook shows on the CI profile: (matplotlib figures, inline videos)
+SHOWS = {"01": (1, 2), "02": (2, 6), "03": (3, 8), "04": (5, 2), "05": (2, 1), "06": (2, 1), "07": (2, 0)}
 
 
 def execute(path: Path, profile: str = "ci", cache: Path | None = None) -> tuple[nbformat.NotebookNode, float]:
-    """Run ``path`` in a fresh python3 kernel (working directory: notebooks/) with ``WCLAB_PROFILE=profile``;
-    raises ``nbclient.exceptions.CellExecutionError`` naming the cell on the first error. Returns the executed
+    """Run ``path`` in a fresh python3 kernel (working directory: notebooks/) with ``WCLAB_PROFILE=profile``
+    (bench/run_notebooks.py's runner); fails the test naming the cell on the first error. Returns the executed
     notebook and the seconds it took."""
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
     # one thread per kernel: the test workers already use every core, and idle OpenMP threads spinning on a
     # busy machine cost more than they save at these sizes
-    env = dict(os.environ, WCLAB_PROFILE=profile, MPLBACKEND="module://matplotlib_inline.backend_inline",
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if cache is not None:
-        env["WCLAB_CACHE"] = str(cache)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
-    client.execute(env=env)
-    return nb, time.perf_counter() - start
+    env = dict(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **({"WCLAB_CACHE": str(cache)} if cache else {}))
+    nb, seconds, error = run_notebooks.execute(path, profile, env, cell_timeout=CELL_TIMEOUT)
+    if error:
+        pytest.fail(f"{path.name} failed on the {profile} profile:\n{error}")
+    return nb, seconds
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +66,33 @@ def test_auto_profile_is_tiny_without_and_released_with_the_released_files(tmp_p
     profile = select()
     assert profile.name == "released" and profile.checkpoint_dir == tmp_path
     assert profile.size == (480, 832, 81) and profile.steps == 50 and profile.examples == "full"
+
+
+def test_gpu_profile_is_the_full_size_with_few_steps_and_needs_a_gpu(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setenv("WCLAB_CHECKPOINTS", str(tmp_path))
+    if not torch.cuda.is_available():
+        with pytest.raises(ProfileError, match="needs a CUDA GPU"):
+            select("gpu")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    profile = select("gpu")
+    assert profile.size == (480, 832, 81) and profile.steps == 4 and profile.examples == "full"
+    assert profile.checkpoint_dir == tmp_path and profile.dtype == torch.bfloat16
+
+
+def test_the_model_cache_holds_one_set_at_a_time(monkeypatch, tmp_path):
+    """Asking for another variant frees the cached one first: two full-size sets never sit in memory together."""
+    import wclab.profile as wp
+
+    loaded = []
+    monkeypatch.setattr(wp, "tiny_checkpoints", lambda: tmp_path)
+    monkeypatch.setattr("wclab.models.loading.load_models", lambda d, variant, **kw: loaded.append(variant) or variant)
+    wp.clear_models()
+    ci = select("ci")
+    assert ci.models() == "WorldCanvas" and ci.models() == "WorldCanvas" and loaded == ["WorldCanvas"]
+    assert ci.models("WorldCanvas_ref") == "WorldCanvas_ref" and list(wp._models_cache.values()) == ["WorldCanvas_ref"]
+    wp.clear_models()
 
 
 def test_unknown_profile_or_example_raises_naming_the_choices():
@@ -128,8 +152,9 @@ def test_notebook_has_the_profile_switch_first(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
-def test_notebook_runs_top_to_bottom_on_the_ci_profile(path, shared_cache):
+def test_notebook_runs_top_to_bottom_on_the_ci_profile_and_shows_its_figures_and_videos(path, shared_cache):
     nb, seconds = execute(path, "ci", shared_cache)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
-    print(f"{path.name}: {seconds:.1f} s")
+    seen = run_notebooks.shown(nb)
+    assert seen["errors"] == 0
+    assert (seen["figures"], seen["videos"]) == SHOWS[path.name[:2]], seen
+    print(f"{path.name}: {seconds:.1f} s, {seen}")
