@@ -380,9 +380,6 @@ def start_workers(models, processes: Optional[int] = None, *, devices: Optional[
     from tqdm.auto import tqdm
     from torch.distributed.device_mesh import init_device_mesh
 
-    if dist.is_initialized():
-        raise WorkerError("torch.distributed is already initialised in this process (another Workers group, or "
-                          "torchrun): close() the other group first; one group per process")
     devs = [torch.device(d) for d in devices] if devices is not None else _default_devices(models, processes)
     if processes is not None and len(devs) != processes:
         raise WorkerError(f"devices: expected {processes} (one per process), got {len(devs)}")
@@ -395,6 +392,9 @@ def start_workers(models, processes: Optional[int] = None, *, devices: Optional[
     if types not in ({"cuda"}, {"cpu"}):
         raise WorkerError(f"devices: expected all CUDA or all CPU, got {[str(d) for d in devs]}")
     backend = "nccl" if types == {"cuda"} else "gloo"
+    if dist.is_initialized():
+        raise WorkerError("torch.distributed is already initialised in this process (another Workers group, or "
+                          "torchrun): close() the other group first; one group per process")
     world = len(devs)
     if backend == "nccl":
         os.environ["NCCL_NVLS_ENABLE"] = "0"  # NVLink multicast off (as wclab.parallel.init_distributed)
