@@ -27,7 +27,7 @@ CACHED = ["high.blocks.1.self_attn.hook_q", "high.blocks.0.cross_attn.hook_bias"
           "high.hook_embed"]
 
 
-def base_session(models):
+def base_session(models, scene_file: Path = FIXTURES / "synth_small.json"):
     """A 2-step session on synth_small resized to SESSION_SIZE (seed 0, CFG 5, β 30), not stepped."""
     from wclab.conditions import load_json
     from wclab.conditions.resize import resize_scene
@@ -35,7 +35,7 @@ def base_session(models):
     from wclab.sampler import Session
 
     h, w, frames = SESSION_SIZE
-    scene = resize_scene(load_json(FIXTURES / "synth_small.json"), h, w, frames)
+    scene = resize_scene(load_json(scene_file), h, w, frames)
     return Session(models, scene, solid_image(h, w, (90, 120, 150)), steps=2, seed=0, progress=False)
 
 
@@ -280,5 +280,57 @@ def test_bad_requests_name_what_was_expected():
         start_workers(cpu, 3, devices=["cpu", "cpu"])
 
 
+def drive_cuda(out_dir: Path) -> None:
+    """On a machine with several GPUs (not part of the CPU suite): ``python tests/test_workers.py --cuda OUT``
+    runs the scenarios on cuda:0 alone and then through workers on every GPU (NCCL), on tiny random-weight
+    checkpoints, and writes OUT/cuda.json with the largest differences and the death check."""
+    import tempfile
+
+    from wclab.models.loading import load_models
+    from wclab.testing import make_tiny_checkpoints
+    from wclab.workers import WorkerError, start_workers
+
+    scene_file = REPO / "examples" / "ci" / "ball.json"
+    facts: dict = {"gpus": torch.cuda.device_count(), "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = load_models(make_tiny_checkpoints(tmp), device="cuda:0", dtype=torch.float32, preview=False)
+    single = scenarios(base_session(models, scene_file))
+    t0 = time.monotonic()
+    with start_workers(models, progress=False, timeout=60) as workers:
+        facts["start_s"], facts["pids"] = time.monotonic() - t0, workers.pids
+        base = base_session(workers.models, scene_file)
+        res = scenarios(base)
+        facts["max_abs_diff"] = {k: float((res[k].float() - single[k].float().to(res[k].device)).abs().max())
+                                 for k in single}
+        facts["shapes_equal"] = all(res[k].shape == single[k].shape for k in single)
+        t0 = time.monotonic()
+        base.branch().run()
+        torch.cuda.synchronize()
+        facts["two_steps_s"] = time.monotonic() - t0
+    facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
+    workers = start_workers(models, progress=False, timeout=20)
+    pid = workers.pids[0]
+    s = base_session(workers.models, scene_file)
+
+    def kill(x, hook):
+        os.kill(pid, signal.SIGKILL)
+        workers._procs[0].join(10)
+
+    t0 = time.monotonic()
+    with s.hooks([("high.blocks.0.hook_out", kill)]):
+        try:
+            s.step()
+        except WorkerError as err:
+            facts["death"] = str(err)[-600:]
+    facts["death_s"] = time.monotonic() - t0
+    workers.close()
+    facts["alive_after_death_close"] = [_alive(p) for p in workers.pids]
+    (out_dir / "cuda.json").write_text(json.dumps(facts, indent=1))
+    print(json.dumps(facts, indent=1))
+
+
 if __name__ == "__main__":
-    drive(Path(sys.argv[1]))
+    if sys.argv[1] == "--cuda":
+        drive_cuda(Path(sys.argv[2]))
+    else:
+        drive(Path(sys.argv[1]))
