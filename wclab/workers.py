@@ -286,9 +286,7 @@ class Workers:
                 if t is not None:
                     dist.broadcast(t, src=0)
             with torch.no_grad(), relay:
-                return parallel(*tensors)
-        except _Aborted:  # cannot happen on rank 0; kept for symmetry
-            raise
+                out = parallel(*tensors)
         except WclabError:
             raise  # input checks fail alike on every rank, before any collective: still in step
         except BaseException as e:
@@ -299,6 +297,12 @@ class Workers:
             raise WorkerError(f"the distributed forward failed ({type(e).__name__}: {e})"
                               + (f"\n{dead}" if dead else "") + "\nthe workers are stopped; start new ones with "
                               "wclab.workers.start_workers(models, n)") from e
+        dead = self._dead_workers()  # NCCL may finish a collective with a lost peer only by aborting it
+        if dead:
+            self._fail(dead)
+            raise WorkerError(f"a worker died during the forward:\n{dead}\nthe workers are stopped; start new "
+                              "ones with wclab.workers.start_workers(models, n)")
+        return out
 
     # ------------------------------------------------------------------ shutdown
     def close(self, timeout_s: float = 30.0) -> None:
