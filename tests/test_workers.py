@@ -109,8 +109,9 @@ def drive(out_dir: Path) -> None:
     facts["t"].append(("closed", time.monotonic()))
     facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
 
-    # a worker killed in the middle of a forward: a clear error at once, no hang; later calls say so too
-    workers = start_workers(models, 2, progress=False, timeout=20)
+    # a new group in the same process (from the closed group's models: their experts are unwrapped), whose
+    # worker is killed in the middle of a forward: a clear error at once, no hang; later calls say so too
+    workers = start_workers(workers.models, 2, progress=False, timeout=20)
     pid = workers.pids[0]
     s = base_session(workers.models)
 

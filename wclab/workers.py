@@ -36,13 +36,11 @@ import atexit
 import dataclasses
 import math
 import os
-import pickle
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -51,6 +49,9 @@ from torch import Tensor
 from wclab.errors import WclabError
 from wclab.models.dit import DiT
 from wclab.models.hooks import HookedModule, HookPoint
+
+if TYPE_CHECKING:
+    from wclab.models.loading import Models
 
 KEY = "wclab_workers"  # prefix of this module's keys in the TCPStore
 IDLE_TIMEOUT = timedelta(days=365)  # a worker waits this long for the next command (the notebook may think)
@@ -210,7 +211,7 @@ class Workers:
     leaving a ``with`` block and at interpreter exit) stops the workers and the process group.
     """
 
-    def __init__(self, models, devices: list[torch.device], procs: list, store, control, mesh):
+    def __init__(self, models: "Models", devices: list[torch.device], procs: list, store, control, mesh):
         from wclab.parallel import ParallelDiT
 
         self.devices, self._procs, self._store, self._control, self._mesh = devices, procs, store, control, mesh
@@ -326,6 +327,17 @@ class Workers:
         self._store = None
 
 
+def _plain(dit) -> DiT:
+    """The `DiT` inside a `WorkerDiT` / `ParallelDiT` (e.g. ``workers.models`` of a closed group), or ``dit``."""
+    from wclab.parallel import ParallelDiT
+
+    while isinstance(dit, (WorkerDiT, ParallelDiT)):
+        dit = dit.model
+    if not isinstance(dit, DiT):
+        raise WorkerError(f"models.high / models.low: expected wclab DiT experts, got {type(dit).__name__}")
+    return dit
+
+
 def _stop(procs: list, grace_s: float) -> None:
     """Join worker processes for up to ``grace_s`` s, then terminate (SIGTERM), then kill what is left."""
     deadline = time.monotonic() + grace_s
@@ -369,8 +381,9 @@ def _default_devices(models, n: Optional[int]) -> list[torch.device]:
     return [first] * n
 
 
-def start_workers(models, processes: Optional[int] = None, *, devices: Optional[Sequence[Union[str, torch.device]]] = None,
-                  timeout: float = 300.0, load_timeout: float = 1800.0, progress: bool = True) -> Workers:
+def start_workers(models: "Models", processes: Optional[int] = None, *,
+                  devices: Optional[Sequence[Union[str, torch.device]]] = None, timeout: float = 300.0,
+                  load_timeout: float = 1800.0, progress: bool = True) -> Workers:
     """Start ``processes - 1`` worker processes that join this one (rank 0) in running each expert's forward.
 
     models: the notebook's `Models` (from `wclab.models.loading.load_models`, on ``devices[0]``); each worker
@@ -405,11 +418,12 @@ def start_workers(models, processes: Optional[int] = None, *, devices: Optional[
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")  # a timeout raises here, not kills the kernel
         torch.cuda.set_device(devs[0])
 
+    models = dataclasses.replace(models, high=_plain(models.high), low=_plain(models.low))
     store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, timeout=timedelta(seconds=timeout),
                           wait_for_workers=False)
     ctx = torch.multiprocessing.get_context("spawn")
     spec = dict(port=store.port, world=world, backend=backend, paths=models.paths, dtype=models.dtype,
-                timeout_s=timeout, parent=os.getpid())
+                timeout_s=timeout)
     procs = [ctx.Process(target=_worker_main, args=(rank, str(devs[rank]), spec), daemon=True,
                          name=f"wclab-worker-{rank}") for rank in range(1, world)]
     for p in procs:
@@ -476,7 +490,7 @@ def _compare_checksums(high: DiT, low: DiT, device: torch.device, world: int) ->
                           "memory in the notebook are not mirrored; reload the models before start_workers")
 
 
-def workers_if_several_gpus(models, **kwargs: Any) -> Optional[Workers]:
+def workers_if_several_gpus(models: "Models", **kwargs: Any) -> Optional[Workers]:
     """For notebooks: `start_workers` over every visible GPU when there are several and ``models`` are on CUDA;
     otherwise prints why not and returns None. ``kwargs`` go to `start_workers`."""
     n = torch.cuda.device_count()
