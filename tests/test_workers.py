@@ -24,7 +24,7 @@ TIMEOUT_S = 240
 PARITY = dict(rtol=1e-5, atol=1e-5)
 SESSION_SIZE = (80, 112, 9)  # H, W pixels, frames -> token grid (3, 5, 7) = 105 tokens: 53 and 52 per rank
 CACHED = ["high.blocks.1.self_attn.hook_q", "high.blocks.0.cross_attn.hook_bias", "high.blocks.1.hook_mod",
-          "high.hook_embed"]
+          "high.hook_embed", "high.blocks.1.cross_attn.hook_probs"]  # split, split, whole, whole, opt-in split
 
 
 def base_session(models, scene_file: Path = FIXTURES / "synth_small.json"):
@@ -182,9 +182,9 @@ def driven(launched, single):
 
 @pytest.fixture(scope="module")
 def single() -> dict[str, torch.Tensor]:
-    from wclab.models.loading import load_models
+    from conftest import fixture_models
 
-    return scenarios(base_session(load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False)))
+    return scenarios(base_session(fixture_models()))  # the driver's weights (loaded once per test process)
 
 
 # ---------------------------------------------------------------- tests
@@ -217,6 +217,7 @@ def test_hooks_see_whole_tensors(driven, single):
         assert res[k].shape == single[k].shape, k
         torch.testing.assert_close(res[k], single[k], **PARITY)
     assert res["cache.step0.cond.high.blocks.1.self_attn.hook_q"].shape[1] == 105  # all tokens, not a slice
+    assert res["cache.step0.cond.high.blocks.1.cross_attn.hook_probs"].shape[2] == 105
 
 
 def test_hook_replacements_reach_every_rank(driven, single):
