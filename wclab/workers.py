@@ -29,6 +29,12 @@ group without a deadline that carries each command header (``broadcast_object_li
 the next command as long as the notebook lives); the default group (NCCL/gloo, ``timeout``) for the tensors and
 `ParallelDiT`'s collectives. A worker that dies, or a forward interrupted mid-way (Ctrl-C), ends the group with a
 `WorkerError` naming the worker, its exit code and its traceback; start new workers after that.
+
+Limits: inference only (no autograd through the workers); one group per process; workers load the experts from
+files, so weights edited in the notebook are not mirrored (a weight checksum at start-up catches edits made
+before); each hooked point costs one all-gather of its tensor per forward (plus an 8-byte flag broadcast); a
+hook's replacement must keep the tensor's shape. Tested on CPU with gloo (tests/test_workers.py); on GPUs run
+``python tests/test_workers.py --cuda OUT``.
 """
 from __future__ import annotations
 
