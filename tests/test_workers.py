@@ -1,0 +1,341 @@
+"""wclab.workers on CPU: a notebook-like driver (rank 0) and one spawned gloo worker equal one process.
+
+The driver is this file run as a script in a subprocess (the pytest process may hold a torch.distributed group of
+other tests; the driver is rank 0 as a notebook kernel would be): it starts the workers, runs the scenarios,
+saves tensors and facts, and the tests compare them with the same sessions run here in one process, on the tiny
+fixture models. Tolerance (float32): rtol = atol = 1e-5 (on the 2-core CI CPU the results were bitwise equal).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIXTURES, REPO, TINY_MODELS, TOKENIZER
+
+TIMEOUT_S = 240
+PARITY = dict(rtol=1e-5, atol=1e-5)
+SESSION_SIZE = (80, 112, 9)  # H, W pixels, frames -> token grid (3, 5, 7) = 105 tokens: 53 and 52 per rank
+CACHED = ["high.blocks.1.self_attn.hook_q", "high.blocks.0.cross_attn.hook_bias", "high.blocks.1.hook_mod",
+          "high.hook_embed", "high.blocks.1.cross_attn.hook_probs"]  # split, split, whole, whole, opt-in split
+
+
+def base_session(models, scene_file: Path = FIXTURES / "synth_small.json"):
+    """A 2-step session on synth_small resized to SESSION_SIZE (seed 0, CFG 5, β 30), not stepped."""
+    from wclab.conditions import load_json
+    from wclab.conditions.resize import resize_scene
+    from wclab.image import solid_image
+    from wclab.sampler import Session
+
+    h, w, frames = SESSION_SIZE
+    scene = resize_scene(load_json(scene_file), h, w, frames)
+    return Session(models, scene, solid_image(h, w, (90, 120, 150)), steps=2, seed=0, progress=False)
+
+
+def halve(x, hook):
+    return x * 0.5
+
+
+def scale_text_keys(x, hook):
+    return x * 0.9
+
+
+def scenarios(base) -> dict[str, torch.Tensor]:
+    """What both sides compute from an unstepped session: maps, a mid-run branch with update(beta=1.0), a cache of
+    split and whole hook points, and an intervention on a split and a whole (text-side) hook point."""
+    from wclab.inspect import AttentionMaps
+
+    res = {}
+    s = base.branch()
+    with AttentionMaps(s, words=True) as maps:
+        s.run()
+    res["maps_latents"] = s.latents
+    res.update({f"maps_step{i}": v for i, v in maps.sums.items()})
+    res["maps_counts"] = torch.tensor([maps.counts[i] for i in sorted(maps.counts)])
+    b = base.branch()
+    b.step()
+    c = b.branch()
+    c.update(beta=1.0)
+    c.run()
+    b.run()
+    res["branch_beta1_latents"], res["branch_parent_latents"] = c.latents, b.latents
+    cache = base.branch().run_with_cache(CACHED, until=1)
+    res.update({f"cache.{k}": v for k, v in cache.items()})
+    h = base.branch()
+    with h.hooks([("blocks.0.hook_out", halve), ("high.blocks.1.cross_attn.hook_k", scale_text_keys)]):
+        h.run()
+    res["intervened_latents"] = h.latents
+    return res
+
+
+# ---------------------------------------------------------------- the driver (rank 0, like a notebook kernel)
+
+def drive(out_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    from wclab.models.loading import load_models
+    from wclab.workers import WorkerError, start_workers
+
+    facts: dict = {"t": [("begin", time.monotonic())]}
+    models = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False)
+    t0 = time.monotonic()
+    facts["t"].append(("models", t0))
+    with start_workers(models, 2, progress=False, timeout=60) as workers:
+        facts["start_s"] = time.monotonic() - t0
+        facts["pids"] = workers.pids
+        base = base_session(workers.models)
+        res = scenarios(base)
+        facts["t"].append(("scenarios", time.monotonic()))
+
+        def boom(x, hook):
+            raise ValueError("boom")
+
+        e = base.branch()
+        with e.hooks([("high.blocks.1.hook_in", boom)]):
+            try:
+                e.step()
+            except ValueError as err:
+                facts["hook_error"] = str(err)
+        e.run()  # still in step after the raising hook
+        res["after_hook_error_latents"] = e.latents
+        facts["alive_after_hook_error"] = workers.alive
+    facts["t"].append(("closed", time.monotonic()))
+    facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
+
+    # a new group in the same process (from the closed group's models: their experts are unwrapped), whose
+    # worker is killed in the middle of a forward: a clear error at once, no hang; later calls say so too
+    workers = start_workers(workers.models, 2, progress=False, timeout=20)
+    pid = workers.pids[0]
+    s = base_session(workers.models)
+
+    def kill(x, hook):
+        os.kill(pid, signal.SIGKILL)
+        workers._procs[0].join(10)
+
+    t0 = time.monotonic()
+    with s.hooks([("high.blocks.0.hook_out", kill)]):
+        try:
+            s.step()
+        except WorkerError as err:
+            facts["death"] = str(err)
+    facts["death_s"] = time.monotonic() - t0
+    try:
+        s.step()
+    except WorkerError as err:
+        facts["death_next"] = str(err)
+    workers.close()
+    facts["death_closed_alive"] = _alive(pid)
+    facts["t"].append(("death", time.monotonic()))
+    save_file({k: v.contiguous() for k, v in res.items()}, str(out_dir / "workers.safetensors"))
+    (out_dir / "facts.json").write_text(json.dumps(facts))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("workers")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, __file__, str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def driven(launched, single):
+    """(tensors, facts) of the driver (``single`` is computed while it runs)."""
+    from safetensors.torch import load_file
+
+    proc, out = launched
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        pytest.fail(f"the workers driver did not finish in {TIMEOUT_S} s:\n{stderr[-3000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"the workers driver failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-6000:]}")
+    return load_file(str(out / "workers.safetensors")), json.loads((out / "facts.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def single() -> dict[str, torch.Tensor]:
+    from conftest import fixture_models
+
+    return scenarios(base_session(fixture_models()))  # the driver's weights (loaded once per test process)
+
+
+# ---------------------------------------------------------------- tests
+
+def test_session_and_attention_maps_match_one_process(driven, single):
+    """Two steps (high then low expert, CFG) with per-object and per-word maps: latents and the complete [R, 105]
+    sums (no gather needed: the hooks ran in the driver on whole tensors) and the term counts."""
+    res, _ = driven
+    steps = sorted(k for k in single if k.startswith("maps_step"))
+    assert steps == ["maps_step0", "maps_step1"]
+    torch.testing.assert_close(res["maps_latents"], single["maps_latents"], **PARITY)
+    for k in steps:
+        assert res[k].shape == single[k].shape and single[k].shape[1] == 105
+        torch.testing.assert_close(res[k], single[k], **PARITY)
+    assert torch.equal(res["maps_counts"], single["maps_counts"])
+
+
+def test_branch_with_update_matches_one_process(driven, single):
+    res, _ = driven
+    for k in ("branch_beta1_latents", "branch_parent_latents"):
+        torch.testing.assert_close(res[k], single[k], **PARITY)
+    assert not torch.allclose(single["branch_beta1_latents"], single["branch_parent_latents"])  # beta mattered
+
+
+def test_hooks_see_whole_tensors(driven, single):
+    res, _ = driven
+    keys = sorted(k for k in single if k.startswith("cache."))
+    assert sorted(k for k in res if k.startswith("cache.")) == keys and len(keys) == 2 * len(CACHED)  # cond+uncond
+    for k in keys:
+        assert res[k].shape == single[k].shape, k
+        torch.testing.assert_close(res[k], single[k], **PARITY)
+    assert res["cache.step0.cond.high.blocks.1.self_attn.hook_q"].shape[1] == 105  # all tokens, not a slice
+    assert res["cache.step0.cond.high.blocks.1.cross_attn.hook_probs"].shape[2] == 105
+
+
+def test_hook_replacements_reach_every_rank(driven, single):
+    res, _ = driven
+    torch.testing.assert_close(res["intervened_latents"], single["intervened_latents"], **PARITY)
+    assert not torch.allclose(single["intervened_latents"], single["maps_latents"])
+
+
+def test_a_raising_hook_leaves_the_workers_in_step(driven, single):
+    res, facts = driven
+    assert facts["hook_error"] == "boom" and facts["alive_after_hook_error"]
+    torch.testing.assert_close(res["after_hook_error_latents"], single["branch_parent_latents"], **PARITY)
+
+
+def test_close_leaves_no_worker_process(driven):
+    _, facts = driven
+    assert facts["pids"] and facts["pids_alive_after_close"] == [False] * len(facts["pids"])
+
+
+def test_a_worker_dying_mid_forward_raises_a_clear_error_without_hanging(driven):
+    """The notebook's hook kills the worker during the first block: the next collective fails (gloo: connection
+    closed), the error names the worker and its exit code, and later calls refuse with a hint to restart."""
+    _, facts = driven
+    assert "worker 1" in facts["death"] and "exited with code -9" in facts["death"]
+    assert facts["death_s"] < 30
+    assert "worker 1" in facts["death_next"] and "start new ones" in facts["death_next"]
+    assert not facts["death_closed_alive"]
+
+
+def test_token_dims_of_every_hook_point():
+    from wclab.models.dit import DiT
+    from wclab.workers import token_dim
+
+    names = DiT.from_checkpoint(TINY_MODELS / "dit_high_tiny.safetensors", num_heads=4).hook_points()
+    dims = {n: token_dim(n) for n in names}
+    assert dims["hook_embed"] is None and dims["hook_head_out"] is None and dims["blocks.0.hook_mod"] is None
+    assert dims["blocks.0.cross_attn.hook_k"] is None and dims["blocks.0.cross_attn.hook_v"] is None
+    assert dims["blocks.1.cross_attn.hook_bias"] == 2 and dims["blocks.1.cross_attn.hook_probs"] == 2
+    assert dims["blocks.1.self_attn.hook_q"] == 1 and dims["blocks.1.hook_out"] == 1
+
+
+def test_without_several_gpus_the_notebook_helper_does_nothing(capsys):
+    from wclab.workers import workers_if_several_gpus
+
+    if torch.cuda.device_count() > 1:
+        pytest.skip("several GPUs are visible")
+    assert workers_if_several_gpus(object()) is None
+    assert "GPU" in capsys.readouterr().out
+
+
+def test_bad_requests_name_what_was_expected():
+    from types import SimpleNamespace
+
+    from wclab.workers import WorkerError, start_workers
+
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    with pytest.raises(WorkerError, match="how many processes"):
+        start_workers(cpu)
+    with pytest.raises(WorkerError, match="at least 2 processes"):
+        start_workers(cpu, 1)
+    with pytest.raises(WorkerError, match=r"devices: expected 3"):
+        start_workers(cpu, 3, devices=["cpu", "cpu"])
+
+
+def drive_cuda(out_dir: Path) -> None:
+    """On a machine with several GPUs (not part of the CPU suite): ``python tests/test_workers.py --cuda OUT``
+    runs the scenarios on cuda:0 alone and then through workers on every GPU (NCCL), on tiny random-weight
+    checkpoints, and writes OUT/cuda.json with the largest differences and the death check."""
+    import tempfile
+
+    from wclab.models.loading import load_models
+    from wclab.testing import make_tiny_checkpoints
+    from wclab.workers import WorkerError, start_workers
+
+    scene_file = REPO / "examples" / "ci" / "ball.json"
+    facts: dict = {"gpus": torch.cuda.device_count(), "torch": torch.__version__}
+    tiny = make_tiny_checkpoints(tempfile.mkdtemp())  # kept: the workers load the experts from these files
+    device = os.environ.get("WCLAB_WORKERS_CHECK_DEVICE", "cuda:0")  # "cpu": a dry run of this script (gloo)
+    n = None if device.startswith("cuda") else 2  # None: every GPU
+    models = load_models(tiny, device=device, dtype=torch.float32, preview=False)
+    single = scenarios(base_session(models, scene_file))
+    t0 = time.monotonic()
+    with start_workers(models, n, progress=False, timeout=60) as workers:
+        facts["start_s"], facts["pids"] = time.monotonic() - t0, workers.pids
+        base = base_session(workers.models, scene_file)
+        res = scenarios(base)
+        facts["max_abs_diff"] = {k: float((res[k].float() - single[k].float().to(res[k].device)).abs().max())
+                                 for k in single}
+        facts["shapes_equal"] = all(res[k].shape == single[k].shape for k in single)
+        t0 = time.monotonic()
+        base.branch().run()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        facts["two_steps_s"] = time.monotonic() - t0
+    facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
+    workers = start_workers(models, n, progress=False, timeout=20)
+    pid = workers.pids[0]
+    s = base_session(workers.models, scene_file)
+
+    def kill(x, hook):
+        os.kill(pid, signal.SIGKILL)
+        workers._procs[0].join(10)
+
+    t0 = time.monotonic()
+    with s.hooks([("high.blocks.0.hook_out", kill)]):
+        try:
+            s.step()
+        except WorkerError as err:
+            facts["death"] = str(err)[-600:]
+    facts["death_s"] = time.monotonic() - t0
+    workers.close()
+    facts["alive_after_death_close"] = [_alive(p) for p in workers.pids]
+    (out_dir / "cuda.json").write_text(json.dumps(facts, indent=1))
+    print(json.dumps(facts, indent=1))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--cuda":
+        drive_cuda(Path(sys.argv[2]))
+    else:
+        drive(Path(sys.argv[1]))
