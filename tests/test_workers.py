@@ -108,6 +108,8 @@ def drive(out_dir: Path) -> None:
         facts["alive_after_hook_error"] = workers.alive
     facts["t"].append(("closed", time.monotonic()))
     facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
+    (out_dir / "cuda_parity.json").write_text(json.dumps(facts, indent=1))
+    print(json.dumps(facts), flush=True)
 
     # a new group in the same process (from the closed group's models: their experts are unwrapped), whose
     # worker is killed in the middle of a forward: a clear error at once, no hang; later calls say so too
