@@ -61,9 +61,10 @@ def test_steady_denoise_counts_the_compiling_first_step_as_a_full_step():
     assert r["extrapolated"] is True
 
 
-def test_bench_load_tiny_loads_every_placement(tmp_path):
-    report = run("bench_load.py", tmp_path / "load.json")
-    for stage in ("resident", "offload", "fp8"):
+def test_bench_load_tiny_loads_resident_and_offloaded_experts(tmp_path):
+    """Each stage is a fresh process; fp8 loading is tested in tests/test_loading.py."""
+    report = run("bench_load.py", tmp_path / "load.json", "--only", "resident,offload")
+    for stage in ("resident", "offload"):
         result = report["stages"][stage]
         assert "error" not in result, result
         assert result["forward_finite"] and result["placement"] == stage and result["load_s"] > 0
