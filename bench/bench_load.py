@@ -24,14 +24,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import GiB, Report, memory, reset_peak  # noqa: E402
+from benchlib import PeakSampler, Report, memory, reset_peak  # noqa: E402
 
 STAGES = ("write", "resident", "offload", "fp8")
 
@@ -48,32 +47,13 @@ def host_memory() -> dict[str, int]:
     return out
 
 
-class HostPeak:
-    """Samples `host_memory` every ``interval_s`` on a thread while the ``with`` block runs."""
+def host_peak() -> PeakSampler:
+    """`host_memory` sampled every 10 ms while a ``with`` block runs."""
+    return PeakSampler(host_memory, 0.01)
 
-    def __init__(self, interval_s: float = 0.01):
-        self.interval_s, self.peak, self._stop = interval_s, {}, threading.Event()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            for k, v in host_memory().items():
-                self.peak[k] = max(self.peak.get(k, 0), v)
-            time.sleep(self.interval_s)
-
-    def __enter__(self) -> "HostPeak":
-        self.base = host_memory()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        for k, v in host_memory().items():
-            self.peak[k] = max(self.peak.get(k, 0), v)
-
-    def summary(self) -> dict:
-        return {f"host_{k}_peak_above_base_gb": round((self.peak[k] - self.base[k]) / 1e9, 2) for k in self.base}
+def host_summary(peak: PeakSampler) -> dict:
+    return {f"host_{k}_peak_above_base_gb": round((peak.peak[k] - peak.base[k]) / 1e9, 2) for k in peak.base}
 
 
 def drop_page_cache() -> str:
@@ -98,13 +78,13 @@ def load_stage(directory: Path, placement: str, device: str, dtype: torch.dtype,
 
     cache = drop_page_cache() if drop_cache else "kept (--tiny)"
     reset_peak()
-    with HostPeak() as host:
+    with host_peak() as host:
         t0 = time.perf_counter()
         models = load_models(directory, device=device, dtype=dtype, experts=placement)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         load_s = time.perf_counter() - t0
-    out = {"load_s": round(load_s, 2), "cache": cache, **host.summary(), **memory(),
+    out = {"load_s": round(load_s, 2), "cache": cache, **host_summary(host), **memory(),
            "placement": placement, "dit_dim": models.high.cfg.dim, "dit_layers": models.high.cfg.num_layers}
     sizes = [p.stat().st_size for p in (models.paths.t5, models.paths.vae, models.paths.high, models.paths.low)]
     out["bytes_read_gb"] = round(sum(sizes) / 1e9, 2)
@@ -127,11 +107,11 @@ def write_stage(directory: Path, variants: list[str]) -> dict:
     if before.ok:
         out["skipped_write"] = "directory already checks ok"
     else:
-        with HostPeak() as host:
+        with host_peak() as host:
             t0 = time.perf_counter()
             make_released_size_checkpoints(directory, seed=0, variants=variants, progress=False)
             out["write_s"] = round(time.perf_counter() - t0, 1)
-        out.update(host.summary())
+        out.update(host_summary(host))
     total = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     out["written_gb"] = round(total / 1e9, 2)
     for variant in variants:

@@ -12,6 +12,7 @@ import math
 import platform
 import statistics
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -98,6 +99,38 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+class PeakSampler:
+    """Calls ``sample() -> {name: number}`` every ``interval_s`` on a thread while the ``with`` block runs (and once
+    at each end); ``base`` holds the first sample, ``peak`` each name's largest value."""
+
+    def __init__(self, sample: Callable[[], dict], interval_s: float):
+        self.sample, self.interval_s = sample, interval_s
+        self.base: dict = {}
+        self.peak: dict = {}
+        self._stop = threading.Event()
+
+    def _take(self) -> dict:
+        values = self.sample()
+        for k, v in values.items():
+            self.peak[k] = max(self.peak.get(k, v), v)
+        return values
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._take()
+
+    def __enter__(self) -> "PeakSampler":
+        self.base = self._take()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._take()
 
 
 class Report:

@@ -25,6 +25,9 @@ from typing import Optional
 
 import nbformat
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import PeakSampler  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 CELL_TIMEOUT = 900  # seconds for one cell
@@ -69,49 +72,28 @@ def shown(nb: nbformat.NotebookNode) -> dict:
     return counts
 
 
-class GpuMemoryPeak:
-    """Peak used memory (MiB) of one GPU, sampled with nvidia-smi every ``interval_s`` while the block runs."""
-
-    def __init__(self, index: int, interval_s: float = 0.5):
-        self.index, self.interval_s, self.peak_mib, self._stop = index, interval_s, 0, threading.Event()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                out = subprocess.run(["nvidia-smi", "-i", str(self.index), "--query-gpu=memory.used",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
-                self.peak_mib = max(self.peak_mib, int(out.stdout.strip().splitlines()[0]))
-            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-                pass
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> "GpuMemoryPeak":
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+def gpu_memory_used_mib(index: int) -> dict:
+    """``{"mib": used memory}`` of GPU ``index`` by nvidia-smi (whole device, every process), {} if unknown."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-i", str(index), "--query-gpu=memory.used",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+        return {"mib": int(out.stdout.strip().splitlines()[0])}
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return {}
 
 
 def run_one(path: Path, profile: str, gpu: Optional[int], out_dir: Path, keep: bool) -> dict:
     env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {}
-    monitor = GpuMemoryPeak(gpu) if gpu is not None else None
-    if monitor:
-        monitor.__enter__()
-    try:
+    monitor = PeakSampler(lambda: gpu_memory_used_mib(gpu) if gpu is not None else {}, 0.5)
+    with monitor:
         nb, seconds, error = execute(path, profile, env)
-    finally:
-        if monitor:
-            monitor.__exit__(None, None, None)
     executed = out_dir / path.name
     nbformat.write(nb, executed)
     size = executed.stat().st_size
     if not keep:
         executed.unlink()
     return {"notebook": path.name, "profile": profile, "gpu": gpu, "seconds": round(seconds, 1),
-            "gpu_peak_used_gib": round(monitor.peak_mib / 1024, 2) if monitor else None,
+            "gpu_peak_used_gib": round(monitor.peak["mib"] / 1024, 2) if "mib" in monitor.peak else None,
             "executed_file_mb": round(size / 1e6, 2), **shown(nb), "error": error}
 
 

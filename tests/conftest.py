@@ -71,3 +71,36 @@ def tiny_base_session():
     scene = load_json(_need(FIXTURES / "synth_small.json"))
     return Session(fixture_models(), scene, solid_image(128, 224, (90, 120, 150)), Settings(steps=2, seed=0),
                    progress=False)
+
+
+# ---------------------------------------------------------------- helpers for tests that start processes
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict:
+    """This environment with the repository first on PYTHONPATH and one OpenMP thread (the CPU has 2 cores)."""
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra)
+
+
+def finish(proc, what: str, timeout_s: float) -> tuple[str, str]:
+    """Wait for a ``subprocess.Popen`` started with text pipes; fail the test naming ``what`` with its output when
+    it times out or exits non-zero. Returns (stdout, stderr)."""
+    import subprocess
+
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        pytest.fail(f"{what} did not finish in {timeout_s} s:\n{stderr[-3000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"{what} failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-6000:]}")
+    return stdout, stderr

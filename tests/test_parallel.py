@@ -10,8 +10,6 @@ was bitwise equal.
 """
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, REPO, TINY_MODELS, TOKENIZER, load_golden
+from conftest import FIXTURES, REPO, TINY_MODELS, TOKENIZER, finish, free_port, load_golden, subprocess_env
 from wclab.models.dit import DiT
 
 WORLD = 2
@@ -101,21 +99,14 @@ def worker(out_dir: Path) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     """The torchrun launch, started in the background: (process, output folder)."""
     out = tmp_path_factory.mktemp("parallel")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(WORLD),
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__, str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__, str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     yield proc, out
     if proc.poll() is None:
         proc.kill()
@@ -128,14 +119,7 @@ def ranks(launched, single) -> list[dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     proc, out = launched
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, stderr = proc.communicate()
-        pytest.fail(f"torchrun with {WORLD} ranks did not finish in {TIMEOUT_S} s:\n{stderr[-3000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-6000:]}")
+    finish(proc, f"torchrun with {WORLD} ranks", TIMEOUT_S)
     return [load_file(str(out / f"rank{r}.safetensors")) for r in range(WORLD)]
 
 

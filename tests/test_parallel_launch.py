@@ -4,8 +4,6 @@ are bitwise equal; the sequence split (tests/test_parallel.py) equals one proces
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import EXAMPLES, REPO
+from conftest import EXAMPLES, REPO, free_port, subprocess_env
 from wclab.parallel import cfg_groups
 
 TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 
 def _check(proc: subprocess.CompletedProcess) -> None:
@@ -65,11 +52,11 @@ def test_two_nodes_by_c10d_rendezvous_with_cfg_split_equal_one_process_bitwise(t
     --rdzv-endpoint HOST:PORT`, exactly as documented for several machines."""
     nodes = tmp_path / "nodes" / "v.mp4"
     nodes.parent.mkdir()
-    port = _free_port()
+    port = free_port()
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "wclab-test",
               "-m", "wclab.parallel", *generate_args(tiny, nodes)]
-    agents = [subprocess.Popen(launch, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    agents = [subprocess.Popen(launch, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True) for _ in range(2)]
     try:
         outputs = [a.communicate(timeout=TIMEOUT_S) for a in agents]
@@ -103,9 +90,9 @@ def one_process_latents(tiny: Path) -> torch.Tensor:
 def test_parallel_e2e_bench_scans_layouts_and_compares_with_one_process(tmp_path):
     out = tmp_path / "p"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(REPO / "bench" / "bench_parallel_e2e.py"), "--tiny",
+           "--master-port", str(free_port()), str(REPO / "bench" / "bench_parallel_e2e.py"), "--tiny",
            "--layouts", "1x1,2x1,1x2", "--steps", "2", "--full", "2:2", "--out", str(out)]
-    _check(subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S))
+    _check(subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=TIMEOUT_S))
     cfg_split = json.loads((out / "scan_2x1_2steps.json").read_text())
     seq_split = json.loads((out / "scan_1x2_2steps.json").read_text())
     assert cfg_split["setup"]["ranks"] == 2 and cfg_split["setup"]["steps"] == 2

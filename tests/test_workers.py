@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, REPO, TINY_MODELS, TOKENIZER
+from conftest import FIXTURES, REPO, TINY_MODELS, TOKENIZER, finish, subprocess_env
 
 TIMEOUT_S = 240
 PARITY = dict(rtol=1e-5, atol=1e-5)
@@ -77,6 +77,25 @@ def scenarios(base) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- the driver (rank 0, like a notebook kernel)
 
+def kill_a_worker_mid_forward(workers, session) -> tuple:
+    """Kill the first worker from inside a hook during a step: (the WorkerError's text or None, seconds taken)."""
+    from wclab.workers import WorkerError
+
+    pid = workers.pids[0]
+
+    def kill(x, hook):
+        os.kill(pid, signal.SIGKILL)
+        workers._procs[0].join(10)
+
+    t0, message = time.monotonic(), None
+    with session.hooks([("high.blocks.0.hook_out", kill)]):
+        try:
+            session.step()
+        except WorkerError as err:
+            message = str(err)
+    return message, time.monotonic() - t0
+
+
 def drive(out_dir: Path) -> None:
     from safetensors.torch import save_file
 
@@ -108,26 +127,12 @@ def drive(out_dir: Path) -> None:
         facts["alive_after_hook_error"] = workers.alive
     facts["t"].append(("closed", time.monotonic()))
     facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
-    (out_dir / "cuda_parity.json").write_text(json.dumps(facts, indent=1))
-    print(json.dumps(facts), flush=True)
-
     # a new group in the same process (from the closed group's models: their experts are unwrapped), whose
     # worker is killed in the middle of a forward: a clear error at once, no hang; later calls say so too
     workers = start_workers(workers.models, 2, progress=False, timeout=20)
-    pid = workers.pids[0]
     s = base_session(workers.models)
-
-    def kill(x, hook):
-        os.kill(pid, signal.SIGKILL)
-        workers._procs[0].join(10)
-
-    t0 = time.monotonic()
-    with s.hooks([("high.blocks.0.hook_out", kill)]):
-        try:
-            s.step()
-        except WorkerError as err:
-            facts["death"] = str(err)
-    facts["death_s"] = time.monotonic() - t0
+    pid = workers.pids[0]
+    facts["death"], facts["death_s"] = kill_a_worker_mid_forward(workers, s)
     try:
         s.step()
     except WorkerError as err:
@@ -155,9 +160,7 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     out = tmp_path_factory.mktemp("workers")
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, __file__, str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, __file__, str(out)], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     yield proc, out
     if proc.poll() is None:
@@ -171,14 +174,7 @@ def driven(launched, single):
     from safetensors.torch import load_file
 
     proc, out = launched
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, stderr = proc.communicate()
-        pytest.fail(f"the workers driver did not finish in {TIMEOUT_S} s:\n{stderr[-3000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"the workers driver failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-6000:]}")
+    finish(proc, "the workers driver", TIMEOUT_S)
     return load_file(str(out / "workers.safetensors")), json.loads((out / "facts.json").read_text())
 
 
@@ -315,21 +311,12 @@ def drive_cuda(out_dir: Path) -> None:
             torch.cuda.synchronize()
         facts["two_steps_s"] = time.monotonic() - t0
     facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
+    (out_dir / "cuda_parity.json").write_text(json.dumps(facts, indent=1))  # before the death check
+    print(json.dumps(facts), flush=True)
     workers = start_workers(models, n, progress=False, timeout=20)
-    pid = workers.pids[0]
     s = base_session(workers.models, scene_file)
-
-    def kill(x, hook):
-        os.kill(pid, signal.SIGKILL)
-        workers._procs[0].join(10)
-
-    t0 = time.monotonic()
-    with s.hooks([("high.blocks.0.hook_out", kill)]):
-        try:
-            s.step()
-        except WorkerError as err:
-            facts["death"] = str(err)[-600:]
-    facts["death_s"] = time.monotonic() - t0
+    death, facts["death_s"] = kill_a_worker_mid_forward(workers, s)
+    facts["death"] = death[-600:] if death else death
     workers.close()
     facts["alive_after_death_close"] = [_alive(p) for p in workers.pids]
     (out_dir / "cuda.json").write_text(json.dumps(facts, indent=1))
