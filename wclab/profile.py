@@ -184,7 +184,7 @@ def tiny_checkpoints() -> Path:
 
 
 def _tiny_complete(directory: Path) -> bool:
-    from wclab.checkpoints import read_tiny_config
+    from wclab.models.layout import read_tiny_config
 
     try:
         info = read_tiny_config(directory)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from wclab.checkpoints import TINY_CONFIG_NAME, dit_config, released_files, t5_shapes, vae_shapes
+from wclab.models.layout import TINY_CONFIG_NAME, released_files
+from wclab.models.shapes import dit_config, dit_shapes, t5_shapes, vae_shapes
 
 # Sizes of the reference's tiny fixtures (fixtures/reference/models/config.json), reference argument names.
 TINY_SIZES = {
@@ -136,8 +137,6 @@ def make_tiny_checkpoints(directory: str | Path, seed: int = 0, variant_ref: boo
     ``python -m wclab.checkpoints directory``.
     """
     from safetensors.torch import save_file
-
-    from wclab.checkpoints import dit_shapes
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)

@@ -388,6 +388,11 @@ class DiT(HookedModule):
         return self.hook_head_out(self.unpatchify(x, e.grid))
 
 
+def dit_shapes(cfg: DiTConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a DiT expert checkpoint for ``cfg`` (released key names), read off a meta-device model."""
+    return {k: tuple(v.shape) for k, v in DiT.from_config(cfg, device="meta").state_dict().items()}
+
+
 # ---------------------------------------------------------------- loading helpers
 
 @contextmanager

@@ -11,17 +11,17 @@ Explicit ``t5=``, ``vae=``, ``high=``, ``low=``, ``tokenizer=`` paths override t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-from wclab.checkpoints import (
+from wclab.models.layout import (
     TINY_CONFIG_NAME,
     VARIANTS,
     CheckpointFile,
+    default_checkpoint_dir,
     locate,
     read_tiny_config,
     released_files,
@@ -36,12 +36,6 @@ PathLike = Union[str, Path]
 FIXTURE_FILES = {"t5": "t5_tiny.pth", "vae": "vae_tiny.pth", "high": "dit_high_tiny.safetensors",
                  "low": "dit_low_tiny.safetensors"}
 RELEASED_VAE_BASE_DIM = 96  # LatentPreview.wan21() is only meaningful for the released VAE
-
-
-def default_checkpoint_dir() -> Path:
-    """``$WCLAB_CHECKPOINTS``, else ``checkpoints/`` at the repository root."""
-    env = os.environ.get("WCLAB_CHECKPOINTS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 @dataclass(frozen=True)
