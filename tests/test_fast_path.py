@@ -175,8 +175,8 @@ def test_relative_error_reports_zero_for_equal_tensors_and_rejects_shape_mismatc
 @pytest.mark.slow
 def test_inductor_speed_up_keeps_eager_bf16_rounding_so_capture_hooks_leave_outputs_bitwise_equal():
     """With Inductor, graph breaks at hook points split the fused kernels; `speed_up` keeps eager's bf16 rounding
-    between fused ops, so the split graphs compute the same numbers (on a CPU bitwise; on an H100 the remaining
-    difference was 0.36 % mean rel. instead of 1.9 % — bench/RESULTS.md)."""
+    between fused ops, so the split graphs compute the same numbers (on a CPU bitwise; GPU figures:
+    bench/RESULTS.md)."""
     import torch._dynamo
 
     from wclab.inspect.attention import cross_attention_hooks, span_mass, span_selector

@@ -10,7 +10,6 @@ import importlib
 import re
 import sys
 import types
-import os
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union
 
@@ -18,12 +17,10 @@ import cv2
 import numpy as np
 
 from wclab.errors import CheckpointError, WclabError
+from wclab.models.layout import SAM_FILE, default_checkpoint_dir
 
 Point = tuple[float, float]
 
-# $WCLAB_CHECKPOINTS (as wclab's model loader reads it), else the repository's checkpoints/ folder
-DEFAULT_SAM_CHECKPOINT = (Path(os.environ["WCLAB_CHECKPOINTS"]) if os.environ.get("WCLAB_CHECKPOINTS")
-                          else Path(__file__).resolve().parents[1] / "checkpoints") / "sam_vit_h_4b8939.pth"
 SAM_TYPES = ("vit_h", "vit_l", "vit_b")
 
 
@@ -255,11 +252,17 @@ def _components_containing(mask: np.ndarray, points: Sequence[tuple[int, int]]) 
     return np.isin(labels, sorted(keep)) if keep else np.zeros_like(mask, dtype=bool)
 
 
+def default_sam_checkpoint() -> Path:
+    """Where SAM vit_h is looked for: ``sam_vit_h_4b8939.pth`` in the checkpoint directory (``$WCLAB_CHECKPOINTS``
+    or the repository's ``checkpoints/``, read at each call)."""
+    return default_checkpoint_dir() / SAM_FILE
+
+
 def default_segmenter(checkpoint: Union[str, Path, None] = None, device: Optional[str] = None) -> Segmenter:
     """SAM from ``checkpoint`` (a missing file raises :class:`CheckpointError`); with no checkpoint given, SAM
     from ``checkpoints/sam_vit_h_4b8939.pth`` when present, else :class:`FallbackSegmenter` (labelled as such)."""
     if checkpoint is None:
-        if not DEFAULT_SAM_CHECKPOINT.is_file():
+        checkpoint = default_sam_checkpoint()
+        if not checkpoint.is_file():
             return FallbackSegmenter()
-        checkpoint = DEFAULT_SAM_CHECKPOINT
     return SamSegmenter.from_checkpoint(checkpoint, device=device)

@@ -1,7 +1,8 @@
 """Opt-in fast paths for the DiT on a GPU. Nothing here changes a model unless called; all of it runs on CPU too.
 
   speed_up(model)              float32 RoPE (no float64/complex tensors) + ``torch.compile`` of every block;
-                               the exact bf16 computation, fused (`reset_speed_up` undoes it)
+                               the same bf16 computation, fused: equal to eager up to rounding, not bitwise
+                               (`reset_speed_up` undoes it)
   sdpa_priority(...)           prefer given SDPA kernels (e.g. cuDNN first) inside a ``with`` block
   quantize_fp8(model)          fast mode: block Linears with float8 (e4m3) weights and per-token float8
                                activations (``torch._scaled_mm``); halves weight memory, changes outputs slightly
@@ -33,16 +34,16 @@ class FastPathError(WclabError, ValueError):
     """A fast-path helper got something it cannot work with (the message says what and why)."""
 
 
-# ---------------------------------------------------------------------------------------------- exact bf16 path
+# ---------------------------------------------------------------------------------------------- compiled bf16 path
 def speed_up(model: DiT, compile: bool = True, **compile_kwargs) -> DiT:
     """Make ``model`` faster without changing what it computes beyond rounding (in place; returns it).
 
     RoPE rotates in float32 from a cached (cos, sin) table instead of float64 complex numbers, and each block
     is wrapped by ``torch.compile`` (``compile_kwargs``, e.g. ``backend="eager"`` to trace without Inductor),
-    which fuses norms, modulation, RoPE and gates. Inductor keeps eager's bf16 rounding between fused ops
-    (``emulate_precision_casts``): on an H100 that cost no time and put the compiled forward 0.36 % (mean
-    rel.) from eager instead of 1.5 %, and graph breaks (hooks that run eagerly, e.g. attention-map capture)
-    then move outputs by rounding only. Hook points keep working (a hook attached later triggers one
+    which fuses norms, modulation, RoPE and gates. Inductor is told to keep eager's bf16 rounding between fused
+    ops (``emulate_precision_casts``), so graph breaks (hooks that run eagerly, e.g. attention-map capture) move
+    outputs by rounding only. Not bitwise eager: fused kernels round differently (measured deviation:
+    ``bench/RESULTS.md``). Hook points keep working (a hook attached later triggers one
     recompilation). All blocks share one compiled graph. Each block's ``forward`` becomes the compiled one (an
     instance attribute; module hooks registered on a block still run eagerly around it).
     """
