@@ -39,9 +39,12 @@ from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
+from wclab.cli import build_parser, generation_inputs, write_outputs
 from wclab.errors import WclabError
 from wclab.models.dit import DiT
 from wclab.models.hooks import HookedModule
+from wclab.models.loading import load_models
+from wclab.sampler import Session
 
 
 class ParallelError(WclabError, RuntimeError):
@@ -213,38 +216,17 @@ def parallelize_models(models, mesh: Optional[DeviceMesh] = None):
 # ---------------------------------------------------------------- launcher
 
 def _generate(args) -> int:
-    from safetensors.torch import save_file
-
-    from wclab.conditions import load_json
-    from wclab.conditions.resize import resize_scene
-    from wclab.inspect.display import save_video
-    from wclab.models.loading import load_models
-    from wclab.sampler import Session, Settings
-
     mesh = init_distributed()
     rank = dist.get_rank()
     if mesh.device_type == "cuda":
         args.device = f"cuda:{torch.cuda.current_device()}"
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        args.dtype or ("bfloat16" if mesh.device_type == "cuda" else "float32")]
     try:
-        scene = resize_scene(load_json(args.conditions), args.height, args.width, args.frames)
-        models = load_models(args.checkpoints, variant=args.variant, tokenizer=args.tokenizer, device=args.device,
-                             dtype=dtype)
-        settings = Settings(steps=args.steps, seed=args.seed, cfg=args.cfg, shift=args.shift,
-                            boundary=args.boundary, beta=args.beta, point_mode=args.point_mode, record="none")
-        session = Session(parallelize_models(models, mesh), scene, args.image, settings, progress=rank == 0).run()
+        inputs = generation_inputs(args)
+        models = load_models(**inputs.model_kwargs)
+        session = Session(parallelize_models(models, mesh), inputs.scene, args.image, inputs.settings,
+                          progress=rank == 0).run()
         if rank == 0:
-            from pathlib import Path
-
-            video, out = session.decode(), Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            save_video(video, out, fps=args.fps)
-            print(f"wrote {out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]}, "
-                  f"{mesh.size()} ranks)")
-            if args.save_latents:
-                save_file({"latents": session.latents.detach().float().cpu().contiguous()}, args.save_latents)
-                print(f"wrote {args.save_latents}")
+            write_outputs(args, session.decode(), session.latents, note=f", {mesh.size()} ranks")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -253,8 +235,6 @@ def _generate(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``torchrun --nproc-per-node N -m wclab.parallel generate ...`` (arguments of ``wclab generate``)."""
-    from wclab.cli import build_parser
-
     parser = build_parser()
     parser.prog = "torchrun --nproc-per-node N -m wclab.parallel"
     args = parser.parse_args(argv)

@@ -30,6 +30,7 @@ import torch
 from wclab.conditions import Scene, load_json
 from wclab.errors import CheckpointError, WclabError
 from wclab.image import load_image
+from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 if TYPE_CHECKING:
     from wclab.models.loading import Models
@@ -135,7 +136,7 @@ def select(name: str = "auto") -> Profile:
         from wclab.models.loading import default_checkpoint_dir
 
         gpu = torch.cuda.is_available()
-        return Profile("released", 480, 832, 81, 50, "full", "cuda" if gpu else "cpu",
+        return Profile("released", DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_FRAMES, 50, "full", "cuda" if gpu else "cpu",
                        torch.bfloat16 if gpu else torch.float32, default_checkpoint_dir())
     h, w, t, steps, examples = (128, 224, 17, 4, "small") if name == "tiny" else (64, 112, 9, 2, "ci")
     return Profile(name, h, w, t, steps, examples, "cpu", torch.float32, cache_dir() / _TINY_FOLDER)

@@ -15,6 +15,9 @@ from typing import Optional, Protocol, Sequence, Union
 
 import cv2
 import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
 
 from wclab.errors import CheckpointError, WclabError
 from wclab.models.layout import SAM_FILE, default_checkpoint_dir
@@ -76,7 +79,6 @@ def _import_segment_anything() -> types.ModuleType:
                                  "(or use FallbackSegmenter)") from None
         if e.name != "torchvision":
             raise
-    from PIL import Image
 
     def resize(img: "Image.Image", size: Sequence[int]) -> "Image.Image":  # torchvision semantics: size = (h, w)
         return img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
@@ -131,8 +133,6 @@ class SamSegmenter:
         """Build ``model_type`` (inferred from the file name if not given) and load ``checkpoint`` with
         ``torch.load(weights_only=True)`` (or safetensors). ``checkpoint=None`` keeps random weights (tests only).
         ``device`` defaults to CUDA when available."""
-        import torch
-
         sa = _import_segment_anything()
         if model_type is None:
             model_type = sam_type_of(checkpoint) if checkpoint is not None else "vit_h"
@@ -149,7 +149,6 @@ class SamSegmenter:
                                       "(expected e.g. checkpoints/sam_vit_h_4b8939.pth)")
             try:
                 if path.suffix == ".safetensors":
-                    from safetensors.torch import load_file
                     state = load_file(str(path))
                 else:
                     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -21,6 +21,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from wclab.errors import WclabError
 from wclab.models.dit import DiT
@@ -69,8 +70,6 @@ def sdpa_priority(*backends: str) -> Iterator[None]:
     """Inside the block, torch's SDPA tries these kernels first, in order ("cudnn", "flash", "efficient",
     "math"); it still falls back to any other kernel that supports the call. Compiled code keeps the kernel
     chosen when it was compiled."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
     unknown = [b for b in backends if b not in names]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from wclab.errors import CheckpointError, WclabError
 from wclab.sizes import FRAMES_PER_LATENT, VAE_STRIDE
@@ -107,14 +108,10 @@ class LatentPreview:
         return ((rgb.permute(0, 2, 3, 1) + 1) * 127.5).clip(0, 255).to(device="cpu", dtype=torch.uint8)
 
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
         save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> LatentPreview:
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"latent preview file not found: {path}")
