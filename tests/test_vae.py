@@ -137,9 +137,10 @@ def _reference_tiling(x, fn, size, stride, factor, out_shape):
 
 
 def test_tiled_encode_and_decode_follow_the_reference_tiling(golden, vae):
-    video, latents = golden["vae_in_video"], golden["vae_latents"]
-    ref_z = _reference_tiling(video, vae._encode_one, (32, 48), (16, 24), 1 / 8, (1, 16, 3, 8, 12))
-    ref_v = _reference_tiling(latents, vae._decode_one, (4, 6), (2, 3), 8, (1, 3, 9, 64, 96)).clamp(-1, 1)
+    # a corner of the golden inputs still gives a 2x2 grid of overlapping tiles
+    video, latents = golden["vae_in_video"][:, :, :5, :48, :64], golden["vae_latents"][:, :, :2, :6, :8]
+    ref_z = _reference_tiling(video, vae._encode_one, (32, 48), (16, 24), 1 / 8, (1, 16, 2, 6, 8))
+    ref_v = _reference_tiling(latents, vae._decode_one, (4, 6), (2, 3), 8, (1, 3, 5, 48, 64)).clamp(-1, 1)
     # same tiles through the same model; only the order of float ops in the blend may differ
     torch.testing.assert_close(vae.encode(video, tiled=True, **SMALL_TILES), ref_z, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(vae.decode(latents, tiled=True, **SMALL_TILES), ref_v, atol=1e-6, rtol=1e-6)
