@@ -30,12 +30,12 @@ from wclab.errors import CheckpointError
 from wclab.models.dit import DiT
 from wclab.models.latent_preview import LatentPreview
 from wclab.models.text_encoder import TextEncoder, Tokenizer
-from wclab.models.vae import VAE
+from wclab.models.vae import VAE, VAEConfig
 
 PathLike = Union[str, Path]
 FIXTURE_FILES = {"t5": "t5_tiny.pth", "vae": "vae_tiny.pth", "high": "dit_high_tiny.safetensors",
                  "low": "dit_low_tiny.safetensors"}
-RELEASED_VAE_BASE_DIM = 96  # LatentPreview.wan21() is only meaningful for the released VAE
+RELEASED_VAE_BASE_DIM = VAEConfig().base_dim  # LatentPreview.wan21() is only meaningful for the released VAE
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -43,13 +44,14 @@ class VAEConfig:
                                 latents_mean=list(LATENTS_MEAN), latents_std=list(LATENTS_STD))
 
     @classmethod
-    def from_wan_args(cls, dim: int = 96, z_dim: int = 16, dim_mult=(1, 2, 4, 4), num_res_blocks: int = 2,
-                      attn_scales=(), temperal_downsample=(False, True, True)) -> VAEConfig:
-        """From the reference ``WanVAE_`` constructor arguments (as ``wclab_tiny.json`` stores them)."""
+    def from_wan_args(cls, dim: Optional[int] = None, attn_scales=(), **args) -> VAEConfig:
+        """From the reference ``WanVAE_`` constructor arguments (as ``wclab_tiny.json`` stores them; ``dim`` is
+        ``base_dim``); arguments not given keep the released VAE's values."""
         if tuple(attn_scales):
             raise WclabError(f"VAEConfig: attn_scales must be empty (Wan 2.1 VAE), got {attn_scales}")
-        return cls(base_dim=dim, z_dim=z_dim, dim_mult=tuple(dim_mult), num_res_blocks=num_res_blocks,
-                   temperal_downsample=tuple(temperal_downsample))
+        if dim is not None:
+            args["base_dim"] = dim
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
 
 
 # The names a Wan VAE key can take: module path (N: an index) -> parameter names under it.
