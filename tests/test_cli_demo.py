@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from wclab.cli import main
+from wclab.models.device import DeviceError
+from wclab.models.loading import load_models
 from wclab.testing import make_tiny_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +82,14 @@ def test_cuda_device_on_a_cpu_only_torch_is_a_one_line_error(tmp_path, capsys):
     rc = main(["generate", "--conditions", str(CI_SCENE), "--image", str(CI_IMAGE), "--checkpoints",
                str(tmp_path), "--out", str(tmp_path / "v.mp4"), "--device", "cuda"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "--device cuda" in err and "--device cpu" in err
+    assert rc == 2 and err.count("\n") == 1 and "--device: device 'cuda'" in err and "no usable CUDA" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_load_models_on_cuda_with_a_cpu_only_torch_is_a_one_line_error(tiny_dir):
+    with pytest.raises(DeviceError, match="no usable CUDA") as e:
+        load_models(tiny_dir, device="cuda")
+    assert "\n" not in str(e.value)
 
 
 def test_readme_demo_runs(tmp_path):

@@ -19,6 +19,7 @@ from wclab.encode.bias import BETA
 from wclab.errors import WclabError
 from wclab.image import load_image
 from wclab.inspect.display import save_video
+from wclab.models.device import DeviceError, check_device
 from wclab.models.layout import VARIANTS
 from wclab.models.loading import load_models
 from wclab.sampler import Settings, generate
@@ -51,8 +52,10 @@ def generation_inputs(args: argparse.Namespace) -> GenerationInputs:
     if args.steps < 1:
         raise WclabError(f"--steps: expected at least 1 denoising step, got {args.steps}")
     device = str(args.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise WclabError(f"--device {device}: this torch ({torch.__version__}) has no usable CUDA; use --device cpu")
+    try:
+        check_device(device)
+    except DeviceError as e:
+        raise WclabError(f"--device: {e}") from None
     scene = resize_scene(load_json(args.conditions), args.height, args.width, args.frames)
     load_image(args.image)  # ImageLoadError names the file
     model_kwargs = dict(checkpoint_dir=args.checkpoints, variant=args.variant, tokenizer=args.tokenizer,

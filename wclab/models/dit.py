@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from wclab.errors import CheckpointError, WclabError
 from wclab.models.attention import attention, attention_from_probs, attention_logits, check_backend
+from wclab.models.device import check_device
 from wclab.models.hooks import HookedModule, HookPoint
 from wclab.models.weights import read_state_dict
 
@@ -303,6 +304,7 @@ class DiT(HookedModule):
         ``num_heads`` is given. Keys and shapes must match exactly (else `CheckpointError` naming the key).
         ``dtype`` None keeps the checkpoint's. Returns the model in eval mode with ``requires_grad`` off.
         """
+        check_device(device)
         sd = _read_state_dict(checkpoint, device)
         cfg = DiTConfig.from_state_dict(sd, num_heads=num_heads)
         model = cls.from_config(cfg, device="meta")

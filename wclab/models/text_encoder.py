@@ -15,6 +15,7 @@ from torch import nn
 
 from wclab.encode.text import TEXT_LEN, clean_text
 from wclab.errors import CheckpointError, WclabError
+from wclab.models.device import check_device
 from wclab.models.weights import read_state_dict
 
 # The standard Chinese negative prompt Wan models are sampled with (SPEC §3, golden_units.json).
@@ -184,6 +185,7 @@ class TextEncoder(nn.Module):
         """Load Wan's ``models_t5_umt5-xxl-enc-bf16.pth`` (or a same-format file); strict key check.
 
         ``num_heads`` is read from the relative-position table; passing it only adds a consistency check."""
+        check_device(device)
         sd = read_state_dict(path, what="T5 checkpoint")
         config = TextEncoderConfig.from_state_dict(sd, num_heads, source=str(path))
         hf_sd, origin = wan_t5_to_hf(sd, config, source=str(path))

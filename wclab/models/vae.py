@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wclab.errors import CheckpointError, WclabError
+from wclab.models.device import check_device
 from wclab.models.weights import read_state_dict
 from wclab.sizes import FRAMES_PER_LATENT, TILE_SIZE, TILE_STRIDE, VAE_STRIDE, latent_frames
 
@@ -145,6 +146,7 @@ class VAE(nn.Module):
         the weights. Missing, unexpected or misshaped keys raise CheckpointError naming the key and file."""
         from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
+        check_device(device)
         sd = read_state_dict(path, what="VAE checkpoint")
         for key in ("encoder.conv1.weight", "conv2.weight"):
             if key not in sd:
