@@ -1,6 +1,8 @@
 """Wan 2.1 VAE (diffusers AutoencoderKLWan + Wan normalisation and tiling) and the latent RGB preview."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,7 @@ import torch.nn.functional as F
 from conftest import TINY_MODELS, load_golden
 from wclab.errors import CheckpointError, WclabError
 from wclab.models.latent_preview import LatentPreview, video_on_latent_grid
-from wclab.models.vae import VAE, ramp_1d, tile_spans
+from wclab.models.vae import VAE, VAEConfig, ramp_1d, tile_spans, vae_shapes
 
 SMALL_TILES = dict(tile_size=(4, 6), tile_stride=(2, 3))  # 3 x 3 tiles over the 8 x 12 latent golden clip
 
@@ -268,3 +270,10 @@ def test_preview_load_errors_name_the_file(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="bad.safetensors"):
         LatentPreview.load(bad)
+
+
+def test_key_shape_table_derived_from_the_config_is_the_reference_file_format():
+    """Wan key names come from diffusers' converter run backwards over Wan's naming, shapes from the config."""
+    sizes = json.loads((TINY_MODELS / "config.json").read_text())["vae"]
+    sd = torch.load(TINY_MODELS / "vae_tiny.pth", weights_only=True)
+    assert vae_shapes(VAEConfig.from_wan_args(**sizes)) == {k: tuple(v.shape) for k, v in sd.items()}
