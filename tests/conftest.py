@@ -7,6 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (no example database, no random seed), so a result never
+# depends on what an earlier run stored.
+settings.register_profile("wclab", derandomize=True, database=None, deadline=None)
+settings.load_profile("wclab")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WCLAB_SHARED", REPO.parent / "shared"))

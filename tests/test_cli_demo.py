@@ -6,9 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from wclab.cli import main
+from wclab.models.device import DeviceError
+from wclab.models.loading import load_models
 from wclab.testing import make_tiny_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +59,37 @@ def test_bad_conditions_file_names_the_file(tiny_dir, tmp_path, capsys):
                "--out", str(tmp_path / "v.mp4"), "--device", "cpu"])
     assert rc == 2
     assert "bad.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--image": "missing.png"}, "missing.png: image file not found"),
+    ({"--image": "not_an_image.png"}, "not_an_image.png: cannot read as an image"),
+    ({"--steps": "0"}, "--steps: expected at least 1"),
+])
+def test_bad_image_or_steps_fail_before_any_model_is_loaded(tmp_path, capsys, change, message):
+    """The checkpoint folder does not exist: the error must be about the argument, raised before loading."""
+    (tmp_path / "not_an_image.png").write_text("plain text")
+    args = {"--conditions": str(CI_SCENE), "--image": str(CI_IMAGE), "--checkpoints": str(tmp_path / "nothing"),
+            "--out": str(tmp_path / "v.mp4"), "--device": "cpu"}
+    args.update({k: str(tmp_path / v) if k == "--image" else v for k, v in change.items()})
+    assert main(["generate", *[x for kv in args.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wclab: error:") and message in err and "checkpoint" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_cuda_device_on_a_cpu_only_torch_is_a_one_line_error(tmp_path, capsys):
+    rc = main(["generate", "--conditions", str(CI_SCENE), "--image", str(CI_IMAGE), "--checkpoints",
+               str(tmp_path), "--out", str(tmp_path / "v.mp4"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--device: device 'cuda'" in err and "no usable CUDA" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_load_models_on_cuda_with_a_cpu_only_torch_is_a_one_line_error(tiny_dir):
+    with pytest.raises(DeviceError, match="no usable CUDA") as e:
+        load_models(tiny_dir, device="cuda")
+    assert "\n" not in str(e.value)
 
 
 def test_readme_demo_runs(tmp_path):

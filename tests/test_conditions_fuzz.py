@@ -147,19 +147,21 @@ edits = st.lists(st.tuples(
 
 
 def mutate(value: list, base: int, edit: tuple) -> None:
-    """Apply one edit in place at a path of the base scene (skipped if an earlier edit removed that path)."""
+    """Apply one edit in place at a path of the base scene (skipped if an earlier edit removed that path or
+    replaced a container on it by a scalar, e.g. a string)."""
     kind, place, op, new, i, byte, char, how = edit
     new = copy.deepcopy(new)  # SPECIALS are shared module objects: never put (and later edit) them in place
     kinds, names = BASE_PATHS[base]
     places = kinds[names[kind % len(names)]]
     *up, key = places[place % len(places)]
-    try:
-        parent = value
-        for k in up:
-            parent = parent[k]
-        node = parent[key]
-    except (KeyError, IndexError, TypeError):
-        return
+    parent, node = None, value
+    for k in (*up, key):
+        if not isinstance(node, (dict, list)):  # a string from an earlier edit is no container
+            return
+        try:
+            parent, node = node, node[k]
+        except (KeyError, IndexError, TypeError):
+            return
     if op == "delete":
         del parent[key]
     elif op == "insert" and isinstance(node, dict):
@@ -172,6 +174,26 @@ def mutate(value: list, base: int, edit: tuple) -> None:
         parent[key] = node[:-1] if how % 2 else node + [copy.deepcopy(node[-1])]
     else:
         parent[key] = new
+
+
+def test_an_edit_below_a_string_left_by_an_earlier_edit_is_skipped():
+    """Regression: an edit that turned a container into a string made later edits index that string."""
+    kinds, names = BASE_PATHS[0]
+    for kind in range(len(names)):
+        places = kinds[names[kind]]
+        for place, path in enumerate(places):
+            if len(path) < 2 or not isinstance(path[-1], int):  # a string's characters are indexed by ints
+                continue
+            value = copy.deepcopy(BASES[0])
+            parent = value
+            for k in path[:-2]:
+                parent = parent[k]
+            parent[path[-2]] = "a string now"
+            for op in ("delete", "insert", "corrupt", "resize", "replace"):
+                mutate(value, 0, (kind, place, op, 1, 0, 0, "x", 0))  # must neither raise nor edit
+            assert parent[path[-2]] == "a string now"
+            return
+    raise AssertionError("no nested path in the base scene")
 
 
 @FUZZ

@@ -252,3 +252,21 @@ def test_unknown_or_uninstalled_backend_raises():
         with pytest.raises(AttentionBackendError, match="not installed"):
             set_attention_backend(backend)
     assert get_attention_backend() == "auto"
+
+
+def test_a_model_keeps_its_own_backend_whatever_the_default(model, units, monkeypatch):
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("sdpa called although the model chose 'math'")
+
+    model.set_attention_backend("math")
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(torch.nn.functional, "scaled_dot_product_attention", no_sdpa)
+            with attention_backend("sdpa"):
+                out = run(model, units[1])
+        assert get_attention_backend() == "auto"
+    finally:
+        model.set_attention_backend(None)
+    torch.testing.assert_close(out, units[1]["out_masked"], **PARITY)
+    with pytest.raises(AttentionBackendError, match="one of"):
+        model.set_attention_backend("xformers")

@@ -5,7 +5,6 @@ mask-mode feature, a float32 mean over h*w cells whose summation order may diffe
 """
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -112,10 +111,10 @@ def test_gaussian_template_is_a_255_peaked_disc():
     assert not g.flags.writeable
 
 
-def test_door_encodes_well_under_a_second(door):
+def test_door_encodes_the_same_with_warm_caches(door):
+    """Encoding speed is measured by bench/bench_encode.py; here: the caches it relies on change no result."""
     scene, lat = door
-    encode_conditions(scene, lat)  # warm caches
-    t0 = time.perf_counter()
     for mode in ("point", "mask"):
-        encode_conditions(scene, lat, point_mode=mode)
-    assert (time.perf_counter() - t0) / 2 < 0.25
+        first, again = encode_conditions(scene, lat, point_mode=mode), encode_conditions(scene, lat, point_mode=mode)
+        assert torch.equal(first.dit_channels(), again.dit_channels())
+        assert all(torch.equal(first.token_masks[i], again.token_masks[i]) for i in first.token_masks)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, fixture_models, load_golden
-from wclab.conditions import load_json
+from wclab.conditions import load_json, resize_scene
 from wclab.image import solid_image
 from wclab.sampler import Session, SessionError, Settings, generate
 
@@ -83,14 +83,29 @@ def test_decoded_video_matches_within_one_level(finished, golden):
     assert np.abs(video.astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_stepping_is_bitwise_one_shot_generation(models, scene, settings, finished):
-    result = generate(models, scene, solid_image(128, 224, (90, 120, 150)), settings, progress=False)
-    assert torch.equal(result.latents, finished.latents)
-    assert np.array_equal(result.video, finished.decode())
+@pytest.fixture(scope="module")
+def small(models, scene, settings):
+    """The golden's settings at the smallest model size (64x112x9): (scene, image, settings, stepped session).
+    Stepping vs one-shot and branching are properties of the session, not of the size."""
+    small_scene = resize_scene(scene, 64, 112, 9)
+    image = solid_image(64, 112, (90, 120, 150))
+    session = Session(models, small_scene, image, settings, progress=False)
+    while not session.done:
+        session.step()
+    return small_scene, image, settings, session
 
 
-def test_branch_shares_prefix_and_diverges_independently(models, scene, settings, finished):
-    s = Session(models, scene, solid_image(128, 224, (90, 120, 150)), settings, progress=False).run(until=2)
+def test_stepping_is_bitwise_one_shot_generation(models, small):
+    scene, image, settings, stepped = small
+    result = generate(models, scene, image, settings, progress=False)
+    assert [h.expert for h in stepped.history] == ["high", "high", "low", "low"]  # both experts ran
+    assert torch.equal(result.latents, stepped.latents)
+    assert np.array_equal(result.video, stepped.decode())
+
+
+def test_branch_shares_prefix_and_diverges_independently(models, small):
+    scene, image, settings, finished = small
+    s = Session(models, scene, image, settings, progress=False).run(until=2)
     b = s.branch()
     b.update(cfg=1.0)
     b.run()

@@ -196,7 +196,8 @@ def test_writers_name_a_tensor_of_the_wrong_shape(tmp_path):
 def test_write_checkpoints_at_other_sizes_passes_the_checker_and_loads(tmp_path):
     """The code path of the released-size writer (`make_released_size_checkpoints`), at sizes CI can afford: a
     released-layout directory without wclab_tiny.json, whose DiT has 128-wide heads like the released one."""
-    from wclab.checkpoints import expected_shapes, read_safetensors_header, read_torch_header
+    from wclab.models.headers import read_safetensors_header, read_torch_header
+    from wclab.models.shapes import expected_shapes
     from wclab.models.loading import load_models
     from wclab.testing import write_checkpoints
 

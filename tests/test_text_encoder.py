@@ -8,7 +8,7 @@ import torch
 
 from conftest import TINY_MODELS, TOKENIZER, load_golden
 from wclab.errors import CheckpointError
-from wclab.models.text_encoder import (DEFAULT_NEGATIVE_PROMPT, TEXT_LEN, TextEncoder, TextEncoderConfig,
+from wclab.models.text_encoder import (DEFAULT_NEGATIVE_PROMPT, TEXT_LEN, TextEncoder, TextEncoderConfig, t5_shapes,
                                        Tokenizer, clean_text)
 
 # fp32 on CPU: transformers' UMT5 vs the reference's own T5 differ only by op order (einsum vs matmul, sdpa);
@@ -139,3 +139,11 @@ def test_num_heads_argument_must_match_the_position_table():
     assert TextEncoderConfig.from_state_dict(sd, num_heads=4).num_heads == 4
     with pytest.raises(CheckpointError, match="num_heads=64"):
         TextEncoderConfig.from_state_dict(sd, num_heads=64)
+
+
+def test_key_shape_table_derived_from_the_config_is_the_reference_file_format():
+    sizes = json.loads((TINY_MODELS / "config.json").read_text())["t5"]
+    sd = torch.load(TINY_MODELS / "t5_tiny.pth", weights_only=True)
+    config = TextEncoderConfig(**{k: v for k, v in sizes.items() if k != "dropout"})
+    table = t5_shapes(config)
+    assert table == {k: tuple(v.shape) for k, v in sd.items()} and list(table) == list(sd)

@@ -1,44 +1,91 @@
-"""``wclab`` command line: ``wclab generate`` renders a video from a conditions file and a start image."""
+"""``wclab`` command line: ``wclab generate`` renders a video from a conditions file and a start image.
+
+`build_parser` and `generation_inputs` are the one definition of the generate command line; the
+sequence-parallel launcher (``torchrun -m wclab.parallel generate``) uses them too.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import torch
+from safetensors.torch import save_file
+
+from wclab.conditions import Scene, load_json, resize_scene
+from wclab.encode.bias import BETA
 from wclab.errors import WclabError
+from wclab.image import load_image
+from wclab.inspect.display import save_video
+from wclab.models.device import DeviceError, check_device
+from wclab.models.layout import VARIANTS
+from wclab.models.loading import load_models
+from wclab.sampler import Settings, generate
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DEFAULTS = {f.name: f.default for f in fields(Settings)}
+
+
+def dtype_from_name(name: Optional[str], device: str) -> torch.dtype:
+    """``--dtype`` as a torch dtype; None: bfloat16 on a GPU, float32 on the CPU."""
+    if name is None:
+        name = "bfloat16" if str(device).startswith("cuda") else "float32"
+    return DTYPES[name]
+
+
+@dataclass
+class GenerationInputs:
+    """What ``wclab generate`` runs, from its arguments: the (resized) scene, `load_models` keyword arguments
+    and the sampling settings."""
+
+    scene: Scene
+    model_kwargs: dict[str, Any]
+    settings: Settings
+
+
+def generation_inputs(args: argparse.Namespace) -> GenerationInputs:
+    """Check the arguments and read the inputs of ``generate`` — everything but the models, so bad input fails
+    before any model is loaded: the scene (resized to ``--height/--width/--frames``), the start image (exists,
+    decodes), ``--steps`` ≥ 1 and the device."""
+    if args.steps < 1:
+        raise WclabError(f"--steps: expected at least 1 denoising step, got {args.steps}")
+    device = str(args.device)
+    try:
+        check_device(device)
+    except DeviceError as e:
+        raise WclabError(f"--device: {e}") from None
+    scene = resize_scene(load_json(args.conditions), args.height, args.width, args.frames)
+    load_image(args.image)  # ImageLoadError names the file
+    model_kwargs = dict(checkpoint_dir=args.checkpoints, variant=args.variant, tokenizer=args.tokenizer,
+                        device=device, dtype=dtype_from_name(args.dtype, device))
+    settings = Settings(steps=args.steps, seed=args.seed, cfg=args.cfg, shift=args.shift, boundary=args.boundary,
+                        beta=args.beta, point_mode=args.point_mode, record="none")
+    return GenerationInputs(scene, model_kwargs, settings)
+
+
+def write_outputs(args: argparse.Namespace, video, latents: torch.Tensor, note: str = "") -> None:
+    """Write the video to ``--out`` (and the final latents to ``--save-latents``), printing what was written."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_video(video, out, fps=args.fps)
+    print(f"wrote {out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]}{note})")
+    if args.save_latents:
+        save_file({"latents": latents.detach().float().cpu().contiguous()}, args.save_latents)
+        print(f"wrote {args.save_latents}")
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import torch
-    from safetensors.torch import save_file
-
-    from wclab.conditions import load_json
-    from wclab.conditions.resize import resize_scene
-    from wclab.inspect.display import save_video
-    from wclab.models.loading import load_models
-    from wclab.sampler import Settings, generate
-
-    scene = load_json(args.conditions)
-    scene = resize_scene(scene, args.height, args.width, args.frames)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    models = load_models(args.checkpoints, variant=args.variant, tokenizer=args.tokenizer, device=args.device,
-                         dtype=dtype)
-    settings = Settings(steps=args.steps, seed=args.seed, cfg=args.cfg, shift=args.shift, boundary=args.boundary,
-                        beta=args.beta, point_mode=args.point_mode, record="none")
-    result = generate(models, scene, args.image, settings)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_video(result.video, out, fps=args.fps)
-    print(f"wrote {out} ({result.video.shape[0]} frames, {result.video.shape[1]}x{result.video.shape[2]})")
-    if args.save_latents:
-        save_file({"latents": result.latents.detach().float().cpu().contiguous()}, args.save_latents)
-        print(f"wrote {args.save_latents}")
+    inputs = generation_inputs(args)
+    models = load_models(**inputs.model_kwargs)
+    result = generate(models, inputs.scene, args.image, inputs.settings)
+    write_outputs(args, result.video, result.latents)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wclab", description=__doc__)
+    p = argparse.ArgumentParser(prog="wclab", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate a video from conditions + start image")
     add_generate_arguments(g)
@@ -53,34 +100,25 @@ def add_generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoints", required=True, help="checkpoint directory (released or tiny layout)")
     g.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder, when the layout has none")
-    g.add_argument("--variant", default="WorldCanvas", choices=["WorldCanvas", "WorldCanvas_ref"])
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--cfg", type=float, default=5.0)
-    g.add_argument("--shift", type=float, default=5.0)
-    g.add_argument("--boundary", type=float, default=0.9)
-    g.add_argument("--beta", type=float, default=30.0, help="cross-attention bias strength (1 = off)")
+    g.add_argument("--variant", default=VARIANTS[0], choices=VARIANTS)
+    g.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
+    g.add_argument("--steps", type=int, default=_DEFAULTS["steps"])
+    g.add_argument("--cfg", type=float, default=_DEFAULTS["cfg"])
+    g.add_argument("--shift", type=float, default=_DEFAULTS["shift"])
+    g.add_argument("--boundary", type=float, default=_DEFAULTS["boundary"])
+    g.add_argument("--beta", type=float, default=BETA, help="cross-attention bias strength (1 = off)")
     g.add_argument("--point-mode", default="point", choices=["point", "mask"])
     g.add_argument("--height", type=int, default=None, help="pixels (default: the scene's)")
     g.add_argument("--width", type=int, default=None, help="pixels (default: the scene's)")
     g.add_argument("--frames", type=int, default=None, help="frames, 4k+1 (default: the scene's)")
     g.add_argument("--fps", type=int, default=16)
-    g.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on GPU, float32 on CPU")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: bfloat16 on GPU, float32 on CPU")
     g.add_argument("--save-latents", default=None, help="also save the final latents (.safetensors)")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "dtype", "x") is None:
-        args.dtype = "bfloat16" if str(args.device).startswith("cuda") else "float32"
     try:
         return args.func(args)
     except WclabError as e:

@@ -12,6 +12,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from wclab.conditions import load_json
+from wclab.inspect.display import overlay_trajectories, save_video
+from wclab.models.loading import load_models
+from wclab.sampler import Session, Settings
+from wclab.testing import make_tiny_checkpoints
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SCENE = REPO / "examples" / "small" / "ball.json"
 DEFAULT_IMAGE = REPO / "examples" / "small" / "ball.png"
@@ -27,13 +33,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-
-    from wclab.conditions import load_json
-    from wclab.inspect.display import overlay_trajectories, save_video
-    from wclab.models.loading import load_models
-    from wclab.sampler import Session, Settings
-    from wclab.testing import make_tiny_checkpoints
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models_dir = Path(args.models) if args.models else Path.home() / ".cache" / "wclab" / "tiny"

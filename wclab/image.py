@@ -13,10 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import WclabError
-
-PIXELS_PER_MODEL_CELL = 16
-"""Height and width must be multiples of this (VAE stride 8 × DiT patch 2)."""
+from wclab.errors import WclabError
+from wclab.sizes import FRAMES_PER_LATENT, TOKEN_CELL
 
 
 class SizeError(WclabError, ValueError):
@@ -30,10 +28,10 @@ class ImageLoadError(WclabError, OSError):
 def check_size(height: int, width: int, frames: int | None = None, where: str = "size") -> None:
     """Raise :class:`SizeError` unless H, W are positive multiples of 16 pixels and ``frames`` (if given) is 4k+1."""
     for name, v in (("height", height), ("width", width)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 or v % PIXELS_PER_MODEL_CELL:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 or v % TOKEN_CELL:
             raise SizeError(f"{where}: {name}: expected a positive multiple of 16 pixels, got {v!r}")
     if frames is not None and (isinstance(frames, bool) or not isinstance(frames, (int, np.integer))
-                               or frames < 1 or (frames - 1) % 4):
+                               or frames < 1 or (frames - 1) % FRAMES_PER_LATENT):
         raise SizeError(f"{where}: frames: expected 4k+1 frames (e.g. 17, 49, 81), got {frames!r}")
 
 

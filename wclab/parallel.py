@@ -36,6 +36,7 @@ NCCL NVLink multicast (NVLS) stays off: `init_distributed` sets ``NCCL_NVLS_ENAB
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -49,9 +50,14 @@ from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
+from wclab.cli import add_generate_arguments, generation_inputs, write_outputs
 from wclab.errors import WclabError
+from wclab.models.attention import BACKENDS
+from wclab.models.fast import speed_up
 from wclab.models.dit import DiT
 from wclab.models.hooks import HookedModule
+from wclab.models.loading import load_models
+from wclab.sampler import Session
 
 
 class ParallelError(WclabError, RuntimeError):
@@ -271,62 +277,31 @@ def cfg_groups(choice: str, world: int, cfg_scale: float) -> int:
 
 
 def _generate(args) -> int:
-    from safetensors.torch import save_file
-
-    from wclab.conditions import load_json
-    from wclab.conditions.resize import resize_scene
-    from wclab.inspect.display import save_video
-    from wclab.models.loading import load_models
-    from wclab.sampler import Session, Settings
-
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
-    cuda = dist.get_backend() == "nccl"
-    if cuda:
+    if dist.get_backend() == "nccl":
         args.device = f"cuda:{torch.cuda.current_device()}"
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        args.dtype or ("bfloat16" if cuda else "float32")]
     try:
-        mesh = make_mesh(cfg_groups(args.cfg_parallel, world, args.cfg))
-        scene = resize_scene(load_json(args.conditions), args.height, args.width, args.frames)
-        models = load_models(args.checkpoints, variant=args.variant, tokenizer=args.tokenizer, device=args.device,
-                             dtype=dtype)
-        if args.attention:
-            from wclab.models.attention import set_attention_backend
-
-            set_attention_backend(args.attention)
-        if args.compile:
-            from wclab.models.fast import speed_up
-
-            speed_up(models.high)
-            speed_up(models.low)
-        settings = Settings(steps=args.steps, seed=args.seed, cfg=args.cfg, shift=args.shift,
-                            boundary=args.boundary, beta=args.beta, point_mode=args.point_mode, record="none")
-        session = Session(parallelize_models(models, mesh), scene, args.image, settings, progress=rank == 0).run()
+        inputs = generation_inputs(args)
+        mesh = make_mesh(cfg_groups(args.cfg_parallel, world, inputs.settings.cfg))
+        models = load_models(**inputs.model_kwargs)
+        for expert in (models.high, models.low):
+            expert.set_attention_backend(args.attention)
+            if args.compile:
+                speed_up(expert)
+        session = Session(parallelize_models(models, mesh), inputs.scene, args.image, inputs.settings,
+                          progress=rank == 0).run()
         if rank == 0:
-            from pathlib import Path
-
-            video, out = session.decode(), Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            save_video(video, out, fps=args.fps)
-            print(f"wrote {out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]}, {world} ranks as "
-                  f"{mesh.shape[0]} CFG x {mesh.shape[1]} sequence)")
-            if args.save_latents:
-                save_file({"latents": session.latents.detach().float().cpu().contiguous()}, args.save_latents)
-                print(f"wrote {args.save_latents}")
+            write_outputs(args, session.decode(), session.latents,
+                          note=f", {world} ranks as {mesh.shape[0]} CFG x {mesh.shape[1]} sequence")
         dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """``wclab generate``'s arguments plus the launcher's own: --cfg-parallel, --compile, --attention."""
-    import argparse
-
-    from wclab.cli import add_generate_arguments
-    from wclab.models.attention import BACKENDS
-
     parser = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m wclab.parallel",
                                      description="WorldCanvas generation on several GPUs (sequence and CFG split)")
     generate = parser.add_subparsers(dest="command", required=True).add_parser("generate")

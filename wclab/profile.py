@@ -36,6 +36,7 @@ import torch
 from wclab.conditions import Scene, load_json
 from wclab.errors import CheckpointError, WclabError
 from wclab.image import load_image
+from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 if TYPE_CHECKING:
     from wclab.models.loading import Models
@@ -146,8 +147,9 @@ def select(name: str = "auto") -> Profile:
         if name == "gpu" and not gpu:
             raise ProfileError("profile 'gpu' needs a CUDA GPU (torch.cuda.is_available() is False); use 'released' "
                                "or 'tiny'")
-        return Profile(name, 480, 832, 81, 50 if name == "released" else GPU_STEPS, "full",
-                       "cuda" if gpu else "cpu", torch.bfloat16 if gpu else torch.float32, default_checkpoint_dir())
+        return Profile(name, DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_FRAMES, 50 if name == "released" else GPU_STEPS,
+                       "full", "cuda" if gpu else "cpu", torch.bfloat16 if gpu else torch.float32,
+                       default_checkpoint_dir())
     h, w, t, steps, examples = (128, 224, 17, 4, "small") if name == "tiny" else (64, 112, 9, 2, "ci")
     return Profile(name, h, w, t, steps, examples, "cpu", torch.float32, cache_dir() / _TINY_FOLDER)
 
@@ -205,7 +207,7 @@ def tiny_checkpoints() -> Path:
 
 
 def _tiny_complete(directory: Path) -> bool:
-    from wclab.checkpoints import read_tiny_config
+    from wclab.models.layout import read_tiny_config
 
     try:
         info = read_tiny_config(directory)

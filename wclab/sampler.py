@@ -23,16 +23,23 @@ from tqdm.auto import tqdm
 from wclab.conditions import Scene
 from wclab.conditions.validate import check_model_size
 from wclab.encode import BiasSpec, ConditionTensors, caption_spans, encode_conditions
+from wclab.encode.bias import BETA
 from wclab.errors import WclabError
 from wclab.image import crop_and_resize, image_to_tensor, load_image
 from wclab.models.conditioning import image_condition, latent_shape, make_noise
 from wclab.models.hooks import ActivationCache
 from wclab.models.scheduler import FlowMatchScheduler
 from wclab.models.text_encoder import DEFAULT_NEGATIVE_PROMPT
+from wclab.sizes import TILE_SIZE, TILE_STRIDE, VAE_STRIDE
 
 Expert = Literal["high", "low"]
 NegativeBias = Literal["reference", "none"]
 HookFn = Callable[..., Optional[torch.Tensor]]
+
+
+UPDATABLE_SETTINGS = frozenset({"cfg", "beta", "boundary", "negative_bias", "point_mode", "record", "record_device",
+                                "tiled", "tile_size", "tile_stride"})
+"""The settings `Session.update` changes mid-run; any other change needs a fresh `Session`."""
 
 
 class SessionError(WclabError, ValueError):
@@ -58,14 +65,14 @@ class Settings:
     shift: float = 5.0
     cfg: float = 5.0
     boundary: float = 0.9
-    beta: float = 30.0
+    beta: float = BETA
     seed: int = 0
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     negative_bias: NegativeBias = "reference"
     point_mode: Literal["point", "mask"] = "point"
     tiled: Optional[bool] = None
-    tile_size: tuple[int, int] = (30, 52)
-    tile_stride: tuple[int, int] = (15, 26)
+    tile_size: tuple[int, int] = TILE_SIZE
+    tile_stride: tuple[int, int] = TILE_STRIDE
     record: Literal["full", "latents", "none"] = "full"
     record_device: Optional[str] = "cpu"
 
@@ -158,7 +165,7 @@ class Session:
         s = self.settings
         if s.tiled is not None:
             return s.tiled
-        return s.height // 8 > s.tile_size[0] or s.width // 8 > s.tile_size[1]
+        return s.height // VAE_STRIDE > s.tile_size[0] or s.width // VAE_STRIDE > s.tile_size[1]
 
     def _encode_text(self, text: str) -> _Branch:
         tok = self.models.tokenizer
@@ -313,11 +320,10 @@ class Session:
     def update(self, **changes: Any) -> None:
         """Change settings that may change mid-run: ``cfg``, ``beta``, ``boundary``, ``negative_bias``,
         ``point_mode``, ``record``, ``record_device``, tiling of decodes."""
-        allowed = {"cfg", "beta", "boundary", "negative_bias", "point_mode", "record", "record_device", "tiled",
-                   "tile_size", "tile_stride"}
-        fixed = set(changes) - allowed
+        fixed = set(changes) - UPDATABLE_SETTINGS
         if fixed:
-            raise SessionError(f"cannot change {sorted(fixed)} mid-run (start a new Session); changeable: {sorted(allowed)}")
+            raise SessionError(f"cannot change {sorted(fixed)} mid-run (start a new Session); "
+                               f"changeable: {sorted(UPDATABLE_SETTINGS)}")
         old = self.settings
         self.settings = old.replace(**changes)
         if self.settings.point_mode != old.point_mode:

@@ -26,7 +26,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from wclab.checkpoints import TINY_CONFIG_NAME, dit_config, dit_shapes, released_files, t5_shapes, vae_shapes
+from wclab.models.layout import TINY_CONFIG_NAME, VARIANTS, released_files
+from wclab.models.shapes import expected_shapes
 
 # Sizes of the reference's tiny fixtures (fixtures/reference/models/config.json), reference argument names.
 TINY_SIZES = {
@@ -127,21 +128,25 @@ def write_torch_streaming(path: str | Path, shapes: dict[str, tuple[int, ...]], 
                           make: Callable[[str, tuple[int, ...]], torch.Tensor]) -> Path:
     """Write a ``torch.save`` state dict (zip format, readable by ``torch.load(weights_only=True, mmap=True)``)
     whose tensors come one at a time from ``make(key, shape)``, so memory holds one tensor: ``torch.save`` first
-    writes the file's skeleton without tensor bytes (``torch.serialization.skip_data`` on fake tensors), then each
-    tensor's bytes go to its storage record's offset. ``make`` must return ``dtype`` tensors of the given shape."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    writes the file's skeleton without tensor bytes (``torch.serialization.skip_data``; the skeleton's tensors
+    live in an untouched, sparse file mapping), then each tensor's bytes go to its storage record's offset.
+    ``make`` must return ``dtype`` tensors of the given shape."""
+    import tempfile
+
     from torch.serialization import skip_data
 
     path = Path(path)
-    with FakeTensorMode():
-        skeleton = {key: torch.empty(shape, dtype=dtype) for key, shape in shapes.items()}
-    with skip_data(materialize_fake_tensors=True):
-        torch.save(skeleton, str(path))
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    largest = max((math.prod(s) for s in shapes.values()), default=1) or 1
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".skeleton-") as backing:
+        backing.truncate(largest * itemsize)  # sparse: no page is ever written or read
+        skeleton = {key: torch.from_file(backing.name, shared=False, size=math.prod(shape), dtype=dtype).view(shape)
+                    for key, shape in shapes.items()}
+        with skip_data():
+            torch.save(skeleton, str(path))
+        del skeleton
     # torch.save names storages "0", "1", ... in the order it pickles them: the state dict's key order.
-    reader = torch._C.PyTorchFileReader(str(path))
-    offsets = {int(r.rsplit("/", 1)[1]): reader.get_record_offset(r)
-               for r in reader.get_all_records() if r.startswith("data/")}
-    del reader
+    offsets = _storage_record_offsets(path)
     if sorted(offsets) != list(range(len(shapes))):
         raise RuntimeError(f"{path}: expected storage records 0..{len(shapes) - 1}, found {sorted(offsets)}")
     with open(path, "r+b") as f:
@@ -153,6 +158,23 @@ def write_torch_streaming(path: str | Path, shapes: dict[str, tuple[int, ...]], 
             f.write(_tensor_bytes(t))
             del t  # before the next one is made
     return path
+
+
+def _storage_record_offsets(path: Path) -> dict[int, int]:
+    """Storage index -> byte offset of its data in a ``torch.save`` zip file (records ``<archive>/data/<index>``,
+    stored uncompressed): the local file header is 30 bytes plus the name and the extra field."""
+    import zipfile
+
+    offsets = {}
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for info in z.infolist():
+            folder, _, index = info.filename.rpartition("/")
+            if not folder.endswith("/data") or not index.isdigit():
+                continue
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = struct.unpack("<HH", f.read(4))
+            offsets[int(index)] = info.header_offset + 30 + name_len + extra_len
+    return offsets
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -223,17 +245,15 @@ def write_checkpoints(directory: str | Path, sizes: Optional[dict] = None, seed:
     """
     from tqdm.auto import tqdm
 
-    from wclab.checkpoints import T5_XXL, WAN21_VAE
-
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    sizes = sizes or {"t5": T5_XXL, "vae": WAN21_VAE, "dit": None}
     device = torch.device(device)
-    dit_shape = dit_shapes(dit_config(sizes["dit"]))
-    jobs = [("t5", "WorldCanvas", t5_shapes(**sizes["t5"]), torch.bfloat16, 1),
-            ("vae", "WorldCanvas", vae_shapes(**sizes["vae"]), torch.float32, 2)]
+    shapes_of = expected_shapes(sizes)
+    jobs = [("t5", "WorldCanvas", shapes_of["t5"], torch.bfloat16, 1),
+            ("vae", "WorldCanvas", shapes_of["vae"], torch.float32, 2)]
     for v, variant in enumerate(variants):
-        jobs += [(expert, variant, dit_shape, torch.bfloat16, 10 + 2 * v + e) for e, expert in enumerate(("high", "low"))]
+        jobs += [(expert, variant, shapes_of[expert], torch.bfloat16, 10 + 2 * v + e)
+                 for e, expert in enumerate(("high", "low"))]
     total = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for _, _, shapes, d, _ in jobs
                 for s in shapes.values())
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"writing {root}", disable=not progress)
@@ -287,8 +307,6 @@ def make_released_size_checkpoints(directory: str | Path, seed: int = 0, variant
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m wclab.testing DIR [--size tiny|released] [--variants ...] [--seed N] [--device D]``."""
     import argparse
-
-    from wclab.checkpoints import VARIANTS
 
     p = argparse.ArgumentParser(prog="python -m wclab.testing",
                                 description="Write random-weight checkpoints in the released layout.")

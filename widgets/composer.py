@@ -13,6 +13,7 @@ import ipywidgets as W
 import numpy as np
 from ipycanvas import MultiCanvas, hold_canvas
 
+from wclab.sizes import DEFAULT_HEIGHT, DEFAULT_WIDTH
 from widgets.composer_state import PASTE_MODES, ComposerState
 from widgets.feedback import Feedback
 from widgets.images import ImageLike
@@ -27,7 +28,7 @@ class Composer(W.VBox):
     """Compose a start image: expand the canvas, paste subjects cut from other images."""
 
     def __init__(self, background: Optional[ImageLike] = None, subject_image: Optional[ImageLike] = None, *,
-                 target_height: int = 480, target_width: int = 832, segmenter: Optional[Segmenter] = None,
+                 target_height: int = DEFAULT_HEIGHT, target_width: int = DEFAULT_WIDTH, segmenter: Optional[Segmenter] = None,
                  state: Optional[ComposerState] = None):
         self.state = state or ComposerState(target_height=target_height, target_width=target_width,
                                             segmenter=segmenter if segmenter is not None else default_segmenter())

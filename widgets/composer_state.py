@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from wclab.errors import WclabError
+from wclab.sizes import DEFAULT_HEIGHT, DEFAULT_WIDTH
 from widgets.images import ImageLike, as_rgb, fit_image
 from widgets.segmenter import Segmenter, default_segmenter
 
@@ -92,8 +93,8 @@ def paste(background: np.ndarray, subject: Subject, x: int, y: int, scale: float
 class ComposerState:
     """Composer model. ``target_height``/``target_width``: the scene size the start image is for (pixels)."""
 
-    target_height: int = 480
-    target_width: int = 832
+    target_height: int = DEFAULT_HEIGHT
+    target_width: int = DEFAULT_WIDTH
     segmenter: Segmenter = field(default_factory=default_segmenter, repr=False)
     canvas: Optional[np.ndarray] = field(default=None, repr=False)
     """The composite so far, ``uint8 [H, W, 3]``."""

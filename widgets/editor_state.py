@@ -23,6 +23,7 @@ from wclab.conditions import ANCHOR_TEXT, RLEMask, Scene, Trajectory, load_json
 from wclab.conditions.ops import (add_trajectory, erase, make_trajectory, nearest_track_index, new_scene,
                                   polyline_track, set_caption, static_anchor)
 from wclab.errors import WclabError
+from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, FRAMES_PER_LATENT, TOKEN_CELL
 from widgets.images import ImageLike, fit_image
 from widgets.segmenter import Point, Segmenter, default_segmenter
 
@@ -85,9 +86,9 @@ class Draft:
 class EditorState:
     """The editor's model. ``height``/``width`` (pixels, multiples of 16) and ``frames`` (T = 4k+1) fix the scene."""
 
-    height: int = 480
-    width: int = 832
-    frames: int = 81
+    height: int = DEFAULT_HEIGHT
+    width: int = DEFAULT_WIDTH
+    frames: int = DEFAULT_FRAMES
     segmenter: Segmenter = field(default_factory=default_segmenter, repr=False, compare=False)
     image: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
     """``uint8 [H, W, 3]`` start image, already fitted to the scene size."""
@@ -104,9 +105,9 @@ class EditorState:
     redo_stack: list = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        if self.height <= 0 or self.width <= 0 or self.height % 16 or self.width % 16:
+        if self.height <= 0 or self.width <= 0 or self.height % TOKEN_CELL or self.width % TOKEN_CELL:
             raise EditorError(f"scene size {self.height}x{self.width}: expected positive multiples of 16 pixels")
-        if self.frames < 1 or (self.frames - 1) % 4:
+        if self.frames < 1 or (self.frames - 1) % FRAMES_PER_LATENT:
             raise EditorError(f"frames: expected 4k+1 frames (e.g. 17, 49, 81), got {self.frames}")
         if self.draft is None:
             self.draft = Draft(scene=new_scene(self.height, self.width, self.frames))

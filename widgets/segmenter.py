@@ -10,20 +10,20 @@ import importlib
 import re
 import sys
 import types
-import os
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union
 
 import cv2
 import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
 
 from wclab.errors import CheckpointError, WclabError
+from wclab.models.layout import SAM_FILE, default_checkpoint_dir
 
 Point = tuple[float, float]
 
-# $WCLAB_CHECKPOINTS (as wclab's model loader reads it), else the repository's checkpoints/ folder
-DEFAULT_SAM_CHECKPOINT = (Path(os.environ["WCLAB_CHECKPOINTS"]) if os.environ.get("WCLAB_CHECKPOINTS")
-                          else Path(__file__).resolve().parents[1] / "checkpoints") / "sam_vit_h_4b8939.pth"
 SAM_TYPES = ("vit_h", "vit_l", "vit_b")
 
 
@@ -79,7 +79,6 @@ def _import_segment_anything() -> types.ModuleType:
                                  "(or use FallbackSegmenter)") from None
         if e.name != "torchvision":
             raise
-    from PIL import Image
 
     def resize(img: "Image.Image", size: Sequence[int]) -> "Image.Image":  # torchvision semantics: size = (h, w)
         return img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
@@ -134,8 +133,6 @@ class SamSegmenter:
         """Build ``model_type`` (inferred from the file name if not given) and load ``checkpoint`` with
         ``torch.load(weights_only=True)`` (or safetensors). ``checkpoint=None`` keeps random weights (tests only).
         ``device`` defaults to CUDA when available."""
-        import torch
-
         sa = _import_segment_anything()
         if model_type is None:
             model_type = sam_type_of(checkpoint) if checkpoint is not None else "vit_h"
@@ -152,7 +149,6 @@ class SamSegmenter:
                                       "(expected e.g. checkpoints/sam_vit_h_4b8939.pth)")
             try:
                 if path.suffix == ".safetensors":
-                    from safetensors.torch import load_file
                     state = load_file(str(path))
                 else:
                     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -255,11 +251,17 @@ def _components_containing(mask: np.ndarray, points: Sequence[tuple[int, int]]) 
     return np.isin(labels, sorted(keep)) if keep else np.zeros_like(mask, dtype=bool)
 
 
+def default_sam_checkpoint() -> Path:
+    """Where SAM vit_h is looked for: ``sam_vit_h_4b8939.pth`` in the checkpoint directory (``$WCLAB_CHECKPOINTS``
+    or the repository's ``checkpoints/``, read at each call)."""
+    return default_checkpoint_dir() / SAM_FILE
+
+
 def default_segmenter(checkpoint: Union[str, Path, None] = None, device: Optional[str] = None) -> Segmenter:
     """SAM from ``checkpoint`` (a missing file raises :class:`CheckpointError`); with no checkpoint given, SAM
     from ``checkpoints/sam_vit_h_4b8939.pth`` when present, else :class:`FallbackSegmenter` (labelled as such)."""
     if checkpoint is None:
-        if not DEFAULT_SAM_CHECKPOINT.is_file():
+        checkpoint = default_sam_checkpoint()
+        if not checkpoint.is_file():
             return FallbackSegmenter()
-        checkpoint = DEFAULT_SAM_CHECKPOINT
     return SamSegmenter.from_checkpoint(checkpoint, device=device)

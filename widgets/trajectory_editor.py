@@ -11,14 +11,17 @@ polyline, pending trajectory) — the top layer receives the mouse and keyboard.
 from __future__ import annotations
 
 import html
+import io
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import ipywidgets as W
 import numpy as np
 from ipycanvas import MultiCanvas, hold_canvas
+from PIL import Image
 
-from wclab.conditions import ANCHOR_TEXT, Scene, Trajectory
+from wclab.conditions import ANCHOR_TEXT, Scene, Trajectory, load_json
+from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from widgets.editor_state import MODES, SHORTCUTS, EditorState
 from widgets.feedback import Feedback
 from widgets.images import ImageLike
@@ -52,7 +55,7 @@ class TrajectoryEditor(W.VBox):
     """Draw WorldCanvas conditions on a start image. ``state`` holds everything; the widget only shows it."""
 
     def __init__(self, image: Optional[ImageLike] = None, scene: Union[Scene, str, Path, None] = None, *,
-                 height: int = 480, width: int = 832, frames: int = 81, segmenter: Optional[Segmenter] = None,
+                 height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH, frames: int = DEFAULT_FRAMES, segmenter: Optional[Segmenter] = None,
                  state: Optional[EditorState] = None):
         segmenter = segmenter if segmenter is not None else default_segmenter()
         if state is None:
@@ -203,13 +206,10 @@ class TrajectoryEditor(W.VBox):
         f = files[0]
         data = bytes(f["content"])
         if f["name"].lower().endswith(".json"):
-            from wclab.conditions import load_json
             old = self.state
             self._rebind(EditorState.from_scene(load_json(data, name=f["name"]), image=old.image,
                                                 segmenter=old.segmenter))
         else:
-            import io
-            from PIL import Image
             self.state.load_image(Image.open(io.BytesIO(data)))
 
     def _rebind(self, state: EditorState) -> None:

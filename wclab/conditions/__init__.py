@@ -12,7 +12,8 @@ from wclab.conditions.ops import (
 from wclab.conditions.prompt import Prompt, build_prompt
 from wclab.conditions.resize import resize_scene
 from wclab.conditions.rle import RLEMask
-from wclab.conditions.scene import ANCHOR_TEXT, Scene, Trajectory, load_json
+from wclab.conditions.load import load_json
+from wclab.conditions.scene import ANCHOR_TEXT, Scene, Trajectory
 from wclab.conditions.validate import check_model_size, parse_scene
 
 __all__ = [

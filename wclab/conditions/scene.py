@@ -1,6 +1,6 @@
 """The scene a user draws: objects, their trajectories, captions, and the image size / frame count.
 
-A scene reads and writes the original drawing tool's JSON (a list of trajectory items followed by
+A scene writes the original drawing tool's JSON (`wclab.conditions.load_json` reads it back; a list of trajectory items followed by
 ``color_map``, ``description_global``, ``description_motion_raw``, ``description_motion`` and
 ``id_caption_map`` dict items). Coordinates are pixels of the H×W start image; ``[-1, -1]`` marks frames
 outside a trajectory's ``[st, et)``. All objects are immutable: edits return new objects.
@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 
@@ -185,59 +185,3 @@ def _vis_tuple(vis: Any) -> tuple[Number, ...]:
     if isinstance(vis, np.ndarray):
         return tuple(float(v) for v in vis.reshape(-1))
     return tuple(vis)
-
-
-def load_json(source: Union[str, Path, Sequence, bytes], *, name: str | None = None) -> Scene:
-    """Read a scene from a path, JSON text (str starting with ``[`` or ``{``, or bytes), or an already-parsed list.
-
-    Never mutates its input. Raises :class:`ConditionError` naming the file, item index and field on any
-    malformed input (including duplicate keys and the non-JSON constants ``NaN``/``Infinity``).
-    """
-    from wclab.conditions.validate import parse_scene  # the loader proper lives with its checks
-
-    if isinstance(source, (bytes, bytearray)):
-        where = name or "<json bytes>"
-        try:
-            text = bytes(source).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConditionError(f"{where}: not UTF-8 ({e})") from None
-        value = _parse_text(text, where)
-    elif isinstance(source, str) and source.lstrip()[:1] in ("[", "{"):
-        where = name or "<json text>"
-        value = _parse_text(source, where)
-    elif isinstance(source, (str, Path)):
-        where = name or str(source)
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConditionError(f"{where}: no such conditions file (JSON text must start with '[')") from None
-        except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: e.g. a NUL in the path
-            raise ConditionError(f"{where}: cannot read conditions file ({e})") from None
-        value = _parse_text(text, where)
-    else:
-        where = name or "<conditions>"
-        value = source
-    return parse_scene(value, where)
-
-
-def _parse_text(text: str, where: str) -> Any:
-    """``json.loads`` that raises ConditionError; ``NaN``/``Infinity`` become floats so the validator can say where."""
-
-    def no_duplicates(pairs: list) -> dict:
-        out: dict = {}
-        for k, v in pairs:
-            if k in out:
-                raise ConditionError(f"{where}: key {k!r} appears twice in one JSON object")
-            out[k] = v
-        return out
-
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
-    except ConditionError:
-        raise
-    except json.JSONDecodeError as e:
-        raise ConditionError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except ValueError as e:  # e.g. an integer literal longer than Python's int digit limit
-        raise ConditionError(f"{where}: not usable JSON ({e})") from None
-    except RecursionError:
-        raise ConditionError(f"{where}: JSON nested too deeply") from None

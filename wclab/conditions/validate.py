@@ -22,6 +22,7 @@ from typing import Any, Callable, NoReturn
 from wclab.conditions.rle import MAX_SIDE, RLEMask
 from wclab.conditions.scene import ANCHOR_TEXT, TEXT_FIELDS, Scene, Trajectory
 from wclab.errors import ConditionError
+from wclab.sizes import FRAMES_PER_LATENT, TOKEN_CELL
 
 TRAJECTORY_FIELDS = ("tracking", "tracking_vis_value", "r", "id", "mask_cluster", "text")
 DICT_ITEMS = TEXT_FIELDS + ("id_caption_map",)
@@ -258,7 +259,7 @@ def _parse_trajectory(item: dict, where: str) -> Trajectory:
 
 def check_model_size(scene: Scene, where: str = "scene") -> None:
     """Raise unless the scene fits the model: H, W multiples of 16 pixels and T = 4k+1 frames."""
-    if scene.height % 16 or scene.width % 16:
+    if scene.height % TOKEN_CELL or scene.width % TOKEN_CELL:
         raise ConditionError(f"{where}: image size {scene.height}x{scene.width}: expected multiples of 16 pixels")
-    if (scene.frames - 1) % 4:
+    if (scene.frames - 1) % FRAMES_PER_LATENT:
         raise ConditionError(f"{where}: {scene.frames} frames: expected 4k+1 frames (e.g. 17, 49, 81)")

@@ -13,7 +13,7 @@ from typing import Literal, Mapping, Optional, Sequence
 import torch
 
 from wclab.errors import ConditionError
-from wclab.models.text_encoder import TEXT_LEN
+from wclab.encode.text import TEXT_LEN
 
 Span = tuple[int, int]
 BETA = 30.0

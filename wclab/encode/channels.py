@@ -19,15 +19,14 @@ import torch
 from wclab.conditions.prompt import Prompt, build_prompt
 from wclab.conditions.scene import Scene, Trajectory
 from wclab.conditions.validate import check_model_size
+from wclab.encode.bias import BETA, BiasSpec
 from wclab.errors import ConditionError
+from wclab.sizes import FRAMES_PER_LATENT, LATENT_CHANNELS, TOKEN_CELL, VAE_STRIDE, latent_frames
 
-LATENT_CELL = 8  # pixels per latent cell (VAE stride)
-TOKEN_CELL = 16  # pixels per DiT token (VAE stride × patch 2)
 GAUSSIAN_HALF_SIZE = 15  # pixels: half-size of the Gaussian/point box
 ENTERING_TOKEN_HALF_SIZE = 120  # pixels: token-mask half-size for objects that start off-image
 VIS_THRESHOLD = 0.8  # visibility above which the Gaussian/point box is drawn
 TOKEN_VIS_THRESHOLD = 0.5  # visibility above which the token mask box is drawn
-LATENT_CHANNELS = 16
 
 PointMode = Literal["point", "mask"]
 
@@ -56,10 +55,8 @@ class ConditionTensors:
         """``[1, 17, F', h, w]``: Gaussian then point channels, as appended after the DiT's 36 input channels."""
         return torch.cat([self.gaussian, self.point], dim=1)
 
-    def bias_spec(self, spans: list[tuple[int, int]], beta: float = 30.0):
+    def bias_spec(self, spans: list[tuple[int, int]], beta: float = BETA) -> BiasSpec:
         """:class:`wclab.encode.bias.BiasSpec` binding caption span k to the object with caption order k."""
-        from wclab.encode.bias import BiasSpec
-
         return BiasSpec.from_token_masks(self.token_masks, self.caption_order, spans, beta=beta)
 
     def to(self, *args, **kwargs) -> "ConditionTensors":
@@ -102,8 +99,8 @@ def group_means(track: np.ndarray) -> np.ndarray:
 
     Summed left to right like the reference's ``sum(list) / len(list)`` (bit-identical float64).
     """
-    g = track[1:].reshape(-1, 4, 2)
-    rest = (((g[:, 0] + g[:, 1]) + g[:, 2]) + g[:, 3]) / 4
+    g = track[1:].reshape(-1, FRAMES_PER_LATENT, 2)
+    rest = (((g[:, 0] + g[:, 1]) + g[:, 2]) + g[:, 3]) / FRAMES_PER_LATENT
     return np.concatenate([track[:1], rest])
 
 
@@ -153,7 +150,7 @@ def mask_reach(traj: Trajectory) -> tuple[float, float]:
 def mask_mean_latent(traj: Trajectory, latent: torch.Tensor) -> torch.Tensor:
     """``[16]``: first-frame latent ``[16, h, w]`` times the mask sampled at every 8th pixel (nearest 1/8
     downsampling), averaged over all h·w cells (not only the masked ones), as the reference does."""
-    mask = torch.from_numpy(np.ascontiguousarray(traj.mask.decode()[::LATENT_CELL, ::LATENT_CELL]))
+    mask = torch.from_numpy(np.ascontiguousarray(traj.mask.decode()[::VAE_STRIDE, ::VAE_STRIDE]))
     return (latent * mask.float()).mean(dim=(1, 2))
 
 
@@ -170,7 +167,7 @@ def encode_conditions(scene: Scene, first_frame_latents: torch.Tensor,
     if point_mode not in ("point", "mask"):
         raise ConditionError(f"point_mode: expected 'point' or 'mask', got {point_mode!r}")
     H, W = scene.height, scene.width
-    h, w, F = H // LATENT_CELL, W // LATENT_CELL, (scene.frames - 1) // 4 + 1
+    h, w, F = H // VAE_STRIDE, W // VAE_STRIDE, latent_frames(scene.frames)
     expected = (1, LATENT_CHANNELS, 1, h, w)
     if not isinstance(first_frame_latents, torch.Tensor):
         raise ConditionError(f"first_frame_latents: expected a tensor {list(expected)}, "
@@ -203,7 +200,7 @@ def encode_conditions(scene: Scene, first_frame_latents: torch.Tensor,
             feature = np.ones(LATENT_CHANNELS, np.float32)
         elif point_mode == "point":
             x0, y0 = traj.points[0]
-            feature = latent[:, int(y0 // LATENT_CELL), int(x0 // LATENT_CELL)].numpy()
+            feature = latent[:, int(y0 // VAE_STRIDE), int(x0 // VAE_STRIDE)].numpy()
         else:
             feature = mask_mean_latent(traj, latent).numpy()
         feature = feature[:, None, None]
@@ -211,7 +208,7 @@ def encode_conditions(scene: Scene, first_frame_latents: torch.Tensor,
         whole_box = entering and point_mode == "point"
 
         half = (GAUSSIAN_HALF_SIZE, GAUSSIAN_HALF_SIZE)
-        cells, drawn = boxes_to_cells(centre, half, vis, VIS_THRESHOLD, H, W, LATENT_CELL)
+        cells, drawn = boxes_to_cells(centre, half, vis, VIS_THRESHOLD, H, W, VAE_STRIDE)
         for f in np.flatnonzero(drawn):
             x1, x2, y1, y2 = cells[f]
             values, inside = gaussian_box(int(x2 - x1), int(y2 - y1))

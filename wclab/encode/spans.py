@@ -16,7 +16,7 @@ import numpy as np
 
 from wclab.conditions.prompt import LINE_SEPARATOR, Prompt
 from wclab.errors import ConditionError
-from wclab.models.text_encoder import TEXT_LEN, clean_text
+from wclab.encode.text import TEXT_LEN, clean_text
 
 Span = tuple[int, int]
 _WORD = re.compile(r"\S+")

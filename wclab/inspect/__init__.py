@@ -6,7 +6,8 @@ and its recorded history) and never change what it generates.
 from wclab.inspect.ablations import (AblationResult, Variant, anchor_variants, base_variant, beta_variants,
                                      caption_variants, density_variants, run_ablations, uncaption,
                                      visibility_variants)
-from wclab.inspect.attention import AttentionMaps, InspectError, cross_attention_hooks, span_mass, span_selector
+from wclab.inspect.attention import (AttentionMaps, InspectError, SpanMass, cross_attention_hooks, span_mass,
+                                    span_selector)
 from wclab.inspect.display import (expand_latent_frames, heatmap_overlay, mask_overlay, overlay_trajectories,
                                    plot_heatmaps, plot_step_grid, plot_trajectories, save_video, show_video,
                                    show_videos, upsample, video_grid)
@@ -16,7 +17,8 @@ from wclab.inspect.trajectory_latents import (TrajectorySamples, condition_video
                                               sample_trajectories, token_mask_stats, video_crops)
 
 __all__ = [
-    "AblationResult", "AttentionMaps", "InspectError", "span_mass", "span_selector", "TrajectorySamples", "Variant",
+    "AblationResult", "AttentionMaps", "InspectError", "SpanMass", "span_mass", "span_selector", "TrajectorySamples",
+    "Variant",
     "anchor_variants", "base_variant", "beta_variants", "caption_variants", "condition_videos", "cross_attention_hooks",
     "density_variants",
     "expand_latent_frames", "heatmap_overlay", "latent_path", "lk_tracker", "mask_mass_fraction", "mask_overlay",

@@ -21,13 +21,13 @@ from tqdm.auto import tqdm
 
 from wclab.conditions import Scene, ops
 from wclab.conditions.scene import ANCHOR_TEXT
+from wclab.encode.bias import BETA
 from wclab.inspect.attention import AttentionMaps, InspectError
 from wclab.inspect.display import video_grid
 from wclab.inspect.metrics import pairwise_pixel_difference, pixel_difference, trajectory_following_error
+from wclab.sampler import UPDATABLE_SETTINGS, Session
 
 ObjId = Union[int, str]
-UPDATABLE = {"cfg", "beta", "boundary", "negative_bias", "point_mode", "record", "record_device", "tiled",
-             "tile_size", "tile_stride"}  # what Session.update accepts; other changes need a fresh session
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def anchor_variants(scene: Scene, counts: Sequence[int] = (0, 2, 4), mask_half_s
     return out
 
 
-def beta_variants(scene: Scene, betas: Sequence[float] = (1.0, 10.0, 30.0)) -> list[Variant]:
+def beta_variants(scene: Scene, betas: Sequence[float] = (1.0, 10.0, BETA)) -> list[Variant]:
     """Cross-attention bias strength β (1 = no bias)."""
     return [Variant(f"beta_{b:g}", scene, {"beta": float(b)}, "beta", f"β = {b:g}") for b in betas]
 
@@ -154,10 +154,8 @@ class AblationResult:
 
 def _variant_session(base, v: Variant, record: Optional[str]):
     changes = {**({"record": record} if record else {}), **v.settings}
-    fixed = set(changes) - UPDATABLE
+    fixed = set(changes) - UPDATABLE_SETTINGS
     if fixed:  # steps, seed, shift...: a session of its own
-        from wclab.sampler import Session
-
         settings = base.settings.replace(**changes)
         return Session(base.models, v.scene, base.image, settings, progress=False)
     s = base.branch()

@@ -7,7 +7,7 @@ to a running sum per step. No attention pattern is kept: the state is one ``[R, 
 
 How: :func:`cross_attention_hooks` puts one hook function on ``cross_attn.hook_q`` / ``hook_k`` /
 ``hook_bias`` (which hold references to the block's q, k and bias) and ``hook_out`` (which hands them to a
-reduction); the reduction is :func:`span_mass`, which recomputes ``softmax(q·kᵀ/√d + bias)`` in float32 (q·kᵀ
+reduction); the reduction is a :class:`SpanMass`, which recomputes ``softmax(q·kᵀ/√d + bias)`` in float32 (q·kᵀ
 accumulated in float32 from the model's own q and k), a few heads at a time, sums it over the heads and
 multiplies by the 0/1 target-membership matrix ``[L, R]``. On CUDA that computation is ``torch.compile``'d
 (scaling, bias, softmax and the head sum fuse); elsewhere it runs eagerly, with the same float32 numbers (on
@@ -16,14 +16,13 @@ eagerly inside compiled blocks (``wclab.models.fast.speed_up``), so the model ke
 and the generation is bitwise the same as without maps (eager; compiled blocks are split at the hooks, which
 changes their fused rounding). The same hooks and reduction work on a bare
 :class:`wclab.models.dit.DiT` (``model.hooks(cross_attention_hooks(...))``), which is how ``bench/bench_dit.py``
-measures them: on one H100 at 480×832×81 (bf16, all 40 blocks and heads, 3 spans) +6.3 % per forward eager and
-+7.0 % compiled, +1.6–2.1 GiB peak memory (``bench/RESULTS.md``, run 4). The first CUDA call compiles (≈15 s).
+measures their cost (``bench/RESULTS.md``). The first CUDA call of a `SpanMass` compiles.
 
 Rejected alternatives: the ``hook_probs`` point makes the block form the full ``[B, heads, S, L]`` float32
 pattern (≈2.7 GB per block at 480×832×81) and leave its fused kernel, which changes the generation's
 numerics; one extra ``scaled_dot_product_attention`` call with the membership columns as values avoids the
 float32 logits but computes in the model's dtype (bf16: 5e-3 off) and cost more per forward on an H100
-(+10 % eager, +18.9 % compiled, against +7.2 % / +7.1 % for this float32 reduction in the same run 1).
+(``bench/RESULTS.md``, run 1).
 
 Targets per CFG branch: on the ``cond`` branch object k's target is its caption span in the prompt (and its
 words, from :func:`wclab.encode.word_spans`); on the ``uncond`` branch it is the negative-prompt span that the
@@ -104,6 +103,7 @@ class AttentionMaps:
         self.sums: dict[int, Tensor] = {}  # step -> float32 [R, S] running sum of attention mass
         self.counts: dict[int, int] = {}  # step -> number of (forward, block, head) terms in the sum
         self._selector_cache: dict = {}
+        self._span_mass = SpanMass()
         self._stack: Optional[ExitStack] = None
 
     # ------------------------------------------------------------------------------------------- attaching
@@ -145,7 +145,7 @@ class AttentionMaps:
 
     def _accumulate(self, q: Tensor, k: Tensor, bias: Optional[Tensor]) -> None:
         """Add this block's ``[R, S]`` mass to the running sum of the current step."""
-        mass = span_mass(q, k, bias, self._selector(k.shape[1], q.device), self.heads)
+        mass = self._span_mass(q, k, bias, self._selector(k.shape[1], q.device), self.heads)
         step = self.session.step_index
         self.sums[step] = self.sums[step] + mass if step in self.sums else mass
         self.counts[step] = self.counts.get(step, 0) + q.shape[0] * len(self.heads)
@@ -271,44 +271,53 @@ def span_selector(spans: Sequence[Optional[Span]], text_len: int, device=None) -
     return sel.to(device) if device is not None else sel
 
 
-@torch.no_grad()
-def span_mass(q: Tensor, k: Tensor, bias: Optional[Tensor], selector: Tensor, heads: Optional[Sequence[int]] = None,
-              chunk_elements: int = CHUNK_ELEMENTS, compile: Optional[bool] = None) -> Tensor:
+class SpanMass:
     """Cross-attention mass of each video token on each text-token group: float32 ``[R, S]``.
 
-    q ``[B, S, H, D]``, k ``[B, L, H, D]`` (as at ``cross_attn.hook_q`` / ``hook_k``), bias ``[B, 1, S, L]`` or
-    None, selector ``[L, R]`` (1 where text token l belongs to group r, see :func:`span_selector`). Returns
+    ``span_mass(q, k, bias, selector, heads=None, chunk_elements=CHUNK_ELEMENTS, compile=None)`` takes q
+    ``[B, S, H, D]``, k ``[B, L, H, D]`` (as at ``cross_attn.hook_q`` / ``hook_k``), bias ``[B, 1, S, L]`` or None,
+    selector ``[L, R]`` (1 where text token l belongs to group r, see :func:`span_selector`) and returns
     ``softmax(q·kᵀ/√D + bias)`` over all L text tokens, summed over the batch, the selected ``heads`` (default
     all) and each group's tokens, computed in float32 (q·kᵀ accumulated in float32 from q's and k's values).
     At most ``chunk_elements`` float32 logits exist at a time: whole heads (as many as evenly divide the heads),
     or runs of video tokens of one head when a head alone is larger. ``compile``: run the computation through
-    ``torch.compile`` (default: when q is on CUDA; where its backend fails there, a warning and eager).
+    ``torch.compile`` (default: when q is on CUDA). Each instance compiles once, at its first compiled call, and
+    computes eagerly from then on if compiling fails there (with a warning). `AttentionMaps` owns one;
+    `span_mass` is the module's shared one.
     """
-    global _compiled_fn
-    B, S, H, D = q.shape
-    L = k.shape[1]
-    if heads is not None and list(heads) != list(range(H)):
-        index = torch.tensor(list(heads), device=q.device)
-        q, k = q.index_select(2, index), k.index_select(2, index)
-    h = q.shape[2]
-    per_head = B * S * L
-    head_chunk = max((n for n in range(1, h + 1) if h % n == 0 and n * per_head <= chunk_elements), default=1)
-    token_chunk = S if per_head <= chunk_elements else max(1, chunk_elements // (B * L))
-    sel = selector.to(q.device, torch.float32)
-    if q.is_cuda if compile is None else compile:
-        if _compiled_fn is None:
-            _compiled_fn = torch.compile(_span_mass, dynamic=False)
-        try:
-            return _compiled_fn(q, k, bias, sel, head_chunk, token_chunk)
-        except torch._dynamo.exc.BackendCompilerFailed as e:  # e.g. no Triton for this GPU: same numbers, eagerly
-            if compile:
-                raise
-            warnings.warn(f"span_mass: torch.compile failed ({str(e)[:200]}); computing eagerly from now on")
-            _compiled_fn = _span_mass
-    return _span_mass(q, k, bias, sel, head_chunk, token_chunk)
+
+    def __init__(self) -> None:
+        self._compiled: Optional[Callable] = None  # torch.compile(_span_mass), or _span_mass after a failure
+
+    @torch.no_grad()
+    def __call__(self, q: Tensor, k: Tensor, bias: Optional[Tensor], selector: Tensor,
+                 heads: Optional[Sequence[int]] = None, chunk_elements: int = CHUNK_ELEMENTS,
+                 compile: Optional[bool] = None) -> Tensor:
+        B, S, H, D = q.shape
+        L = k.shape[1]
+        if heads is not None and list(heads) != list(range(H)):
+            index = torch.tensor(list(heads), device=q.device)
+            q, k = q.index_select(2, index), k.index_select(2, index)
+        h = q.shape[2]
+        per_head = B * S * L
+        head_chunk = max((n for n in range(1, h + 1) if h % n == 0 and n * per_head <= chunk_elements), default=1)
+        token_chunk = S if per_head <= chunk_elements else max(1, chunk_elements // (B * L))
+        sel = selector.to(q.device, torch.float32)
+        if q.is_cuda if compile is None else compile:
+            if self._compiled is None:
+                self._compiled = torch.compile(_span_mass, dynamic=False)
+            try:
+                return self._compiled(q, k, bias, sel, head_chunk, token_chunk)
+            except Exception as e:  # e.g. no Triton for this GPU; a real error recurs eagerly below
+                if compile:
+                    raise
+                warnings.warn(f"span_mass: torch.compile failed ({str(e)[:200]}); computing eagerly from now on")
+                self._compiled = _span_mass
+        return _span_mass(q, k, bias, sel, head_chunk, token_chunk)
 
 
-_compiled_fn: Optional[Callable] = None  # torch.compile(_span_mass), made at the first CUDA call
+span_mass = SpanMass()
+"""The shared `SpanMass` (``span_mass(q, k, bias, selector)``), for hooks written by hand."""
 
 
 def _qk_logits(q: Tensor, k: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from PIL import Image
 from wclab.conditions import Scene, Trajectory
 from wclab.encode.channels import group_means
 from wclab.errors import WclabError
+from wclab.sizes import FRAMES_PER_LATENT, latent_frames
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 ANCHOR_COLOR = (160, 160, 160)
@@ -67,15 +68,15 @@ def object_colors(scene: Scene) -> dict[str, tuple[int, int, int]]:
 
 def latent_frame_of(t: int) -> int:
     """Latent frame holding video frame ``t``: 0 for frame 0, then (t + 3) // 4."""
-    return (t + 3) // 4
+    return (t + FRAMES_PER_LATENT - 1) // FRAMES_PER_LATENT
 
 
 def expand_latent_frames(video: ArrayLike, frames: int) -> np.ndarray:
     """``[F', ...]`` per-latent-frame array → ``[T, ...]`` with T = ``frames`` (each video frame shows its
     latent frame, see :func:`latent_frame_of`)."""
     a = video.detach().cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
-    if a.shape[0] != (frames - 1) // 4 + 1:
-        raise DisplayError(f"expected {(frames - 1) // 4 + 1} latent frames for T={frames}, got {a.shape[0]}")
+    if a.shape[0] != latent_frames(frames):
+        raise DisplayError(f"expected {latent_frames(frames)} latent frames for T={frames}, got {a.shape[0]}")
     return a[[latent_frame_of(t) for t in range(frames)]]
 
 
@@ -84,9 +85,9 @@ def positions(traj: Trajectory, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     T = traj.frames
     if n_frames == T:
         return np.asarray(traj.track), np.asarray(traj.vis)
-    if n_frames == (T - 1) // 4 + 1:
-        return group_means(traj.track), np.asarray(traj.vis[::4])
-    raise DisplayError(f"video has {n_frames} frames; expected T={T} or F'={(T - 1) // 4 + 1} for this scene")
+    if n_frames == latent_frames(T):
+        return group_means(traj.track), np.asarray(traj.vis[::FRAMES_PER_LATENT])
+    raise DisplayError(f"video has {n_frames} frames; expected T={T} or F'={latent_frames(T)} for this scene")
 
 
 def upsample(maps: ArrayLike, height: int, width: int, smooth: bool = False) -> np.ndarray:

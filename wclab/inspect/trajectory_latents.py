@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from wclab.conditions import Trajectory
-from wclab.encode.channels import LATENT_CELL, group_means
+from wclab.encode.channels import group_means
 from wclab.inspect.attention import InspectError
+from wclab.sizes import VAE_STRIDE
 from wclab.inspect.display import (as_video, expand_latent_frames, heatmap_overlay, mask_overlay, object_colors,
                                    positions)
 
@@ -57,7 +58,7 @@ def latent_path(traj: Trajectory, height: int, width: int) -> tuple[np.ndarray, 
     """``(centres float64 [F', 2] px, cells int64 [F', 2] (x, y) latent cells or -1 off-image, vis [F'])``."""
     centres = group_means(traj.track)
     inside = (centres[:, 0] >= 0) & (centres[:, 0] < width) & (centres[:, 1] >= 0) & (centres[:, 1] < height)
-    cells = np.where(inside[:, None], np.floor(centres / LATENT_CELL), -1).astype(np.int64)
+    cells = np.where(inside[:, None], np.floor(centres / VAE_STRIDE), -1).astype(np.int64)
     return centres, cells, np.asarray(traj.vis[::4], np.float64)
 
 

@@ -7,6 +7,10 @@ Backends: "sdpa" (torch scaled_dot_product_attention; an additive bias goes in a
 (the first installed of flash3, flash4, flash2 where applicable; else sdpa). Flash kernels take no bias and run
 only on CUDA in fp16/bf16, so calls they cannot compute use sdpa under every flash setting. Flash kernels are
 called through one torch custom op (``wclab::flash_attention``), so ``torch.compile`` keeps them opaque.
+
+Which backend a call uses: its ``backend`` argument when given (a model's own choice, `DiT.set_attention_backend`),
+else the default, "auto", which ``with attention_backend(name):`` replaces for the block (`set_attention_backend`
+replaces it until changed back).
 """
 from __future__ import annotations
 
@@ -78,23 +82,30 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if b not in _FLASH_MODULES or _flash_kernel(b) is not None]
 
 
-def set_attention_backend(backend: str) -> None:
-    """Select the attention backend for all wclab models (see module docstring)."""
-    global _backend
+def check_backend(backend: str) -> str:
+    """``backend`` if it is a known backend whose kernel is installed, else AttentionBackendError."""
     if backend not in BACKENDS:
         raise AttentionBackendError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     if backend in _FLASH_MODULES:
         _require_flash_kernel(backend)
-    _backend = backend
+    return backend
+
+
+def set_attention_backend(backend: str) -> None:
+    """Set the default backend: the one used by models without a backend of their own (see module docstring).
+    Prefer ``with attention_backend(backend):`` (scoped) or `DiT.set_attention_backend` (one model)."""
+    global _backend
+    _backend = check_backend(backend)
 
 
 def get_attention_backend() -> str:
+    """The default backend (what models without a backend of their own use)."""
     return _backend
 
 
 @contextmanager
 def attention_backend(backend: str) -> Iterator[None]:
-    """Use ``backend`` inside the ``with`` block, then restore the previous one."""
+    """Make ``backend`` the default inside the ``with`` block, then restore the previous default."""
     previous = _backend
     set_attention_backend(backend)
     try:
@@ -120,14 +131,14 @@ def _flash_applies(q: Tensor, bias: Optional[Tensor]) -> bool:
     return bias is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
-def _choose(q: Tensor, bias: Optional[Tensor]) -> str:
-    if _backend in ("sdpa", "math"):
-        return _backend
+def _choose(q: Tensor, bias: Optional[Tensor], backend: str) -> str:
+    if backend in ("sdpa", "math"):
+        return backend
     if not _flash_applies(q, bias):
         return "sdpa"
-    if _backend == "auto":
+    if backend == "auto":
         return _AUTO
-    return _backend
+    return backend
 
 
 def attention_logits(q: Tensor, k: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -144,12 +155,14 @@ def attention_from_probs(probs: Tensor, v: Tensor) -> Tensor:
     return torch.einsum("bhqk,bkhd->bqhd", probs.to(v.dtype), v)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None,
+              backend: Optional[str] = None) -> Tensor:
     """softmax(QKᵀ/√D + bias)·V: q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D].
 
-    ``bias``: optional additive float tensor broadcastable to [B, H, Lq, Lk] (cast to q's dtype).
+    ``bias``: optional additive float tensor broadcastable to [B, H, Lq, Lk] (cast to q's dtype). ``backend``:
+    one of `BACKENDS` (checked by `check_backend` when it was chosen); None: the default.
     """
-    backend = _choose(q, bias)
+    backend = _choose(q, bias, backend or _backend)
     if backend == "math":
         return attention_from_probs(attention_logits(q, k, bias).softmax(-1), v)
     if backend in _FLASH_MODULES:

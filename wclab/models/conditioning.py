@@ -8,11 +8,8 @@ from typing import Optional, Protocol, Sequence, Union
 
 import torch
 
-from ..image import SizeError, check_size
-
-LATENT_CHANNELS = 16
-VAE_STRIDE = 8  # pixels per latent cell
-FRAMES_PER_LATENT = 4  # pixel frames per latent frame (after the first)
+from wclab.image import SizeError, check_size
+from wclab.sizes import FRAMES_PER_LATENT, LATENT_CHANNELS, TILE_SIZE, TILE_STRIDE, VAE_STRIDE, latent_frames
 
 Shape5 = tuple[int, int, int, int, int]
 
@@ -20,8 +17,8 @@ Shape5 = tuple[int, int, int, int, int]
 class VideoEncoder(Protocol):
     """What :func:`image_condition` needs from a VAE (``wclab.models.vae``)."""
 
-    def encode(self, video: torch.Tensor, *, tiled: bool = False, tile_size: tuple[int, int] = (30, 52),
-               tile_stride: tuple[int, int] = (15, 26)) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, *, tiled: bool = False, tile_size: tuple[int, int] = TILE_SIZE,
+               tile_stride: tuple[int, int] = TILE_STRIDE) -> torch.Tensor:
         """``[B, 3, T, H, W]`` in [-1, 1] → ``[B, 16, F', H/8, W/8]``."""
         ...
 
@@ -29,7 +26,7 @@ class VideoEncoder(Protocol):
 def latent_shape(height: int, width: int, frames: int, z_dim: int = LATENT_CHANNELS) -> Shape5:
     """``(1, z_dim, F', H/8, W/8)`` for a ``height`` × ``width`` pixel, ``frames``-frame video (validated)."""
     check_size(height, width, frames, where="latent_shape")
-    return (1, z_dim, (frames - 1) // FRAMES_PER_LATENT + 1, height // VAE_STRIDE, width // VAE_STRIDE)
+    return (1, z_dim, latent_frames(frames), height // VAE_STRIDE, width // VAE_STRIDE)
 
 
 def make_noise(shape: Sequence[int], seed: Optional[int], device: Union[str, torch.device, None] = None,
@@ -65,8 +62,8 @@ def frame_mask(known: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 @torch.no_grad()
 def image_condition(vae: VideoEncoder, image: torch.Tensor, frames: int, tiled: bool = False,
-                    tile_size: tuple[int, int] = (30, 52),
-                    tile_stride: tuple[int, int] = (15, 26)) -> tuple[torch.Tensor, torch.Tensor]:
+                    tile_size: tuple[int, int] = TILE_SIZE,
+                    tile_stride: tuple[int, int] = TILE_STRIDE) -> tuple[torch.Tensor, torch.Tensor]:
     """The DiT's image condition and the first-frame latents.
 
     image: ``[1, 3, H, W]`` in [-1, 1]. Returns ``y`` ``[1, 20, F', h, w]`` = cat(mask 4, VAE latents of the

@@ -36,7 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from wclab.errors import CheckpointError, WclabError
-from wclab.models.attention import attention, attention_from_probs, attention_logits
+from wclab.models.attention import attention, attention_from_probs, attention_logits, check_backend
+from wclab.models.device import check_device
 from wclab.models.hooks import HookedModule, HookPoint
 from wclab.models.weights import read_state_dict
 
@@ -174,7 +175,12 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
         self.hook_q, self.hook_k, self.hook_v, self.hook_out = (HookPoint() for _ in range(4))
-        self.attention = attention  # (q, k, v) -> out; `wclab.parallel` swaps in its sequence-parallel one
+        self.backend: Optional[str] = None  # attention backend (None: the default, `wclab.models.attention`)
+        self.attention = self.local_attention  # (q, k, v) -> out; `wclab.parallel` swaps in a sequence-parallel one
+
+    def local_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention over the tokens given: q, k, v [B, S, heads, head_dim] -> [B, S, heads, head_dim]."""
+        return attention(q, k, v, backend=self.backend)
 
     def forward(self, x: Tensor, freqs: Tensor) -> Tensor:
         heads = (self.num_heads, -1)  # [B, S, dim] -> [B, S, heads, head_dim]
@@ -194,6 +200,7 @@ class CrossAttention(nn.Module):
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
         self.hook_q, self.hook_k, self.hook_v, self.hook_bias, self.hook_out = (HookPoint() for _ in range(5))
         self.hook_logits, self.hook_probs = HookPoint(opt_in=True), HookPoint(opt_in=True)
+        self.backend: Optional[str] = None  # attention backend (None: the default, `wclab.models.attention`)
 
     def forward(self, x: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         heads = (self.num_heads, -1)
@@ -206,7 +213,7 @@ class CrossAttention(nn.Module):
             logits = self.hook_logits(attention_logits(q, k, bias))  # [B, heads, S, L] float32
             out = attention_from_probs(self.hook_probs(logits.softmax(-1)), v)
         else:
-            out = attention(q, k, v, bias)
+            out = attention(q, k, v, bias, backend=self.backend)
         return self.hook_out(self.o(out.flatten(-2)))  # [B, S, dim]
 
 
@@ -297,6 +304,7 @@ class DiT(HookedModule):
         ``num_heads`` is given. Keys and shapes must match exactly (else `CheckpointError` naming the key).
         ``dtype`` None keeps the checkpoint's. Returns the model in eval mode with ``requires_grad`` off.
         """
+        check_device(device)
         sd = _read_state_dict(checkpoint, device)
         cfg = DiTConfig.from_state_dict(sd, num_heads=num_heads)
         model = cls.from_config(cfg, device="meta")
@@ -317,6 +325,16 @@ class DiT(HookedModule):
             tensors[key] = value.to(device=device, dtype=dtype or value.dtype)
         model.load_state_dict(tensors, strict=True, assign=True)
         return model.eval().requires_grad_(False)
+
+    def set_attention_backend(self, backend: Optional[str]) -> "DiT":
+        """Use attention ``backend`` (one of `wclab.models.attention.BACKENDS`) in this model's self- and
+        cross-attention, whatever the default; None: follow the default again. Returns the model."""
+        if backend is not None:
+            check_backend(backend)
+        for m in self.modules():
+            if isinstance(m, (SelfAttention, CrossAttention)):
+                m.backend = backend
+        return self
 
     # ------------------------------------------------------------ shapes
     def token_grid(self, latent_shape) -> tuple[int, int, int]:
@@ -386,6 +404,11 @@ class DiT(HookedModule):
             x = block(x, e.context, e.t_mod, e.freqs, e.bias)
         x = self.head(x, e.t)  # [B, S, out_dim·prod(patch)]
         return self.hook_head_out(self.unpatchify(x, e.grid))
+
+
+def dit_shapes(cfg: DiTConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a DiT expert checkpoint for ``cfg`` (released key names), read off a meta-device model."""
+    return {k: tuple(v.shape) for k, v in DiT.from_config(cfg, device="meta").state_dict().items()}
 
 
 # ---------------------------------------------------------------- loading helpers

@@ -1,7 +1,8 @@
 """Opt-in fast paths for the DiT on a GPU. Nothing here changes a model unless called; all of it runs on CPU too.
 
   speed_up(model)              float32 RoPE (no float64/complex tensors) + ``torch.compile`` of every block;
-                               the exact bf16 computation, fused (`reset_speed_up` undoes it)
+                               the same bf16 computation, fused: equal to eager up to rounding, not bitwise
+                               (`reset_speed_up` undoes it)
   sdpa_priority(...)           prefer given SDPA kernels (e.g. cuDNN first) inside a ``with`` block
   quantize_fp8(model)          fast mode: block Linears with float8 (e4m3) weights and per-token float8
                                activations (``torch._scaled_mm``); halves weight memory, changes outputs slightly
@@ -20,6 +21,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from wclab.errors import WclabError
 from wclab.models.dit import DiT
@@ -33,24 +35,25 @@ class FastPathError(WclabError, ValueError):
     """A fast-path helper got something it cannot work with (the message says what and why)."""
 
 
-# ---------------------------------------------------------------------------------------------- exact bf16 path
+# ---------------------------------------------------------------------------------------------- compiled bf16 path
 def speed_up(model: DiT, compile: bool = True, **compile_kwargs) -> DiT:
     """Make ``model`` faster without changing what it computes beyond rounding (in place; returns it).
 
     RoPE rotates in float32 from a cached (cos, sin) table instead of float64 complex numbers, and each block
     is wrapped by ``torch.compile`` (``compile_kwargs``, e.g. ``backend="eager"`` to trace without Inductor),
-    which fuses norms, modulation, RoPE and gates. Inductor keeps eager's bf16 rounding between fused ops
-    (``emulate_precision_casts``): on an H100 that cost no time and put the compiled forward 0.36 % (mean
-    rel.) from eager instead of 1.5 %, and graph breaks (hooks that run eagerly, e.g. attention-map capture)
-    then move outputs by rounding only. Hook points keep working (a hook attached later triggers one
-    recompilation). All 40 blocks share one compiled graph.
+    which fuses norms, modulation, RoPE and gates. Inductor is told to keep eager's bf16 rounding between fused
+    ops (``emulate_precision_casts``), so graph breaks (hooks that run eagerly, e.g. attention-map capture) move
+    outputs by rounding only. Not bitwise eager: fused kernels round differently (measured deviation:
+    ``bench/RESULTS.md``). Hook points keep working (a hook attached later triggers one
+    recompilation). All blocks share one compiled graph. Each block's ``forward`` becomes the compiled one (an
+    instance attribute; module hooks registered on a block still run eagerly around it).
     """
     model.rope_dtype = torch.float32
     if compile:
         if compile_kwargs.get("backend", "inductor") == "inductor":
             compile_kwargs["options"] = {"emulate_precision_casts": True, **compile_kwargs.get("options", {})}
         for block in model.blocks:
-            block.compile(**compile_kwargs)
+            block.forward = torch.compile(type(block).forward.__get__(block), **compile_kwargs)
     return model
 
 
@@ -58,7 +61,7 @@ def reset_speed_up(model: DiT) -> DiT:
     """Undo `speed_up`: float64 RoPE and eager blocks (in place; returns the model)."""
     model.rope_dtype = torch.float64
     for block in model.blocks:
-        block._compiled_call_impl = None
+        vars(block).pop("forward", None)  # back to the class's forward
     return model
 
 
@@ -67,8 +70,6 @@ def sdpa_priority(*backends: str) -> Iterator[None]:
     """Inside the block, torch's SDPA tries these kernels first, in order ("cudnn", "flash", "efficient",
     "math"); it still falls back to any other kernel that supports the call. Compiled code keeps the kernel
     chosen when it was compiled."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
     unknown = [b for b in backends if b not in names]
@@ -244,16 +245,6 @@ class BlockOffload:
 
 
 # ---------------------------------------------------------------------------------------------- step caching
-class _CachedBlocks(nn.ModuleList):
-    """``model.blocks`` while a `StepCache` is attached: same children (names, weights, state dict); during a
-    forward, iteration yields the planned callables instead of the blocks themselves."""
-
-    _plan = None  # set by StepCache for the duration of one forward
-
-    def __iter__(self):
-        return iter(self._plan()) if self._plan is not None else iter(self._modules.values())
-
-
 class StepCache:
     """Fast mode (changes outputs): skip most blocks on denoising steps where the input barely changed.
 
@@ -263,6 +254,8 @@ class StepCache:
     are skipped and the residual they added last time is added instead (First-Block-Cache / TeaCache-style).
     ``threshold=inf, max_reuse=1`` reuses every other forward of each branch. Hook points of skipped blocks do
     not fire. ``computed`` / ``reused`` count forwards; ``remove()`` (or leaving the ``with``) detaches it.
+    While attached, the model's ``forward`` is :meth:`forward` (an instance attribute), which runs the DiT's
+    public parts: `DiT.embed`, the blocks, the head.
     """
 
     def __init__(self, model: DiT, first_blocks: int = 1, threshold: float = 0.05, max_reuse: int = 1):
@@ -273,56 +266,34 @@ class StepCache:
         self.model, self.first, self.threshold, self.max_reuse = model, first_blocks, threshold, max_reuse
         self.computed = self.reused = 0
         self.state: dict[tuple, dict] = {}  # branch key -> {"first": Tensor, "residual": Tensor, "streak": int}
-        self._context: Optional[Tensor] = None
-        model.blocks.__class__ = _CachedBlocks
-        model.blocks._plan = None
-        self._handles = [model.register_forward_pre_hook(self._start, with_kwargs=True),
-                         model.register_forward_hook(self._end)]
+        model.forward = self.forward
 
-    def _start(self, module, args, kwargs) -> None:
-        self._context = args[2] if len(args) > 2 else kwargs["context"]
-        self.model.blocks._plan = self._plan
+    def forward(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        """`DiT.forward` with the deep blocks skipped when the first blocks' output barely changed."""
+        model = self.model
+        e = model.embed(x, timestep, context, bias)
+        st = self.state.setdefault((context.data_ptr(), tuple(context.shape)), {"streak": 0})
+        h = e.tokens
+        for block in model.blocks[:self.first]:
+            h = block(h, e.context, e.t_mod, e.freqs, e.bias)
+        first = h
+        if "first" in st and st["streak"] < self.max_reuse and self._change(first, st["first"]) < self.threshold:
+            st["streak"] += 1
+            self.reused += 1
+            h = first + st["residual"]
+        else:
+            for block in model.blocks[self.first:]:
+                h = block(h, e.context, e.t_mod, e.freqs, e.bias)
+            st.update(first=first, residual=h - first, streak=0)
+            self.computed += 1
+        return model.hook_head_out(model.unpatchify(model.head(h, e.t), e.grid))
 
-    def _end(self, module, args, out) -> None:
-        self.model.blocks._plan = None
-
-    def _plan(self):
-        blocks = list(self.model.blocks._modules.values())
-        ctx = self._context
-        key = (ctx.data_ptr(), tuple(ctx.shape))
-        st = self.state.setdefault(key, {"streak": 0})
-        seen: dict[str, Tensor] = {}
-
-        def keep(block, name):
-            def run(x, *args):
-                seen[name] = out = block(x, *args)
-                return out
-            return run
-
-        for i, block in enumerate(blocks[:self.first]):
-            yield keep(block, "first") if i == self.first - 1 else block
-        first = seen["first"]
-        if "first" in st and st["streak"] < self.max_reuse:
-            prev = st["first"]
-            change = float((first - prev).abs().float().mean() / prev.abs().float().mean().clamp(min=1e-12))
-            if change < self.threshold:
-                st["streak"] += 1
-                self.reused += 1
-                residual = st["residual"]
-                yield lambda x, *args: x + residual
-                return
-        for block in blocks[self.first:-1]:
-            yield block
-        yield keep(blocks[-1], "last")
-        st.update(first=first, residual=seen["last"] - first, streak=0)
-        self.computed += 1
+    @staticmethod
+    def _change(now: Tensor, before: Tensor) -> float:
+        return float((now - before).abs().float().mean() / before.abs().float().mean().clamp(min=1e-12))
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self.model.blocks._plan = None
-        self.model.blocks.__class__ = nn.ModuleList
+        vars(self.model).pop("forward", None)  # back to DiT.forward
         self.state.clear()
 
     def __enter__(self) -> "StepCache":

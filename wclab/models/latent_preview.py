@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from wclab.errors import CheckpointError, WclabError
-
-SPATIAL = 8   # pixels per latent cell
-TEMPORAL = 4  # frames per latent frame (after the first)
+from wclab.sizes import FRAMES_PER_LATENT, VAE_STRIDE
 
 # Rows: latent channels 0..15; columns: R, G, B (as published, ComfyUI latent_formats.Wan21).
 _WAN21_RGB_FACTORS = (
@@ -33,14 +32,14 @@ def video_on_latent_grid(video: torch.Tensor) -> torch.Tensor:
     """video [B, 3, 4F'-3, 8h, 8w] -> [B, 3, F', h, w]: frame 0 alone, then the mean of each 4 frames, and the
     mean of each 8x8 pixel block — the pixels each latent cell stands for."""
     b, c, t, h, w = video.shape
-    if (t - 1) % TEMPORAL or h % SPATIAL or w % SPATIAL:
+    if (t - 1) % FRAMES_PER_LATENT or h % VAE_STRIDE or w % VAE_STRIDE:
         raise WclabError(f"video must be [B, 3, 4k+1, 8h, 8w], got {tuple(video.shape)}")
     first = video[:, :, :1]
-    rest = video[:, :, 1:].reshape(b, c, (t - 1) // TEMPORAL, TEMPORAL, h, w).mean(dim=3)
+    rest = video[:, :, 1:].reshape(b, c, (t - 1) // FRAMES_PER_LATENT, FRAMES_PER_LATENT, h, w).mean(dim=3)
     frames = torch.cat([first, rest], dim=2)  # [B, 3, F', H, W]
     f = frames.shape[2]
-    pooled = F.avg_pool2d(frames.transpose(1, 2).reshape(b * f, c, h, w), SPATIAL)
-    return pooled.reshape(b, f, c, h // SPATIAL, w // SPATIAL).transpose(1, 2)
+    pooled = F.avg_pool2d(frames.transpose(1, 2).reshape(b * f, c, h, w), VAE_STRIDE)
+    return pooled.reshape(b, f, c, h // VAE_STRIDE, w // VAE_STRIDE).transpose(1, 2)
 
 
 @dataclass
@@ -109,14 +108,10 @@ class LatentPreview:
         return ((rgb.permute(0, 2, 3, 1) + 1) * 127.5).clip(0, 255).to(device="cpu", dtype=torch.uint8)
 
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
         save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> LatentPreview:
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"latent preview file not found: {path}")

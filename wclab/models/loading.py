@@ -11,17 +11,17 @@ Explicit ``t5=``, ``vae=``, ``high=``, ``low=``, ``tokenizer=`` paths override t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import torch
 
-from wclab.checkpoints import (
+from wclab.models.layout import (
     TINY_CONFIG_NAME,
     VARIANTS,
     CheckpointFile,
+    default_checkpoint_dir,
     locate,
     read_tiny_config,
     released_files,
@@ -30,20 +30,14 @@ from wclab.errors import CheckpointError
 from wclab.models.dit import DiT
 from wclab.models.latent_preview import LatentPreview
 from wclab.models.text_encoder import TextEncoder, Tokenizer
-from wclab.models.vae import VAE
+from wclab.models.vae import VAE, VAEConfig
 
 PathLike = Union[str, Path]
 ExpertPlacement = Literal["resident", "offload", "fp8"]
 EXPERT_PLACEMENTS = ("resident", "offload", "fp8")
 FIXTURE_FILES = {"t5": "t5_tiny.pth", "vae": "vae_tiny.pth", "high": "dit_high_tiny.safetensors",
                  "low": "dit_low_tiny.safetensors"}
-RELEASED_VAE_BASE_DIM = 96  # LatentPreview.wan21() is only meaningful for the released VAE
-
-
-def default_checkpoint_dir() -> Path:
-    """``$WCLAB_CHECKPOINTS``, else ``checkpoints/`` at the repository root."""
-    env = os.environ.get("WCLAB_CHECKPOINTS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "checkpoints"
+RELEASED_VAE_BASE_DIM = VAEConfig().base_dim  # LatentPreview.wan21() is only meaningful for the released VAE
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ sequence's length are set to zero.
 """
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wclab.encode.text import TEXT_LEN, clean_text
 from wclab.errors import CheckpointError, WclabError
+from wclab.models.device import check_device
 from wclab.models.weights import read_state_dict
-
-TEXT_LEN = 512  # tokens in Wan's text context
 
 # The standard Chinese negative prompt Wan models are sampled with (SPEC §3, golden_units.json).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -25,22 +24,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-
-
-# ----------------------------------------------------------------------------------------------- text cleaning
-def clean_text(text: str) -> str:
-    """Wan's prompt cleaning: ftfy fix, html unescape twice, strip, collapse runs of whitespace to one space.
-
-    Newlines become spaces, so token offsets from :class:`Tokenizer` refer to this cleaned string.
-    """
-    try:
-        import ftfy
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("clean_text needs the 'ftfy' package (pip install ftfy)") from e
-    import regex  # transformers dependency; Unicode \s exactly as the reference matches it
-
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return regex.sub(r"\s+", " ", text).strip()
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -119,7 +102,8 @@ class TextEncoderConfig:
                    num_layers=max(layers) + 1, num_buckets=num_buckets, shared_pos=shared_pos)
 
     def to_hf(self):
-        from transformers import UMT5Config
+        """The transformers ``UMT5Config`` of this encoder."""
+        from transformers import UMT5Config  # transformers loads slowly: only when a model is built
 
         if self.dim_attn % self.num_heads:
             raise WclabError(f"dim_attn {self.dim_attn} is not divisible by num_heads {self.num_heads}")
@@ -131,44 +115,56 @@ class TextEncoderConfig:
         )
 
 
+def wan_t5_key_map(config: TextEncoderConfig) -> dict[str, list[str]]:
+    """Wan T5 key -> the ``UMT5EncoderModel`` keys it fills, in Wan's file order. The token embedding fills the
+    shared and the encoder embedding; a shared relative-position table (``shared_pos``) fills every block's (umT5
+    keeps one per block)."""
+    relative = "0.SelfAttention.relative_attention_bias.weight"
+    keys = {"token_embedding.weight": ["shared.weight", "encoder.embed_tokens.weight"]}
+    if config.shared_pos:
+        keys["pos_embedding.embedding.weight"] = [f"encoder.block.{i}.layer.{relative}"
+                                                  for i in range(config.num_layers)]
+    for i in range(config.num_layers):
+        b, hb = f"blocks.{i}.", f"encoder.block.{i}.layer."
+        keys[b + "norm1.weight"] = [hb + "0.layer_norm.weight"]
+        for p in "qkvo":
+            keys[b + f"attn.{p}.weight"] = [hb + f"0.SelfAttention.{p}.weight"]
+        keys[b + "norm2.weight"] = [hb + "1.layer_norm.weight"]
+        keys[b + "ffn.gate.0.weight"] = [hb + "1.DenseReluDense.wi_0.weight"]
+        keys[b + "ffn.fc1.weight"] = [hb + "1.DenseReluDense.wi_1.weight"]
+        keys[b + "ffn.fc2.weight"] = [hb + "1.DenseReluDense.wo.weight"]
+        if not config.shared_pos:
+            keys[b + "pos_embedding.embedding.weight"] = [hb + relative]
+    keys["norm.weight"] = ["encoder.final_layer_norm.weight"]
+    return keys
+
+
 def wan_t5_to_hf(sd: dict[str, torch.Tensor], config: TextEncoderConfig,
                  source: str = "state dict") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Rename Wan T5 keys to ``UMT5EncoderModel`` keys, one to one; any key left over raises CheckpointError.
-    Returns (HF state dict, HF key -> Wan key).
-
-    A shared relative-position table (``shared_pos``) is given to every block (umT5 keeps one per block)."""
+    """Rename Wan T5 keys to ``UMT5EncoderModel`` keys (`wan_t5_key_map`); a missing or left-over key raises
+    CheckpointError. Returns (HF state dict, HF key -> Wan key)."""
     out: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     rest = dict(sd)
-
-    def take(src: str, dst: str | list[str]) -> None:
+    for src, targets in wan_t5_key_map(config).items():
         if src not in rest:
             raise CheckpointError(f"{source}: missing key {src!r}")
         t = rest.pop(src)
-        for d in [dst] if isinstance(dst, str) else dst:
+        for d in targets:
             out[d], origin[d] = t, src
-
-    take("token_embedding.weight", ["shared.weight", "encoder.embed_tokens.weight"])
-    take("norm.weight", "encoder.final_layer_norm.weight")
-    if config.shared_pos:
-        take("pos_embedding.embedding.weight",
-             [f"encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight"
-              for i in range(config.num_layers)])
-    for i in range(config.num_layers):
-        b, hb = f"blocks.{i}.", f"encoder.block.{i}.layer."
-        take(b + "norm1.weight", hb + "0.layer_norm.weight")
-        for p in "qkvo":
-            take(b + f"attn.{p}.weight", hb + f"0.SelfAttention.{p}.weight")
-        if not config.shared_pos:
-            take(b + "pos_embedding.embedding.weight", hb + "0.SelfAttention.relative_attention_bias.weight")
-        take(b + "norm2.weight", hb + "1.layer_norm.weight")
-        take(b + "ffn.gate.0.weight", hb + "1.DenseReluDense.wi_0.weight")
-        take(b + "ffn.fc1.weight", hb + "1.DenseReluDense.wi_1.weight")
-        take(b + "ffn.fc2.weight", hb + "1.DenseReluDense.wo.weight")
     if rest:
         raise CheckpointError(f"{source}: unexpected key {sorted(rest)[0]!r} ({len(rest)} unexpected in all)")
     return out, origin
 
+
+def t5_shapes(config: TextEncoderConfig) -> dict[str, tuple[int, ...]]:
+    """Wan T5 key -> shape of a checkpoint for ``config`` (``models_t5_umt5-xxl-enc-bf16.pth`` format), read off
+    the umT5 model built on the meta device."""
+    from transformers import UMT5EncoderModel
+
+    with torch.device("meta"):
+        hf = UMT5EncoderModel(config.to_hf()).state_dict()
+    return {src: tuple(hf[targets[0]].shape) for src, targets in wan_t5_key_map(config).items()}
 
 
 class TextEncoder(nn.Module):
@@ -189,6 +185,7 @@ class TextEncoder(nn.Module):
         """Load Wan's ``models_t5_umt5-xxl-enc-bf16.pth`` (or a same-format file); strict key check.
 
         ``num_heads`` is read from the relative-position table; passing it only adds a consistency check."""
+        check_device(device)
         sd = read_state_dict(path, what="T5 checkpoint")
         config = TextEncoderConfig.from_state_dict(sd, num_heads, source=str(path))
         hf_sd, origin = wan_t5_to_hf(sd, config, source=str(path))

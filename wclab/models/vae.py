@@ -8,22 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from wclab.errors import CheckpointError, WclabError
+from wclab.models.device import check_device
 from wclab.models.weights import read_state_dict
+from wclab.sizes import FRAMES_PER_LATENT, TILE_SIZE, TILE_STRIDE, VAE_STRIDE, latent_frames
 
 # Per-channel statistics of Wan 2.1 VAE latents (published with the model).
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
-
-SPATIAL = 8   # pixels per latent cell
-TEMPORAL = 4  # frames per latent frame (after the first)
 
 
 @dataclass
@@ -43,6 +43,60 @@ class VAEConfig:
                                 num_res_blocks=self.num_res_blocks, attn_scales=[],
                                 temperal_downsample=list(self.temperal_downsample),
                                 latents_mean=list(LATENTS_MEAN), latents_std=list(LATENTS_STD))
+
+    @classmethod
+    def from_wan_args(cls, dim: Optional[int] = None, attn_scales=(), **args) -> VAEConfig:
+        """From the reference ``WanVAE_`` constructor arguments (as ``wclab_tiny.json`` stores them; ``dim`` is
+        ``base_dim``); arguments not given keep the released VAE's values."""
+        if tuple(attn_scales):
+            raise WclabError(f"VAEConfig: attn_scales must be empty (Wan 2.1 VAE), got {attn_scales}")
+        if dim is not None:
+            args["base_dim"] = dim
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+
+
+# The names a Wan VAE key can take: module path (N: an index) -> parameter names under it.
+_BLOCK_LEAVES = ("residual.0.gamma", "residual.2.weight", "residual.2.bias", "residual.3.gamma", "residual.6.weight",
+                 "residual.6.bias", "shortcut.weight", "shortcut.bias", "resample.1.weight", "resample.1.bias",
+                 "time_conv.weight", "time_conv.bias", "norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight",
+                 "proj.bias")
+_CODER_LEAVES = ("conv1.weight", "conv1.bias", "head.0.gamma", "head.2.weight", "head.2.bias")
+_WAN_KEY_NAMES = {"encoder.downsamples.N.": _BLOCK_LEAVES, "decoder.upsamples.N.": _BLOCK_LEAVES,
+                  "encoder.middle.N.": _BLOCK_LEAVES, "decoder.middle.N.": _BLOCK_LEAVES, "encoder.": _CODER_LEAVES,
+                  "decoder.": _CODER_LEAVES, "": ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")}
+_MAX_INDEX = 64  # more modules than any Wan VAE module list holds
+
+
+def wan_vae_keys(config: VAEConfig) -> dict[str, str]:
+    """Wan key -> diffusers key of every weight of a VAE of ``config``, in the diffusers model's order.
+
+    Found by running diffusers' own Wan -> diffusers key converter over every name a Wan VAE key can take and
+    keeping the names that land on a weight of the model; raises WclabError if a weight gets no or two names."""
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    with torch.device("meta"):
+        model_keys = list(config.build().state_dict())
+    wanted = set(model_keys)
+    candidates = [path.replace("N", str(i)) + leaf for path, leaves in _WAN_KEY_NAMES.items()
+                  for i in (range(_MAX_INDEX) if "N" in path else [0]) for leaf in leaves]
+    names: dict[str, list[str]] = {}
+    for wan in candidates:
+        (new,) = convert_wan_vae_to_diffusers({wan: None})
+        if new in wanted:
+            names.setdefault(new, []).append(wan)
+    bad = [k for k in model_keys if len(names.get(k, ())) != 1]
+    if bad:
+        raise WclabError(f"cannot name the diffusers VAE weight {bad[0]!r} in Wan's key format "
+                         f"(candidates {names.get(bad[0], [])}); is the installed diffusers version supported?")
+    return {names[k][0]: k for k in model_keys}
+
+
+def vae_shapes(config: VAEConfig) -> dict[str, tuple[int, ...]]:
+    """Wan key -> shape of a VAE checkpoint for ``config`` (``Wan2.1_VAE.pth`` format), read off the diffusers
+    model built on the meta device."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in config.build().state_dict().items()}
+    return {wan: shapes[new] for wan, new in wan_vae_keys(config).items()}
 
 
 def tile_spans(length: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -81,6 +135,7 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         self.model = config.build().eval().requires_grad_(False)
+        self._decoder_convs = _causal_convs(self.model.decoder)
         self.register_buffer("latents_mean", torch.tensor(LATENTS_MEAN), persistent=False)
         self.register_buffer("latents_inv_std", 1.0 / torch.tensor(LATENTS_STD), persistent=False)
 
@@ -91,6 +146,7 @@ class VAE(nn.Module):
         the weights. Missing, unexpected or misshaped keys raise CheckpointError naming the key and file."""
         from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
+        check_device(device)
         sd = read_state_dict(path, what="VAE checkpoint")
         for key in ("encoder.conv1.weight", "conv2.weight"):
             if key not in sd:
@@ -139,19 +195,16 @@ class VAE(nn.Module):
 
     def _decode_one(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [1, z, F', h, w] -> video [1, 3, 4F'-3, 8h, 8w], NOT clamped (tiles are blended
-        before clamping), so this runs diffusers' decoder loop itself instead of ``decode`` (which clamps)."""
-        m = self.model
+        before clamping; diffusers' ``decode`` clamps). Runs the decoder one latent frame at a time like
+        diffusers does, with a cache of its own: one slot per causal convolution, holding the frames that
+        convolution needs from the previous chunk."""
         z = latents.to(self.device, self.dtype)
         shape = (1, -1, 1, 1, 1)
         z = z / self.latents_inv_std.to(z).view(shape) + self.latents_mean.to(z).view(shape)
-        m.clear_cache()
-        x = m.post_quant_conv(z)
-        frames = []
-        for i in range(x.shape[2]):
-            m._conv_idx = [0]
-            frames.append(m.decoder(x[:, :, i:i + 1], feat_cache=m._feat_map, feat_idx=m._conv_idx,
-                                    first_chunk=i == 0))
-        m.clear_cache()
+        x = self.model.post_quant_conv(z)
+        cache: list = [None] * self._decoder_convs
+        frames = [self.model.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0], first_chunk=i == 0)
+                  for i in range(x.shape[2])]
         return torch.cat(frames, dim=2)
 
     # ------------------------------------------------------------------ tiling
@@ -159,8 +212,8 @@ class VAE(nn.Module):
                tile_size: tuple[int, int], tile_stride: tuple[int, int], up: bool, desc: str) -> torch.Tensor:
         """Run ``fn`` on overlapping spatial tiles of ``x`` [1, C, T, H, W] and blend. The tile grid is laid in
         latent cells over ``cells`` = (h, w); ``up``: output is 8x the latent grid (decode) else 1x (encode)."""
-        in_scale = 1 if up else SPATIAL   # input units per latent cell
-        out_scale = SPATIAL if up else 1  # output units per latent cell
+        in_scale = 1 if up else VAE_STRIDE  # input units per latent cell
+        out_scale = VAE_STRIDE if up else 1  # output units per latent cell
         border = ((tile_size[0] - tile_stride[0]) * out_scale, (tile_size[1] - tile_stride[1]) * out_scale)
         out_h, out_w = cells[0] * out_scale, cells[1] * out_scale
         values = torch.zeros((1, out_channels, out_frames, out_h, out_w), dtype=x.dtype, device=self.device)
@@ -180,8 +233,8 @@ class VAE(nn.Module):
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, tiled: bool = False, tile_size: tuple[int, int] = (30, 52),
-               tile_stride: tuple[int, int] = (15, 26)) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, tiled: bool = False, tile_size: tuple[int, int] = TILE_SIZE,
+               tile_stride: tuple[int, int] = TILE_STRIDE) -> torch.Tensor:
         """video [B, 3, T, H, W] in [-1, 1] -> normalised latents [B, 16, (T-1)/4+1, H/8, W/8] (video dtype).
         ``tile_size``/``tile_stride`` are (rows, cols) in latent cells."""
         _check_video(video)
@@ -190,16 +243,16 @@ class VAE(nn.Module):
         for i in range(b):
             v = video[i:i + 1]
             if tiled:
-                z = self._tiled(v, self._encode_one, self.config.z_dim, (t - 1) // TEMPORAL + 1,
-                                (h // SPATIAL, w // SPATIAL), tile_size, tile_stride, up=False, desc="VAE encoding")
+                z = self._tiled(v, self._encode_one, self.config.z_dim, latent_frames(t),
+                                (h // VAE_STRIDE, w // VAE_STRIDE), tile_size, tile_stride, up=False, desc="VAE encoding")
             else:
                 z = self._encode_one(v).to(video.dtype)
             out.append(z)
         return torch.cat(out)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, tiled: bool = False, tile_size: tuple[int, int] = (30, 52),
-               tile_stride: tuple[int, int] = (15, 26)) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, tiled: bool = False, tile_size: tuple[int, int] = TILE_SIZE,
+               tile_stride: tuple[int, int] = TILE_STRIDE) -> torch.Tensor:
         """normalised latents [B, 16, F', h, w] -> video [B, 3, 4F'-3, 8h, 8w] clamped to [-1, 1]
         (latents dtype). ``tile_size``/``tile_stride`` are (rows, cols) in latent cells."""
         if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
@@ -210,7 +263,7 @@ class VAE(nn.Module):
         for i in range(b):
             z = latents[i:i + 1]
             if tiled:
-                v = self._tiled(z, self._decode_one, 3, TEMPORAL * f - 3, (h, w), tile_size, tile_stride,
+                v = self._tiled(z, self._decode_one, 3, FRAMES_PER_LATENT * (f - 1) + 1, (h, w), tile_size, tile_stride,
                                 up=True, desc="VAE decoding")
             else:
                 v = self._decode_one(z).to(latents.dtype)
@@ -232,6 +285,13 @@ class VAE(nn.Module):
         return frames.to(device="cpu", dtype=torch.uint8)
 
 
+def _causal_convs(module: nn.Module) -> int:
+    """Number of diffusers ``WanCausalConv3d`` layers in ``module`` (one decode-cache slot each)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    return sum(isinstance(m, WanCausalConv3d) for m in module.modules())
+
+
 def _pair(size: int, stride: int) -> tuple[int, int]:
     if not (0 < stride <= size):
         raise WclabError(f"tile_stride must be in 1..tile_size, got size {size} stride {stride} (latent cells)")
@@ -242,7 +302,7 @@ def _check_video(video: torch.Tensor) -> None:
     if video.ndim != 5 or video.shape[1] != 3:
         raise WclabError(f"VAE.encode: video must be [B, 3, T, H, W], got {tuple(video.shape)}")
     _, _, t, h, w = video.shape
-    if (t - 1) % TEMPORAL:
+    if (t - 1) % FRAMES_PER_LATENT:
         raise WclabError(f"VAE.encode: frames must be 4k+1, got {t}")
-    if h % SPATIAL or w % SPATIAL:
-        raise WclabError(f"VAE.encode: height and width must be multiples of {SPATIAL} pixels, got {h}x{w}")
+    if h % VAE_STRIDE or w % VAE_STRIDE:
+        raise WclabError(f"VAE.encode: height and width must be multiples of {VAE_STRIDE} pixels, got {h}x{w}")
