@@ -422,7 +422,7 @@ def main(argv=None) -> dict:
 
     stage("capture_eager", capture_eager, 60)
 
-    # ------------------------------------------------------------------ compiled (exact bf16 path)
+    # ------------------------------------------------------------------ compiled (eager's bf16 rounding)
     def compiled():
         import torch._dynamo
 
