@@ -59,10 +59,31 @@ def generation_inputs(args: argparse.Namespace) -> GenerationInputs:
     scene = resize_scene(load_json(args.conditions), args.height, args.width, args.frames)
     load_image(args.image)  # ImageLoadError names the file
     model_kwargs = dict(checkpoint_dir=args.checkpoints, variant=args.variant, tokenizer=args.tokenizer,
-                        device=device, dtype=dtype_from_name(args.dtype, device))
+                        device=device, dtype=dtype_from_name(args.dtype, device), lora=parse_loras(args.lora))
     settings = Settings(steps=args.steps, seed=args.seed, cfg=args.cfg, shift=args.shift, boundary=args.boundary,
                         beta=args.beta, point_mode=args.point_mode, record="none")
     return GenerationInputs(scene, model_kwargs, settings)
+
+
+def parse_loras(specs: Optional[Sequence[str]]) -> dict[str, list[tuple[str, float]]]:
+    """``--lora EXPERT=PATH[:STRENGTH]`` values -> ``{"high": [(path, strength)], ...}`` for `load_models`;
+    the file must exist (checked before any model is loaded), strength defaults to 1."""
+    loras: dict[str, list[tuple[str, float]]] = {}
+    for spec in specs or ():
+        expert, sep, rest = spec.partition("=")
+        if not sep or expert not in ("high", "low") or not rest:
+            raise WclabError(f"--lora: expected high=PATH[:STRENGTH] or low=PATH[:STRENGTH], got {spec!r}")
+        path, strength = rest, 1.0
+        head, colon, tail = rest.rpartition(":")
+        if colon:
+            try:
+                path, strength = head, float(tail)
+            except ValueError:
+                pass  # a ':' inside the path
+        if not Path(path).is_file():
+            raise WclabError(f"--lora: {path} is not a file")
+        loras.setdefault(expert, []).append((path, strength))
+    return loras
 
 
 def write_outputs(args: argparse.Namespace, video, latents: torch.Tensor, note: str = "") -> None:
@@ -115,6 +136,8 @@ def add_generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: bfloat16 on GPU, float32 on CPU")
     g.add_argument("--save-latents", default=None, help="also save the final latents (.safetensors)")
+    g.add_argument("--lora", action="append", default=[], metavar="EXPERT=PATH[:STRENGTH]",
+                   help="merge a LoRA into the high or low expert (repeatable), e.g. high=distill.safetensors:1.0")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

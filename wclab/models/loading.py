@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -150,7 +150,8 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
                 low: Optional[PathLike] = None, tokenizer: Optional[PathLike] = None,
                 device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                 num_heads: Optional[int] = None, t5_num_heads: Optional[int] = None,
-                preview: bool = True, experts: ExpertPlacement = "resident") -> Models:
+                preview: bool = True, experts: ExpertPlacement = "resident",
+                lora: Optional[Mapping[str, Sequence[tuple[PathLike, float]]]] = None) -> Models:
     """Load tokenizer, T5 text encoder, VAE and both DiT experts (strict key/shape checks) onto ``device`` in
     ``dtype``. ``checkpoint_dir`` None: ``$WCLAB_CHECKPOINTS`` or the repository's ``checkpoints/`` (not needed
     when all five paths are given). ``num_heads``/``t5_num_heads`` override the head counts (released DiT:
@@ -161,7 +162,11 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
     "offload" block weights in (pinned) CPU memory, streamed to ``device`` one block ahead
     (`wclab.models.fast.BlockOffload`, ~5 GB of GPU memory per forward; the handle is ``expert.block_offload``);
     "fp8" each expert quantised to float8 weights (`wclab.models.fast.quantize_fp8`, outputs change slightly)
-    right after it is read, so at most one expert is ever held in ``dtype`` on ``device``."""
+    right after it is read, so at most one expert is ever held in ``dtype`` on ``device``.
+
+    ``lora``: LoRA files merged into each expert right after it is read (before fp8 or offload), as
+    ``{"high": [(path, strength), ...], "low": [...]}`` (`wclab.models.lora.load_lora`; the handles are
+    ``expert.lora_handles``, whose ``remove()`` restores the weights bitwise)."""
     paths = resolve_paths(checkpoint_dir, variant=variant, t5=t5, vae=vae, high=high, low=low, tokenizer=tokenizer,
                           num_heads=num_heads, t5_num_heads=t5_num_heads)
     tok = Tokenizer(paths.tokenizer)
@@ -173,7 +178,11 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
     vae_model = VAE.from_checkpoint(paths.vae, device=device, dtype=dtype)
     if experts not in EXPERT_PLACEMENTS:
         raise CheckpointError(f"experts: expected one of {EXPERT_PLACEMENTS}, got {experts!r}")
-    experts = [_load_expert(p, paths.num_heads, device, dtype, experts) for p in (paths.high, paths.low)]
+    lora = dict(lora or {})
+    if set(lora) - {"high", "low"}:
+        raise CheckpointError(f"lora: keys must be 'high' and/or 'low', got {sorted(lora)}")
+    experts = [_load_expert(getattr(paths, e), paths.num_heads, device, dtype, experts, lora.get(e, ()))
+               for e in ("high", "low")]
     for name, expert in zip(("high", "low"), experts):
         if expert.cfg.text_dim != text_encoder.config.dim:
             raise CheckpointError(f"{getattr(paths, name)}: DiT text_dim {expert.cfg.text_dim} does not match the "
@@ -184,15 +193,16 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
 
 
 def _load_expert(path: Path, num_heads: Optional[int], device: Union[str, torch.device], dtype: torch.dtype,
-                 placement: ExpertPlacement) -> DiT:
-    """One DiT expert read from ``path`` and placed as `load_models`' ``experts`` says."""
+                 placement: ExpertPlacement, loras: Sequence[tuple[PathLike, float]] = ()) -> DiT:
+    """One DiT expert read from ``path``, with ``loras`` merged, placed as `load_models`' ``experts`` says."""
     from wclab.models.fast import BlockOffload, quantize_fp8
+    from wclab.models.lora import load_lora
 
+    dit = DiT.from_checkpoint(path, num_heads=num_heads, device="cpu" if placement == "offload" else device,
+                              dtype=dtype)
+    dit.lora_handles = [load_lora(dit, lora_path, strength) for lora_path, strength in loras]
     if placement == "offload":
-        dit = DiT.from_checkpoint(path, num_heads=num_heads, device="cpu", dtype=dtype)
         dit.block_offload = BlockOffload(dit, device)
-        return dit
-    dit = DiT.from_checkpoint(path, num_heads=num_heads, device=device, dtype=dtype)
     return quantize_fp8(dit) if placement == "fp8" else dit
 
 
