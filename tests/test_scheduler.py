@@ -145,3 +145,22 @@ def test_noise_rejects_shapes_that_are_neither_latent_nor_pixel_sizes():
         make_noise((16, 3, 4, 4), seed=0)
     with pytest.raises(SizeError, match="frames"):
         make_noise((16, 128, 224), seed=0)
+
+
+def test_a_step_distilled_list_keeps_those_points_of_the_shifted_1000_step_schedule():
+    from wclab.models.scheduler import FlowMatchScheduler
+
+    s = FlowMatchScheduler()
+    s.set_step_list([1000, 750, 500, 250], shift=5.0)
+    torch.testing.assert_close(s.sigmas, torch.tensor([1.0, 0.9375, 2.5 / 3, 0.625]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.timesteps, s.sigmas * 1000)
+    assert [s.expert_for(t) for t in s.timesteps] == ["high", "high", "low", "low"]  # LightX2V's boundary index 2
+    assert s.next_sigma(3) == 0
+
+
+@pytest.mark.parametrize("bad", [[], [750, 1000], [1000, 1000], [1001, 500], [500, 0]])
+def test_a_step_list_must_be_strictly_decreasing_timesteps(bad):
+    from wclab.models.scheduler import FlowMatchScheduler, SchedulerError
+
+    with pytest.raises(SchedulerError, match="step_list"):
+        FlowMatchScheduler().set_step_list(bad)

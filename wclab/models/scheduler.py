@@ -7,7 +7,7 @@ Noise level ``sigma`` runs from 1 (pure noise) towards 0 (clean latents); the mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, Sequence, Union
 
 import torch
 
@@ -64,6 +64,25 @@ class FlowMatchScheduler:
             sigmas = 1 - sigmas
         self.sigmas = sigmas
         self.timesteps = sigmas * self.num_train_timesteps
+
+    def set_step_list(self, step_list: Sequence[int], shift: float | None = None) -> None:
+        """A step-distilled schedule (the LightX2V recipes for Wan2.2): of the shifted 1000-point schedule
+        ``shift·s / (1 + (shift-1)·s)``, ``s = 1 - i/1000``, keep the points ``i = 1000 - t`` for each training
+        timestep ``t`` in ``step_list`` (strictly decreasing, in 1..1000), e.g. (1000, 750, 500, 250) -> sigmas
+        1, 0.9375, 0.8333, 0.625 at shift 5. The last step lands on 0 as usual."""
+        steps = [int(t) for t in step_list]
+        if not steps or any(not 0 < t <= self.num_train_timesteps for t in steps) or \
+                any(a <= b for a, b in zip(steps, steps[1:])):
+            raise SchedulerError(f"step_list: expected strictly decreasing timesteps in 1..{self.num_train_timesteps}, "
+                                 f"got {list(step_list)}")
+        if shift is not None:
+            self.shift = shift
+        n = self.num_train_timesteps
+        full = torch.linspace(self.sigma_max, self.sigma_min, n + 1)[:-1]
+        full = self.shift * full / (1 + (self.shift - 1) * full)
+        self.sigmas = full[[n - t for t in steps]]
+        self.timesteps = self.sigmas * n
+        self.num_inference_steps = len(steps)
 
     def index(self, step: StepRef) -> int:
         """Step index of ``step``: an int is taken as an index; a float/tensor timestep maps to the nearest one."""
