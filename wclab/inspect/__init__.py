@@ -11,8 +11,9 @@ from wclab.inspect.attention import (AttentionMaps, InspectError, SpanMass, cros
 from wclab.inspect.display import (expand_latent_frames, heatmap_overlay, mask_overlay, overlay_trajectories,
                                    plot_heatmaps, plot_step_grid, plot_trajectories, save_video, show_video,
                                    show_videos, upsample, video_grid)
-from wclab.inspect.metrics import (lk_tracker, mask_mass_fraction, pairwise_pixel_difference, pixel_difference,
-                                   track_trajectories, trajectory_following_error)
+from wclab.inspect.metrics import (drawn_frame, lk_tracker, mask_mass_fraction, pairwise_pixel_difference,
+                                   pixel_difference, timing_lag, track_trajectories, trajectory_following_error,
+                                   trajectory_timing)
 from wclab.inspect.trajectory_latents import (TrajectorySamples, condition_videos, latent_path, path_crops,
                                               sample_trajectories, token_mask_stats, video_crops)
 
@@ -25,5 +26,6 @@ __all__ = [
     "overlay_trajectories", "pairwise_pixel_difference", "path_crops", "pixel_difference", "plot_heatmaps",
     "plot_step_grid", "plot_trajectories", "run_ablations", "sample_trajectories", "save_video", "show_video",
     "show_videos", "token_mask_stats", "track_trajectories", "trajectory_following_error", "uncaption", "upsample",
+    "drawn_frame", "timing_lag", "trajectory_timing",
     "video_crops", "video_grid", "visibility_variants",
 ]

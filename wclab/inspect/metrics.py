@@ -114,6 +114,70 @@ def trajectory_following_error(video: np.ndarray, scene: Scene, tracker: Optiona
     return pd.DataFrame([{"trajectory": k, **summary(g)} for k, g in per_frame.groupby("trajectory", sort=True)])
 
 
+def drawn_frame(point: np.ndarray, path: np.ndarray, frames: np.ndarray) -> float:
+    """The (fractional) frame at which the drawn ``path`` passes closest to ``point`` (x, y pixels): ``path``
+    float ``[K, 2]`` holds the drawn positions at the increasing ``frames`` [K]; the point is projected onto each
+    segment between consecutive positions and the nearest projection's frame is interpolated (a path that
+    revisits a place gives the earliest of equally near frames). NaN for a NaN point or an empty path."""
+    if len(path) == 0 or not np.isfinite(point).all():
+        return float("nan")
+    if len(path) == 1:
+        return float(frames[0])
+    a, b = path[:-1], path[1:]
+    d = b - a
+    length2 = (d * d).sum(1)
+    t = np.where(length2 > 0, ((point - a) * d).sum(1) / np.where(length2 > 0, length2, 1), 0.0).clip(0, 1)
+    dist = np.hypot(*(a + t[:, None] * d - point).T)
+    i = int(np.argmin(dist))
+    return float(frames[i] + t[i] * (frames[i + 1] - frames[i]))
+
+
+def trajectory_timing(video: np.ndarray, scene: Scene, tracker: Optional[Tracker] = None,
+                      trajectories: Optional[Sequence[int]] = None, vis_threshold: float = 0.5) -> pd.DataFrame:
+    """When does each object get where its path says? Per trajectory and frame of ``video`` uint8
+    ``[N, H, W, 3]`` (N = T or F'), the tracked point (:func:`track_trajectories`) is placed on the drawn path:
+    ``drawn_frame`` is the frame at which the drawing reaches the nearest place (:func:`drawn_frame`) and
+    ``lag`` = frame - drawn_frame, in frames of ``video`` (positive: the object arrives late). Rows: trajectory,
+    id, anchor, frame, drawn_frame, lag; NaN where the point is lost or the trajectory is not visible."""
+    per_frame = track_trajectories(video, scene, tracker, trajectories, vis_threshold)
+    out = []
+    for k, g in per_frame.groupby("trajectory", sort=True):
+        active = g[(g.x >= 0) & (g.y >= 0)]  # frames where the drawn trajectory exists
+        path, frames = active[["x", "y"]].to_numpy(float), active.frame.to_numpy(float)
+        tracked = g[["x_tracked", "y_tracked"]].to_numpy(float)
+        usable = (g.visible & g.found).to_numpy()
+        reached = np.array([drawn_frame(p, path, frames) if ok else np.nan for p, ok in zip(tracked, usable)])
+        out.append(pd.DataFrame({"trajectory": k, "id": g.id.to_numpy(), "anchor": g.anchor.to_numpy(),
+                                 "frame": g.frame.to_numpy(), "drawn_frame": reached,
+                                 "lag": g.frame.to_numpy() - reached}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def timing_lag(videos: Mapping[str, np.ndarray], scene: Scene, tracker: Optional[Tracker] = None,
+               reference: Optional[str] = None) -> pd.DataFrame:
+    """Compare the motion timing of several runs of one scene (e.g. 50-step exact vs 4-step distilled, cache
+    on vs off): one row per (run, trajectory) with the mean ``lag`` behind the drawn schedule (frames, see
+    :func:`trajectory_timing`), the last ``drawn_frame`` reached, and ``lag_vs_reference`` = mean lag minus the
+    reference run's (default: the first run)."""
+    names = list(videos)
+    if not names:
+        raise InspectError("timing_lag: no videos given")
+    reference = names[0] if reference is None else reference
+    if reference not in videos:
+        raise InspectError(f"timing_lag: reference {reference!r} is not one of {names}")
+    rows = []
+    for name in names:
+        timing = trajectory_timing(videos[name], scene, tracker)
+        for k, g in timing.groupby("trajectory", sort=True):
+            reached = g.drawn_frame.dropna()
+            rows.append({"run": name, "trajectory": k, "id": g.id.iloc[0], "anchor": bool(g.anchor.iloc[0]),
+                         "mean_lag": g.lag.mean(), "final_drawn_frame": reached.iloc[-1] if len(reached) else np.nan})
+    table = pd.DataFrame(rows)
+    base = table[table.run == reference].set_index("trajectory").mean_lag
+    table["lag_vs_reference"] = table.mean_lag - table.trajectory.map(base)
+    return table
+
+
 def mask_mass_fraction(heat: torch.Tensor, mask: torch.Tensor) -> float:
     """Fraction (0..1) of the mass of a non-negative map inside a 0/1 ``mask`` of the same shape."""
     heat, mask = torch.as_tensor(heat).float(), torch.as_tensor(mask).float()
