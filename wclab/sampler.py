@@ -112,7 +112,7 @@ class TextCondition:
     """What one CFG branch feeds the DiT's cross-attention (read-only; `Session.text_condition`).
 
     text: the prompt as given (before the tokenizer's cleaning); context: its embedding ``[1, L_text, text_dim]``;
-    spans: ``[(s0, s1), ...]`` text-token ranges of the prompt's caption lines, in caption order (on the
+    spans: ``((s0, s1), ...)`` text-token ranges of the prompt's caption lines, in caption order (on the
     "uncond" branch: the negative prompt's); bias_spec / bias: the cross-attention bias (``bias``
     ``[1, 1, S_video, L_text]``), None where the branch has none.
     """
@@ -131,6 +131,8 @@ class Session:
     >>> s.step()                       # one step; s.history[-1] is its StepRecord
     >>> s.run(until=20)                # steps until 20 steps are done
     >>> s2 = s.branch(); s2.update(cfg=3.0); s2.run()
+    >>> with s.hooks([("blocks.3.hook_out", lambda x, hook: print(hook.ctx.step, hook.ctx.branch))]):
+    ...     s.step()                   # hooks fire for s only (not for branches), read their HookContext
     >>> video = s.run().decode()       # uint8 [T, H, W, 3]
     """
 
