@@ -156,6 +156,32 @@ def test_step_cache_reuses_every_other_forward_per_context_and_detaches_cleanly(
     assert torch.equal(model(x, t, ctx, bias), ref)
 
 
+def test_step_cache_keeps_residuals_per_session_branch_and_cfg_branch():
+    """Issue 15: branches of a session share its text-embedding tensors, so keying by ``context`` made a branch
+    reuse another branch's residual. Keyed by (session, CFG branch), each stream computes its own."""
+    import gc
+
+    from conftest import tiny_base_session
+
+    base = tiny_base_session()
+    a, b = base.branch(), base.branch()
+    b.set_latents(torch.randn(a.latents.shape, generator=torch.Generator().manual_seed(3)))
+    plain_a, plain_b = a.predict(), b.predict()  # step 0: the high expert, cond and uncond
+    with fast.StepCache(a.models.high, threshold=float("inf"), max_reuse=1) as cache:
+        cached_a = a.predict()
+        cached_b = b.predict()  # same context tensors as a, other latents: computed, not a's residual
+        assert (cache.computed, cache.reused) == (4, 0)
+        assert all(torch.equal(x, y) for x, y in zip(cached_a + cached_b, plain_a + plain_b))
+        again_a = a.predict()  # a's own streams: reused
+        assert (cache.computed, cache.reused) == (4, 2)
+        for x, y in zip(again_a, plain_a):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        assert len(cache.state) == 4  # (a, cond), (a, uncond), (b, cond), (b, uncond)
+        del b, cached_b
+        gc.collect()
+        assert len(cache.state) == 2  # b's streams went with b
+
+
 def test_step_cache_with_zero_threshold_never_reuses():
     model, inputs = make_model(), make_inputs()
     ref = model(*inputs)

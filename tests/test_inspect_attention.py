@@ -86,13 +86,27 @@ def test_shapes_and_normalisations(biased):
     assert list(words) == ["object", "1", "moves", "along", "its", "path."]
 
 
+def test_a_branch_made_while_maps_are_attached_adds_nothing_to_them(base):
+    """Issue 15: maps' hooks leaked into branches and added the branches' forwards into the parent's sums."""
+    alone, only = run_with_maps(base, until=1)
+    s = base.branch()
+    with AttentionMaps(s) as maps:
+        s.run(until=1)
+        inside = s.branch()
+        inside.run()  # step 1 inside the block, on the branch
+    inside.branch().run()
+    s.branch().run()  # and after the block
+    assert maps.recorded_steps == [0] and maps.counts == only.counts == {0: 2 * 4}
+    assert torch.equal(maps.sums[0], only.sums[0])
+
+
 def test_maps_equal_explicit_probabilities_summed_over_heads_and_spans(base):
     """Both the recomputed maps and the explicit pattern (opt-in hook_probs) see the same q/k in one forward."""
     s = base.branch()
     probs = {}
 
     def keep(x, hook):
-        probs[s.current_branch] = x.detach().clone()
+        probs[hook.ctx.branch] = x.detach().clone()
 
     with AttentionMaps(s, blocks=[1], heads=[0, 2], words=[1]) as cond, \
             AttentionMaps(s, blocks=[1], heads=[0, 2], branches="uncond") as uncond, \
@@ -100,7 +114,7 @@ def test_maps_equal_explicit_probabilities_summed_over_heads_and_spans(base):
         s.run(until=1)
     # float32 sums of the same probabilities in a different order: agree to ~1e-6 relative
     p = probs["cond"][0, [0, 2]].sum(0)  # [S, L]
-    for i, (s0, s1) in zip(["1", "2", "3"], s.positive.spans):
+    for i, (s0, s1) in zip(["1", "2", "3"], s.caption_spans("cond")):
         torch.testing.assert_close(cond.per_object(normalize="none")[i], p[:, s0:s1].sum(1).reshape(GRID),
                                    rtol=1e-5, atol=1e-5)
     (w0, w1) = word_spans(s.conditions.prompt, s.models.tokenizer, 0)[2][1]
@@ -108,7 +122,7 @@ def test_maps_equal_explicit_probabilities_summed_over_heads_and_spans(base):
                                rtol=1e-5, atol=1e-5)
     # uncond: only object 1 (caption order 0) is bound to the negative prompt's single span
     q = probs["uncond"][0, [0, 2]].sum(0)
-    (n0, n1), = s.negative.spans
+    (n0, n1), = s.caption_spans("uncond")
     maps = uncond.per_object(normalize="none")
     torch.testing.assert_close(maps["1"], q[:, n0:n1].sum(1).reshape(GRID), rtol=1e-5, atol=1e-5)
     assert float(maps["2"].abs().max()) == 0 and float(maps["3"].abs().max()) == 0

@@ -1,6 +1,7 @@
 """Session behaviour beyond parity: caches, hooks, interventions between steps (tiny generated models, 64x112x9)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,64 @@ def test_cached_activation_is_what_a_plain_hook_sees(fresh):
     assert torch.equal(cache["step0.cond.high.blocks.1.cross_attn.hook_out"], seen["cond"])
     assert "step0.uncond.high.blocks.1.cross_attn.hook_out" not in cache
     assert torch.equal(a.latents, b.latents)  # caching does not change the run
+
+
+def test_hooks_of_a_with_block_belong_to_its_session_not_to_branches_made_inside_it(fresh):
+    """Issue 15: the branch copied the hook list, so the block's hooks kept firing in it after the block closed."""
+    s = fresh.branch()
+    fired = []
+    with s.hooks([("blocks.0.hook_out", lambda x, hook: fired.append(hook.name))]):
+        inside = s.branch()
+        inside.step()
+        assert fired == []  # a branch made inside the block starts without the block's hooks
+        s.step()
+        assert len(fired) == 2  # the session's own forwards (cond + uncond) still run them
+    inside.step()
+    s.step()
+    assert len(fired) == 2  # after the block: neither the session nor its branch runs them
+
+
+def test_hooks_receive_the_forward_context_step_timestep_sigma_expert_branch_and_session(fresh):
+    s = fresh.branch()
+    seen = []
+    with s.hooks([("blocks.0.hook_out", lambda x, hook: seen.append(hook.ctx))]):
+        s.run()
+    assert [(c.step, c.branch) for c in seen] == [(i, b) for i in range(3) for b in ("cond", "uncond")]
+    for c in seen:
+        rec = s.history[c.step]
+        assert (c.timestep, c.sigma, c.expert) == (rec.timestep, rec.sigma, rec.expert) and c.session is s
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen[0].step = 5  # read-only
+    x = s.model_input()
+    t = torch.tensor([s.history[0].timestep])
+    text = s.text_condition("cond")
+    with s.models.high.hooks([("blocks.0.hook_out", lambda x, hook: seen.append(hook.ctx))]):
+        s.models.high(x, t, text.context, text.bias)  # a bare model call has no session context
+    assert seen[-1] is None
+
+
+def test_under_cfg_parallelism_the_context_names_the_branch_this_rank_computes(fresh, monkeypatch):
+    for dit in (fresh.models.high, fresh.models.low):  # a rank of a CFG split that computes "uncond"
+        monkeypatch.setattr(dit, "cfg_branch", "uncond", raising=False)
+        monkeypatch.setattr(dit, "join_cfg", lambda out: (out, out), raising=False)
+    s = fresh.branch()
+    seen = []
+    with s.hooks([("blocks.0.hook_out", lambda x, hook: seen.append((hook.ctx.step, hook.ctx.branch)))]):
+        s.step()
+    assert seen == [(0, "uncond")]
+
+
+def test_text_condition_and_caption_spans_per_cfg_branch(fresh):
+    s = fresh.branch()
+    cond, uncond = s.text_condition("cond"), s.text_condition("uncond")
+    assert cond.text == s.conditions.prompt.text and uncond.text == s.settings.negative_prompt
+    assert s.caption_spans("cond") == cond.spans and len(cond.spans) == len(s.conditions.caption_order)
+    assert s.caption_spans("uncond") == uncond.spans and len(uncond.spans) == 1
+    assert cond.bias is not None and tuple(cond.context.shape[:2]) == (1, cond.bias.shape[-1])
+    s.update(negative_bias="none")
+    assert s.text_condition("uncond").bias is None and fresh.text_condition("uncond").bias is not None
+    with pytest.raises(SessionError, match="cond"):
+        s.text_condition("positive")
 
 
 def test_zeroing_the_bias_through_a_hook_equals_beta_one(fresh):

@@ -27,12 +27,13 @@ from wclab.encode.bias import BETA
 from wclab.errors import WclabError
 from wclab.image import crop_and_resize, image_to_tensor, load_image
 from wclab.models.conditioning import image_condition, latent_shape, make_noise
-from wclab.models.hooks import ActivationCache
+from wclab.models.hooks import ActivationCache, HookContext, hook_context
 from wclab.models.scheduler import FlowMatchScheduler
 from wclab.models.text_encoder import DEFAULT_NEGATIVE_PROMPT
 from wclab.sizes import TILE_SIZE, TILE_STRIDE, VAE_STRIDE
 
 Expert = Literal["high", "low"]
+CfgBranch = Literal["cond", "uncond"]
 NegativeBias = Literal["reference", "none"]
 HookFn = Callable[..., Optional[torch.Tensor]]
 
@@ -106,15 +107,21 @@ class StepRecord:
     x0: Optional[torch.Tensor] = None
 
 
-@dataclass
-class _Branch:
-    """Text embedding + bias for one CFG branch."""
+@dataclass(frozen=True)
+class TextCondition:
+    """What one CFG branch feeds the DiT's cross-attention (read-only; `Session.text_condition`).
 
-    text: str  # the prompt as given (before the tokenizer's cleaning)
-    context: torch.Tensor  # [1, L_text, text_dim]
-    spans: list[tuple[int, int]]
-    bias_spec: Optional[BiasSpec]
-    bias: Optional[torch.Tensor]  # [1, 1, S_video, L_text] or None
+    text: the prompt as given (before the tokenizer's cleaning); context: its embedding ``[1, L_text, text_dim]``;
+    spans: ``((s0, s1), ...)`` text-token ranges of the prompt's caption lines, in caption order (on the
+    "uncond" branch: the negative prompt's); bias_spec / bias: the cross-attention bias (``bias``
+    ``[1, 1, S_video, L_text]``), None where the branch has none.
+    """
+
+    text: str
+    context: torch.Tensor
+    spans: tuple[tuple[int, int], ...]
+    bias_spec: Optional[BiasSpec] = None
+    bias: Optional[torch.Tensor] = None
 
 
 class Session:
@@ -124,6 +131,8 @@ class Session:
     >>> s.step()                       # one step; s.history[-1] is its StepRecord
     >>> s.run(until=20)                # steps until 20 steps are done
     >>> s2 = s.branch(); s2.update(cfg=3.0); s2.run()
+    >>> with s.hooks([("blocks.3.hook_out", lambda x, hook: print(hook.ctx.step, hook.ctx.branch))]):
+    ...     s.step()                   # hooks fire for s only (not for branches), read their HookContext
     >>> video = s.run().decode()       # uint8 [T, H, W, 3]
     """
 
@@ -143,7 +152,8 @@ class Session:
         self.scheduler = FlowMatchScheduler(shift=settings.shift)
         self.scheduler.set_timesteps(settings.steps, shift=settings.shift)
         self._fwd_hooks: list[tuple[str, HookFn]] = []
-        self.current_branch: Literal["cond", "uncond"] = "cond"  # which CFG branch the DiT is running
+        # the CFG branch of the forward running now; kept for old code, hooks read ``hook.ctx.branch`` instead
+        self.current_branch: CfgBranch = "cond"
 
         self.image = _as_image(image, settings.height, settings.width)  # PIL, H x W
         image_tensor = image_to_tensor(self.image).to(models.device, models.dtype)
@@ -152,7 +162,7 @@ class Session:
                 models.vae, image_tensor, settings.frames, tiled=self._tiled(), tile_size=settings.tile_size,
                 tile_stride=settings.tile_stride)
         self.negative = self._encode_text(settings.negative_prompt)
-        self.positive: Optional[_Branch] = None
+        self.positive: Optional[TextCondition] = None
         self._set_scene(scene)
         self.noise = make_noise(latent_shape(settings.height, settings.width, settings.frames), settings.seed,
                                 device=models.device, dtype=models.dtype)
@@ -167,13 +177,13 @@ class Session:
             return s.tiled
         return s.height // VAE_STRIDE > s.tile_size[0] or s.width // VAE_STRIDE > s.tile_size[1]
 
-    def _encode_text(self, text: str) -> _Branch:
+    def _encode_text(self, text: str) -> TextCondition:
         tok = self.models.tokenizer
         ids, mask = tok(text)
         with torch.no_grad():
             context = self.models.text_encoder(ids, mask).to(self.models.device, self.models.dtype)
         spans = caption_spans(text, tok, tok.text_len)
-        return _Branch(text=text, context=context, spans=spans, bias_spec=None, bias=None)
+        return TextCondition(text=text, context=context, spans=tuple(tuple(sp) for sp in spans))
 
     def _set_scene(self, scene: Scene) -> None:
         self.scene = scene
@@ -188,13 +198,13 @@ class Session:
     def _build_biases(self) -> None:
         s, c, dev, dt = self.settings, self.conditions, self.models.device, self.models.dtype
         text_len = self.positive.context.shape[1]
-        self.positive.bias_spec = BiasSpec.from_token_masks(c.token_masks, c.caption_order, self.positive.spans, s.beta)
-        self.positive.bias = self.positive.bias_spec.dense(text_len, dt, dev)
+        spec = BiasSpec.from_token_masks(c.token_masks, c.caption_order, list(self.positive.spans), s.beta)
+        self.positive = dataclasses.replace(self.positive, bias_spec=spec, bias=spec.dense(text_len, dt, dev))
         if s.negative_bias == "reference":
-            self.negative.bias_spec = BiasSpec.negative(c.token_masks, c.caption_order, self.negative.spans, s.beta)
-            self.negative.bias = self.negative.bias_spec.dense(text_len, dt, dev)
+            spec = BiasSpec.negative(c.token_masks, c.caption_order, list(self.negative.spans), s.beta)
+            self.negative = dataclasses.replace(self.negative, bias_spec=spec, bias=spec.dense(text_len, dt, dev))
         elif s.negative_bias == "none":
-            self.negative.bias_spec, self.negative.bias = None, None
+            self.negative = dataclasses.replace(self.negative, bias_spec=None, bias=None)
         else:
             raise SessionError(f"negative_bias: expected 'reference' or 'none', got {s.negative_bias!r}")
 
@@ -223,6 +233,21 @@ class Session:
         """The expert the next step uses."""
         return self.scheduler.expert_for(self.timestep, self.settings.boundary)
 
+    def text_condition(self, branch: CfgBranch = "cond") -> TextCondition:
+        """The prompt ("cond") or negative prompt ("uncond") as the DiT sees it: text, embedding, caption
+        spans and bias (the current ones: `set_scene` / `update` replace them)."""
+        if branch == "cond":
+            return self.positive
+        if branch == "uncond":
+            return self.negative
+        raise SessionError(f"branch: expected 'cond' or 'uncond', got {branch!r}")
+
+    def caption_spans(self, branch: CfgBranch = "cond") -> tuple[tuple[int, int], ...]:
+        """``((s0, s1), ...)``: text-token ranges of the captions on a CFG branch, in caption order (object
+        ``k = conditions.caption_order[id]`` owns span k). On "uncond" these are the negative prompt's spans,
+        which the reference's negative bias binds to objects in caption order (usually one span)."""
+        return self.text_condition(branch).spans
+
     def dit(self, expert: Expert):
         return self.models.high if expert == "high" else self.models.low
 
@@ -239,26 +264,33 @@ class Session:
     @torch.no_grad()
     def predict(self, latents: Optional[torch.Tensor] = None, step: Optional[int] = None
                 ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-        """``(cond, uncond, velocity)`` of the expert at ``step`` (default: the next step) — no state change."""
+        """``(cond, uncond, velocity)`` of the expert at ``step`` (default: the next step) — no state change.
+
+        Each DiT forward runs with its `HookContext` (``hook.ctx`` in hooks): this session, ``step``, its
+        timestep, sigma and expert, and the CFG branch it computes (under CFG parallelism: this rank's)."""
         step = self.step_index if step is None else step
-        t = float(self.scheduler.timesteps[step])
-        dit = self.dit(self.scheduler.expert_for(t, self.settings.boundary))
+        t, sigma = float(self.scheduler.timesteps[step]), float(self.scheduler.sigmas[step])
+        expert = self.scheduler.expert_for(t, self.settings.boundary)
+        dit = self.dit(expert)
         x = self.model_input(latents)
         timestep = torch.tensor([t], device=x.device, dtype=x.dtype)
+
+        def forward(branch: CfgBranch) -> torch.Tensor:
+            self.current_branch = branch
+            text = self.text_condition(branch)
+            with hook_context(HookContext(step, t, sigma, expert, branch, self)):
+                return dit(x, timestep, text.context, text.bias)
+
         split = getattr(dit, "cfg_branch", None)  # CFG parallelism: this rank computes one branch only
         with self._hooks_on(dit):
             if self.settings.cfg != 1.0 and split is not None:
-                self.current_branch = split
-                branch = self.positive if split == "cond" else self.negative
-                cond, uncond = dit.join_cfg(dit(x, timestep, branch.context, branch.bias))
+                cond, uncond = dit.join_cfg(forward(split))
                 return cond, uncond, uncond + self.settings.cfg * (cond - uncond)
-            self.current_branch = "cond"
-            cond = dit(x, timestep, self.positive.context, self.positive.bias)
+            cond = forward("cond")
             uncond = None
             velocity = cond
             if self.settings.cfg != 1.0:
-                self.current_branch = "uncond"
-                uncond = dit(x, timestep, self.negative.context, self.negative.bias)
+                uncond = forward("uncond")
                 velocity = uncond + self.settings.cfg * (cond - uncond)
         return cond, uncond, velocity
 
@@ -333,13 +365,15 @@ class Session:
 
     def branch(self) -> "Session":
         """A copy that shares everything computed so far (tensors are never modified in place) and then goes
-        its own way: stepping, edits and hooks of one do not affect the other."""
+        its own way: stepping, edits and hooks of one do not affect the other.
+
+        The branch starts without hooks: hooks attached with ``with s.hooks(...)`` (and `AttentionMaps` on
+        ``s``) belong to ``s`` alone, also for a branch made inside that block; attach hooks to the branch with
+        its own ``with b.hooks(...)``."""
         other = copy.copy(self)
         other.history = list(self.history)
-        other._fwd_hooks = list(self._fwd_hooks)
+        other._fwd_hooks = []
         other.scheduler = copy.deepcopy(self.scheduler)
-        other.positive = copy.copy(self.positive)
-        other.negative = copy.copy(self.negative)
         return other
 
     # ------------------------------------------------------------------------------------------- hooks
@@ -355,8 +389,10 @@ class Session:
 
     @contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]] = ()) -> Iterator["Session"]:
-        """Attach ``(name, fn)`` hooks while the block runs. ``name`` is ``high.<hook>``, ``low.<hook>`` or a bare
-        ``<hook>`` for both experts; ``fn(tensor, hook)`` may return a replacement tensor."""
+        """Attach ``(name, fn)`` hooks to this session's forwards while the block runs. ``name`` is
+        ``high.<hook>``, ``low.<hook>`` or a bare ``<hook>`` for both experts; ``fn(tensor, hook)`` may return a
+        replacement tensor. The hooks fire for this session only: a branch made inside the block does not get
+        them (see :meth:`branch`), and they are gone when the block closes."""
         added = list(fwd_hooks)
         for name, _ in added:  # validate now, so a typo fails before any compute
             experts, rest = self._split(name)
@@ -395,9 +431,10 @@ class Session:
 
         def make(expert: Expert, bare: str) -> HookFn:
             def fn(x, hook):
-                br = self.current_branch
-                if branch in ("both", br):
-                    store[f"step{self.step_index}.{br}.{expert}.{bare}"] = x.detach().to(device) if device else x.detach()
+                ctx = hook.ctx
+                if branch in ("both", ctx.branch):
+                    x = x.detach()
+                    store[f"step{ctx.step}.{ctx.branch}.{expert}.{bare}"] = x.to(device) if device else x
                 return None
             return fn
 

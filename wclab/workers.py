@@ -19,10 +19,10 @@ video tokens; every rank gets the full output. Nothing else is distributed, so `
 Hooks run only in the notebook, on full tensors: at each hook point that has hooks, the ranks all-gather the
 token slices (`wclab.parallel.gather_tokens`; text-side and modulation tensors are whole on every rank already),
 the notebook runs the hooks on the whole ``[B, S, ...]`` tensor, exactly as in one process, and broadcasts a
-replacement, if a hook returned one, for every rank to take its slice of. So hooks see ``step_index``,
-``current_branch`` and the notebook's objects as usual, ``Session.run_with_cache`` caches whole tensors, and
-`wclab.inspect.AttentionMaps` gets complete ``[R, S]`` sums (do not call ``gather_attention_maps`` on them). A
-hook that raises stops the forward on every rank in step; the workers stay usable.
+replacement, if a hook returned one, for every rank to take its slice of. So hooks see their ``hook.ctx``
+(`wclab.models.hooks.HookContext`) and the notebook's objects as usual, ``Session.run_with_cache`` caches whole
+tensors, and `wclab.inspect.AttentionMaps` gets complete ``[R, S]`` sums (do not call ``gather_attention_maps``
+on them). A hook that raises stops the forward on every rank in step; the workers stay usable.
 
 Transport (all PyTorch): a ``TCPStore`` hosted by the notebook (start-up progress and worker tracebacks); a gloo
 group without a deadline that carries each command header (``broadcast_object_list``: an idle worker waits for

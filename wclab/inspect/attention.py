@@ -41,6 +41,7 @@ from torch import Tensor
 
 from wclab.encode import word_spans
 from wclab.errors import WclabError
+from wclab.models.hooks import HookContext, current_hook_context
 
 Branch = Literal["cond", "uncond"]
 Normalize = Literal["mean", "sum", "max", "none"]
@@ -121,14 +122,17 @@ class AttentionMaps:
             stack.close()
 
     def _wanted(self) -> bool:
-        s = self.session
-        return s.current_branch in self.branches and (self.steps is None or s.step_index in self.steps)
+        """Whether the forward running now is one to record: this session's (not a branch's), on a selected
+        CFG branch and step (its `HookContext`)."""
+        ctx = current_hook_context()
+        return (ctx is not None and ctx.session is self.session and ctx.branch in self.branches
+                and (self.steps is None or ctx.step in self.steps))
 
-    def _selector(self, text_len: int, device) -> Tensor:
-        """float32 [L, R]: 1 where text token l belongs to target r on the current branch."""
+    def _selector(self, ctx: HookContext, text_len: int, device) -> Tensor:
+        """float32 [L, R]: 1 where text token l belongs to target r on the forward's CFG branch."""
         s = self.session
-        branch = s.current_branch
-        spans = s.positive.spans if branch == "cond" else s.negative.spans
+        branch = ctx.branch
+        spans = s.caption_spans(branch)
         order = s.conditions.caption_order
         key = (branch, tuple(spans), tuple(sorted(order.items())), text_len, str(device))
         sel = self._selector_cache.get(key)
@@ -144,9 +148,10 @@ class AttentionMaps:
         return sel
 
     def _accumulate(self, q: Tensor, k: Tensor, bias: Optional[Tensor]) -> None:
-        """Add this block's ``[R, S]`` mass to the running sum of the current step."""
-        mass = self._span_mass(q, k, bias, self._selector(k.shape[1], q.device), self.heads)
-        step = self.session.step_index
+        """Add this block's ``[R, S]`` mass to the running sum of the forward's step."""
+        ctx = current_hook_context()
+        mass = self._span_mass(q, k, bias, self._selector(ctx, k.shape[1], q.device), self.heads)
+        step = ctx.step
         self.sums[step] = self.sums[step] + mass if step in self.sums else mass
         self.counts[step] = self.counts.get(step, 0) + q.shape[0] * len(self.heads)
 

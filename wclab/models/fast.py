@@ -16,6 +16,7 @@ Per-object cross-attention maps (with or without these fast paths) are `wclab.in
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Iterator, Optional, Union
 
@@ -25,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from wclab.errors import WclabError
 from wclab.models.dit import DiT
+from wclab.models.hooks import current_hook_context
 
 Device = Union[str, torch.device]
 FP8 = torch.float8_e4m3fn
@@ -249,9 +251,12 @@ class StepCache:
     """Fast mode (changes outputs): skip most blocks on denoising steps where the input barely changed.
 
     Each forward runs the first ``first_blocks`` blocks, then compares their output with the one stored at the
-    last fully computed forward of the same CFG branch (branches told apart by their ``context`` tensor):
-    mean|Δ| / mean|stored| < ``threshold`` and fewer than ``max_reuse`` reuses in a row -> the remaining blocks
-    are skipped and the residual they added last time is added instead (First-Block-Cache / TeaCache-style).
+    last fully computed forward of the same stream: mean|Δ| / mean|stored| < ``threshold`` and fewer than
+    ``max_reuse`` reuses in a row -> the remaining blocks are skipped and the residual they added last time is
+    added instead (First-Block-Cache / TeaCache-style). A stream is one (session, CFG branch) pair when a
+    `wclab.sampler.Session` runs the forward (from its `HookContext`): a session's branches never share
+    residuals, even though they share text-embedding tensors, and a stream's state goes when its session is
+    garbage-collected. A bare model call is keyed by its ``context`` tensor (storage and shape).
     ``threshold=inf, max_reuse=1`` reuses every other forward of each branch. Hook points of skipped blocks do
     not fire. ``computed`` / ``reused`` count forwards; ``remove()`` (or leaving the ``with``) detaches it.
     While attached, the model's ``forward`` is :meth:`forward` (an instance attribute), which runs the DiT's
@@ -265,14 +270,14 @@ class StepCache:
             raise FastPathError(f"StepCache: max_reuse must be >= 0, got {max_reuse}")
         self.model, self.first, self.threshold, self.max_reuse = model, first_blocks, threshold, max_reuse
         self.computed = self.reused = 0
-        self.state: dict[tuple, dict] = {}  # branch key -> {"first": Tensor, "residual": Tensor, "streak": int}
+        self.state: dict[tuple, dict] = {}  # stream key -> {"first": Tensor, "residual": Tensor, "streak": int}
         model.forward = self.forward
 
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         """`DiT.forward` with the deep blocks skipped when the first blocks' output barely changed."""
         model = self.model
         e = model.embed(x, timestep, context, bias)
-        st = self.state.setdefault((context.data_ptr(), tuple(context.shape)), {"streak": 0})
+        st = self._stream(context)
         h = e.tokens
         for block in model.blocks[:self.first]:
             h = block(h, e.context, e.t_mod, e.freqs, e.bias)
@@ -287,6 +292,17 @@ class StepCache:
             st.update(first=first, residual=h - first, streak=0)
             self.computed += 1
         return model.hook_head_out(model.unpatchify(model.head(h, e.t), e.grid))
+
+    def _stream(self, context: Tensor) -> dict:
+        """The state of the forward's stream: (session, CFG branch) from the hook context, else the context tensor."""
+        ctx = current_hook_context()
+        if ctx is None or ctx.session is None:
+            return self.state.setdefault(("context", context.data_ptr(), tuple(context.shape)), {"streak": 0})
+        key = ("session", id(ctx.session), ctx.branch)
+        if key not in self.state:  # dropped when the session goes, before its id can be reused
+            self.state[key] = {"streak": 0}
+            weakref.finalize(ctx.session, self.state.pop, key, None)
+        return self.state[key]
 
     @staticmethod
     def _change(now: Tensor, before: Tensor) -> float:

@@ -2,19 +2,24 @@
 
 A model places a `HookPoint` (an identity module) at every tensor worth seeing; its name is its path in the
 module tree (``"blocks.12.cross_attn.hook_probs"``). Hook functions receive ``(tensor, hook)`` and return
-``None`` (only look) or a replacement tensor. A hook point without hooks returns its input unchanged, so
+``None`` (only look) or a replacement tensor. ``hook.ctx`` is the read-only `HookContext` of the forward that
+is running (step, timestep, sigma, expert, CFG branch, session) when a `wclab.sampler.Session` runs it, and
+None for a bare model call. A hook point without hooks returns its input unchanged, so
 hooks cost nothing unless used. Opt-in hook points mark tensors the model only materialises when a hook is
 attached (e.g. cross-attention probabilities, which the fast attention kernels never form).
 
     with model.hooks([("blocks.0.cross_attn.hook_bias", lambda b, hook: torch.zeros_like(b))]):
         out = model(x, t, ctx, bias)
     out, cache = model.run_with_cache(x, t, ctx, bias, names_filter=lambda n: n.endswith("hook_out"))
+    with session.hooks([("blocks.0.hook_out", lambda x, hook: print(hook.ctx.step, hook.ctx.branch))]): ...
 """
 from __future__ import annotations
 
 import difflib
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Union
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +37,42 @@ def _unknown_name_error(name: str, known: Iterable[str], what: str = "hook point
     return HookError(f"unknown {what} {name!r}.{hint}")
 
 
+@dataclass(frozen=True)
+class HookContext:
+    """What a model forward is computing, for the hooks that run inside it (read-only).
+
+    step: denoising step index (0-based); timestep: 0..1000; sigma: noise level of the step's input; expert:
+    "high" | "low"; branch: the CFG branch this forward (under CFG parallelism: this rank) computes, "cond" for
+    the prompt and "uncond" for the negative prompt; session: the `wclab.sampler.Session` running the forward —
+    the session itself, never a parent it was branched from.
+    """
+
+    step: int
+    timestep: float
+    sigma: float
+    expert: Literal["high", "low"]
+    branch: Literal["cond", "uncond"]
+    session: Any = None
+
+
+_CONTEXT: ContextVar[Optional[HookContext]] = ContextVar("wclab_hook_context", default=None)
+
+
+def current_hook_context() -> Optional[HookContext]:
+    """The `HookContext` of the forward running now (None outside a `hook_context` block)."""
+    return _CONTEXT.get()
+
+
+@contextmanager
+def hook_context(ctx: Optional[HookContext]) -> Iterator[Optional[HookContext]]:
+    """Make ``ctx`` the context that hooks see (``hook.ctx``) inside the block; restores the previous one."""
+    token = _CONTEXT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CONTEXT.reset(token)
+
+
 class HookPoint(nn.Module):
     """Identity module that runs its hooks on the tensor passing through.
 
@@ -44,6 +85,12 @@ class HookPoint(nn.Module):
         self.name = ""  # set by HookedModule.setup_hooks from the module tree
         self.opt_in = opt_in
         self._hooks: list[HookFn] = []
+
+    @property
+    def ctx(self) -> Optional[HookContext]:
+        """The `HookContext` of the forward that is running (None for a bare model call): read it inside hooks
+        instead of mutable session state such as ``session.step_index``."""
+        return _CONTEXT.get()
 
     @property
     def active(self) -> bool:
