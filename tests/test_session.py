@@ -186,3 +186,13 @@ def test_settings_fixed_at_preparation_cannot_change_mid_run(fresh):
 def test_x0_and_preview_need_a_recorded_step(fresh):
     with pytest.raises(SessionError, match="no step"):
         fresh.branch().x0()
+
+
+def test_the_step_distilled_preset_runs_four_steps_without_a_negative_branch(models, scene):
+    s = Session(models, scene, CI / "ball.png", Settings.step_distilled(seed=3), progress=False)
+    s.run()
+    assert [round(r.timestep, 1) for r in s.history] == [1000.0, 937.5, 833.3, 625.0]
+    assert [r.expert for r in s.history] == ["high", "high", "low", "low"]
+    assert all(r.uncond is None for r in s.history) and s.settings.seed == 3
+    with pytest.raises(SessionError, match="step_list has 4 timesteps but steps is 5"):
+        Session(models, scene, CI / "ball.png", Settings.step_distilled(steps=5), progress=False)

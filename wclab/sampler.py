@@ -56,7 +56,9 @@ class Settings:
     high- to the low-noise expert once timestep < boundary·1000; beta: cross-attention bias strength (1 = no
     bias); negative_bias: "reference" biases the negative branch like the released pipeline, "none" does not;
     point_mode: "point" | "mask" point-channel features; tiled: VAE tiling (None: tile when the latent grid is
-    larger than one tile); record: per-step tensors to keep ("full", "latents" or "none").
+    larger than one tile); record: per-step tensors to keep ("full", "latents" or "none"); step_list: the
+    training timesteps of a step-distilled schedule (`FlowMatchScheduler.set_step_list`; ``steps`` must equal
+    its length), None for the usual ``steps``-point schedule. `Settings.step_distilled()` is the 4-step preset.
     """
 
     height: Optional[int] = None
@@ -76,6 +78,14 @@ class Settings:
     tile_stride: tuple[int, int] = TILE_STRIDE
     record: Literal["full", "latents", "none"] = "full"
     record_device: Optional[str] = "cpu"
+    step_list: Optional[tuple[int, ...]] = None
+
+    @classmethod
+    def step_distilled(cls, **changes: Any) -> "Settings":
+        """The step-distillation preset (LightX2V's Wan2.2-I2V-A14B 4-step LoRAs): timesteps 1000, 750, 500, 250
+        of the shift-5 schedule, no negative branch (cfg 1); the 0.9 boundary gives the first two steps to the
+        high-noise expert as the recipe does. ``changes`` override any field (e.g. ``seed``)."""
+        return cls(steps=4, shift=5.0, cfg=1.0, step_list=(1000, 750, 500, 250)).replace(**changes)
 
     def replace(self, **changes: Any) -> "Settings":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -150,7 +160,12 @@ class Session:
         self.settings = settings
         self.progress = progress
         self.scheduler = FlowMatchScheduler(shift=settings.shift)
-        self.scheduler.set_timesteps(settings.steps, shift=settings.shift)
+        if settings.step_list is None:
+            self.scheduler.set_timesteps(settings.steps, shift=settings.shift)
+        elif len(settings.step_list) != settings.steps:
+            raise SessionError(f"step_list has {len(settings.step_list)} timesteps but steps is {settings.steps}")
+        else:
+            self.scheduler.set_step_list(settings.step_list, shift=settings.shift)
         self._fwd_hooks: list[tuple[str, HookFn]] = []
         # the CFG branch of the forward running now; kept for old code, hooks read ``hook.ctx.branch`` instead
         self.current_branch: CfgBranch = "cond"
