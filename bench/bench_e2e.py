@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
             torch.cuda.empty_cache()
         r["t5_to_cpu_s"] = round(time.perf_counter() - t0, 1)
         r["allocated_after_t5_offload_gib"] = memory().get("allocated_gib")
-        r["prompt_tokens"] = int(st["session"].positive.spans[-1][1])
+        r["prompt_tokens"] = int(st["session"].caption_spans("cond")[-1][1])
         return r
 
     def decode(name):
