@@ -44,9 +44,14 @@ def editor() -> TrajectoryEditor:
     return TrajectoryEditor(scene_image(), height=H, width=W, frames=T, segmenter=FallbackSegmenter())
 
 
-def mouse(editor: TrajectoryEditor, x: float, y: float) -> None:
-    """What the browser sends when the canvas is clicked (through the widget's comm message handler)."""
+def mouse(editor: TrajectoryEditor, x: float, y: float, *, drag_to: tuple = ()) -> None:
+    """What the browser sends when the canvas is clicked (through the widget's comm message handler): button
+    down, moves to each point of ``drag_to`` with the button held, button up."""
     editor.canvas._handle_custom_msg({"event": "mouse_down", "x": x, "y": y}, [])
+    for mx, my in drag_to:
+        editor.canvas._handle_custom_msg({"event": "mouse_move", "x": mx, "y": my}, [])
+        x, y = mx, my
+    editor.canvas._handle_custom_msg({"event": "mouse_up", "x": x, "y": y}, [])
 
 
 def key(editor: TrajectoryEditor, k: str, shift=False, ctrl=False) -> None:
@@ -434,7 +439,7 @@ def test_widget_mouse_and_keyboard_events_build_the_scene(editor, tmp_path):
     assert editor.feedback.message == ""
     traj, = editor.scene().trajectories
     assert traj.points[-1] == (80.0, 100.0) and traj.text == "a red box slides right"
-    assert editor.trajectories.options[-1] == ("0: object 1 — a red box slides right", 0)
+    assert editor.trajectories.options[-1] == ("0: object 1 [0, 17) — a red box slides right", 0)
     key(editor, "z", ctrl=True)
     assert editor.state.draft.trajectories == ()
     key(editor, "z", ctrl=True, shift=True)

@@ -127,6 +127,11 @@ class SamSegmenter:
         self.embeddings_computed = 0
         """How many times an image embedding was computed (one per distinct image)."""
 
+    @staticmethod
+    def describe_score(score: float) -> str:
+        """SAM's own estimate of the mask's quality (IoU), 0..1."""
+        return f"SAM quality {score:.2f} (0..1)"
+
     @classmethod
     def from_checkpoint(cls, checkpoint: Union[str, Path, None], model_type: Optional[str] = None,
                         device: Optional[str] = None) -> "SamSegmenter":
@@ -194,6 +199,11 @@ class FallbackSegmenter:
     """
 
     label = "fallback (no SAM checkpoint)"
+
+    @staticmethod
+    def describe_score(score: float) -> str:
+        """The fallback's score is no quality estimate: it is the share of the candidate region kept."""
+        return f"fallback: {score:.0%} of the area near the clicks kept, not a quality score"
 
     def __init__(self, reach: float = 0.25, iterations: int = 3, flood_tolerance: int = 24):
         self.reach, self.iterations, self.flood_tolerance = reach, iterations, flood_tolerance
