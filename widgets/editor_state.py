@@ -288,7 +288,10 @@ class EditorState:
         if d.polyline and d.editing is None:
             self._apply(f"selected trajectory {index} (finish or clear the drawing to edit it)", selected=index)
             return
-        t = d.trajectories[index]
+        self._load_for_editing(index)
+
+    def _load_for_editing(self, index: int) -> None:
+        t = self.draft.trajectories[index]
         st, et = active_range(t)
         polyline = tuple((float(x), float(y)) for x, y in control_points(t))
         if len(polyline) > 1 and (st, et) == (0, self.frames) and np.allclose(polyline[0], polyline[-1]):
@@ -300,6 +303,16 @@ class EditorState:
                     "then Add trajectory saves it", selected=index, editing=index, mode="draw", clicks=(),
                     mask=_frozen(t.mask.decode()), mask_score=None, mask_rle=t.mask, polyline=polyline,
                     st=st, et=et, erased=erased, erase_start=None, obj_id=int(t.id), caption=t.text)
+
+    def edit_selected(self) -> None:
+        """Load the selected trajectory for editing (as selecting it in the list does)."""
+        d = self.draft
+        if d.selected is None:
+            raise EditorError("nothing selected: pick a trajectory in the list first")
+        if d.polyline and d.editing is None:
+            raise EditorError("a new trajectory is being drawn: add it or clear it (Escape) first")
+        if d.editing != d.selected:
+            self._load_for_editing(d.selected)
 
     # ------------------------------------------------------------------ clicks
     def on_click(self, x: float, y: float, negative: Optional[bool] = None) -> None:
@@ -504,16 +517,17 @@ class EditorState:
         if not d.caption:
             raise EditorError("empty caption: describe the object, or write None for a camera/background anchor")
         traj = self.pending()
-        scene, note, slot = d.scene, "", None
-        if d.editing is not None:  # take the edited trajectory out; it goes back in place (same id) or at the end
+        scene, note = d.scene, ""
+        if d.editing is not None:
             old_t = scene.trajectories[d.editing]
-            if old_t.id == traj.id:
-                slot = d.editing
-            trajs = scene.trajectories[:d.editing] + scene.trajectories[d.editing + 1:]
-            ids = {str(t.id) for t in trajs} | ({str(traj.id)} if slot is not None else set())
-            scene = scene.replace(trajectories=trajs,
-                                  captions={k: v for k, v in scene.captions.items() if k in ids},
-                                  color_map={k: v for k, v in scene.color_map.items() if k in ids})
+            if old_t.id == traj.id and old_t.is_anchor == traj.is_anchor:  # same object: save it in place
+                if not traj.is_anchor and scene.captions.get(str(traj.id)) != traj.text:
+                    scene, note = set_caption(scene, traj.id, traj.text), f"; caption of object {traj.id} changed"
+                self._apply(f"saved trajectory {d.editing} (object {traj.id}){note}",
+                            scene=scene.with_trajectory(d.editing, traj), polyline=(), erased=(), erase_start=None,
+                            mode="draw", selected=d.editing, editing=None)
+                return traj
+            scene = _without(scene, d.editing)  # another id or kind: it becomes a new trajectory at the end
         same_id = scene.trajectories_of(traj.id)
         if traj.is_anchor and str(traj.id) in scene.captions:
             raise EditorError(f"object id {traj.id} has a caption; give this camera/background anchor an id of its own")
@@ -522,18 +536,8 @@ class EditorState:
         old = scene.captions.get(str(traj.id))
         if not traj.is_anchor and old is not None and old != traj.text:
             scene, note = set_caption(scene, traj.id, traj.text), f"; caption of object {traj.id} changed"
-        if slot is not None:
-            if traj.is_anchor:
-                trajs = scene.trajectories[:slot] + (traj,) + scene.trajectories[slot:]
-                scene = scene.replace(trajectories=trajs)
-            else:
-                scene = add_trajectory(scene, traj)  # sets the caption entry as for a new one, then move it back
-                trajs = scene.trajectories[:-1]
-                scene = scene.replace(trajectories=trajs[:slot] + (traj,) + trajs[slot:])
-            index, what = slot, "saved"
-        else:
-            scene = add_trajectory(scene, traj)
-            index, what = len(scene.trajectories) - 1, "added"
+        scene = add_trajectory(scene, traj)
+        index, what = len(scene.trajectories) - 1, "added"
         self._apply(f"{what} trajectory {index} (object {traj.id}){note}", scene=scene, polyline=(), erased=(),
                     erase_start=None, mode="draw", selected=index, editing=None)
         return traj
@@ -552,10 +556,7 @@ class EditorState:
         index = d.selected if index is None else index
         if index is None or not 0 <= index < len(d.trajectories):
             raise EditorError("nothing to delete: select a trajectory first")
-        trajs = d.trajectories[:index] + d.trajectories[index + 1:]
-        ids = {str(t.id) for t in trajs}
-        scene = d.scene.replace(trajectories=trajs, captions={k: v for k, v in d.scene.captions.items() if k in ids},
-                                color_map={k: v for k, v in d.scene.color_map.items() if k in ids})
+        scene = _without(d.scene, index)
         drop = {"polyline": (), "erased": (), "erase_start": None, "editing": None} if d.editing is not None else {}
         if d.editing is not None and d.editing != index:
             drop = {"editing": d.editing - (d.editing > index)}
@@ -625,8 +626,8 @@ class EditorState:
             return "Erase: click where the hidden stretch starts (on the trajectory)."
         if not d.polyline:
             if d.trajectories:
-                return (f"Click (or drag freehand) another path for object {d.obj_id}; n: new object; click a "
-                        "trajectory in the list to edit it; Save JSON when done.")
+                return (f"Click (or drag freehand) another path for object {d.obj_id}; n: new object; s or the list "
+                        "edits a trajectory; Save JSON when done.")
             return (f"Click the path of object {d.obj_id} point by point (or drag to draw it freehand); "
                     "first/end frame set when it moves.")
         if not d.caption:
@@ -697,6 +698,14 @@ class EditorState:
         return True
 
 
+def _without(scene: Scene, index: int) -> Scene:
+    """``scene`` less trajectory ``index``; the caption (and colour) of an id left with no trajectory goes too."""
+    trajs = scene.trajectories[:index] + scene.trajectories[index + 1:]
+    ids = {str(t.id) for t in trajs}
+    return scene.replace(trajectories=trajs, captions={k: v for k, v in scene.captions.items() if k in ids},
+                         color_map={k: v for k, v in scene.color_map.items() if k in ids})
+
+
 def _thin(points: list, most: int) -> tuple:
     """At most ``most`` of ``points``, evenly spaced along the list, keeping the first and the last."""
     if len(points) <= most:
@@ -736,6 +745,7 @@ _ACTIONS: dict[str, Callable[[EditorState], None]] = {
     "delete selected": EditorState.delete,
     "new object": EditorState.new_object,
     "draw the selected object again": EditorState.reuse_selected,
+    "edit the selected trajectory": EditorState.edit_selected,
     "undo": EditorState.undo,
     "redo": EditorState.redo,
     "previous frame": lambda s: s.set_frame(s.frame - 1),
@@ -744,7 +754,7 @@ _ACTIONS: dict[str, Callable[[EditorState], None]] = {
 _KEYS = {"m": "mask mode", "d": "draw mode", "e": "erase mode", "x": "toggle negative clicks",
          "Enter": "confirm mask / add trajectory", "w": "whole-image mask", "Backspace": "remove last point",
          "Escape": "clear drawing", "Delete": "delete selected", "n": "new object",
-         "r": "draw the selected object again", "z": "undo", "y": "redo",
+         "r": "draw the selected object again", "s": "edit the selected trajectory", "z": "undo", "y": "redo",
          "ArrowLeft": "previous frame", "ArrowRight": "next frame"}
 SHORTCUTS = {**{k: a for k, a in _KEYS.items()}, "Ctrl+Z": "undo", "Ctrl+Shift+Z / Ctrl+Y": "redo"}
 """Key → action, shown in the widget's help."""

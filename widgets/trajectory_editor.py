@@ -168,6 +168,7 @@ class TrajectoryEditor(W.VBox):
             W.HBox([self.obj_id, self.caption, self.anchor]),
             W.HBox([button("Add trajectory", "commit", "Enter (draw/erase mode)", "primary"),
                     button("New object", "new_object", "n"),
+                    button("Edit selected", "edit_selected", "s: drag its points, change frames/caption"),
                     button("Draw selected again", "reuse_selected", "r: same mask, id and caption"),
                     button("Undo", "undo", "z / Ctrl+Z"),
                     button("Redo", "redo", "y / Ctrl+Shift+Z"), button("Delete selected", "delete", "Delete")]),
