@@ -797,3 +797,9 @@ def test_editor_and_plots_share_one_palette(state):
     scene = state.to_scene()
     assert object_color(1) == object_hex(1) and object_colors(scene)["1"] == tuple(
         int(object_hex(1)[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_a_script_on_a_fresh_editor_starts_at_object_1(state):
+    ball = state.add_object([(80, 56)], [(30, 30), (90, 40)], "a ball")
+    cup = state.add_object([(80, 56)], [(150, 60)], "None")
+    assert (ball.id, cup.id, cup.is_anchor) == (1, 2, True) and state.to_scene().captions == {"1": "a ball"}

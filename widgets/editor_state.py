@@ -578,6 +578,8 @@ class EditorState:
                               "before scripting another")
         if not mask_points or not path:
             raise EditorError("add_object: give at least one mask point and one path point")
+        if obj_id is None:
+            obj_id = max([t.id for t in d.trajectories], default=0) + 1
         self.new_object()
         for x, y in mask_points:
             self.on_click(x, y, negative=False)
@@ -587,7 +589,7 @@ class EditorState:
         self.set_st_et(st, self.frames if et is None else et)
         for x, y in path:
             self.on_click(x, y)
-        self.set_object(self.draft.obj_id if obj_id is None else obj_id, caption)
+        self.set_object(obj_id, caption)
         traj = self.commit()
         self.message = f"script: {self.message}"
         self._changed()
