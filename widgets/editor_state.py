@@ -382,6 +382,11 @@ class EditorState:
         if drag is not None and drag[0] == "move" and not drag[2] and x is not None and y is not None:
             self.on_click(x, y)
 
+    @property
+    def dragging(self) -> bool:
+        """True between a press that can drag (draw mode) and its release."""
+        return self._drag is not None
+
     def stroke_step(self) -> float:
         """Pixels between samples of a freehand path."""
         return max(3.0, 0.03 * min(self.height, self.width))

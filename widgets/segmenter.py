@@ -41,6 +41,9 @@ class Segmenter(Protocol):
     def predict(self, positive: Sequence[Point], negative: Sequence[Point] = ()) -> tuple[np.ndarray, float]:
         """``(mask bool [H, W], score)`` for clicks on the current image; at least one positive click."""
 
+    # Optional: ``describe_score(score) -> str`` says what the score means in the editor's status line
+    # (SAM: predicted quality; the fallback: an area share). Without it the editor shows "mask score 0.xxx".
+
 
 def _checked_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)

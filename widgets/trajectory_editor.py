@@ -239,11 +239,11 @@ class TrajectoryEditor(W.VBox):
         self._act(lambda: self.state.press(x, y))
 
     def _on_mouse_move(self, x: float, y: float) -> None:
-        if self.state._drag is not None:
+        if self.state.dragging:
             self._act(lambda: self.state.drag(x, y))
 
     def _on_mouse_up(self, x: float, y: float) -> None:
-        if self.state._drag is not None:
+        if self.state.dragging:
             self._act(lambda: self.state.release(x, y))
 
     def _on_control(self, action: Callable[[], object]) -> None:
