@@ -640,9 +640,11 @@ def test_a_scripted_change_is_shown_at_once_without_redraw(editor):
 
 def test_a_rebound_state_is_followed_and_the_old_one_is_not(editor):
     old = editor.state
-    editor.load_scene(EXAMPLES / "ball" / "conditions.json") if (EXAMPLES / "ball" / "conditions.json").exists() \
-        else editor._rebind(EditorState(height=H, width=W, frames=T, segmenter=FallbackSegmenter()))
+    other = EditorState(height=H, width=W, frames=T, segmenter=FallbackSegmenter(), image=scene_image())
+    draw_box_path(other)
+    editor.load_scene(other.to_scene())                  # continue another scene: a new state behind the view
     assert editor.state is not old and editor._on_state_change not in old.listeners
+    assert editor.view_summary()["trajectories"] == ("0: object 1 [0, 17) — box",)
     editor.state.set_frame(3)
     assert editor.frame.value == 3 and editor.view_summary() == editor.state.summary()
 
@@ -803,3 +805,31 @@ def test_a_script_on_a_fresh_editor_starts_at_object_1(state):
     ball = state.add_object([(80, 56)], [(30, 30), (90, 40)], "a ball")
     cup = state.add_object([(80, 56)], [(150, 60)], "None")
     assert (ball.id, cup.id, cup.is_anchor) == (1, 2, True) and state.to_scene().captions == {"1": "a ball"}
+
+
+def _tour_example_cell() -> str:
+    import nbformat
+    from conftest import REPO
+    nb = nbformat.read(REPO / "notebooks" / "01_tour.ipynb", as_version=4)
+    cell, = [c.source for c in nb.cells if c.cell_type == "code" and "add_object" in c.source]
+    return cell
+
+
+@pytest.mark.parametrize("drawn_by_hand", [False, True])
+def test_tour_example_cell_loads_the_example_or_keeps_a_hand_drawing_untouched(editor, drawn_by_hand):
+    """01_tour: 'draw it yourself' and 'load the example' never mix, however often the cell is run."""
+    from types import SimpleNamespace
+    if drawn_by_hand:
+        draw_box_path(editor.state, "my own box")
+        editor.state.set_mode("erase")                   # whatever mode the user left it in
+    mine = editor.state.draft.scene
+    env = {"editor": editor, "profile": SimpleNamespace(width=W, height=H),
+           "example": SimpleNamespace(image=scene_image()), "plot_trajectories": lambda *a, **k: None}
+    for _ in range(2):                                   # running it twice adds nothing the second time
+        exec(_tour_example_cell(), env)
+    scene = env["scene"]
+    if drawn_by_hand:
+        assert scene == mine
+    else:
+        assert len(scene.trajectories) == 2 and list(scene.captions) == ["1"] and scene.trajectories[1].is_anchor
+        assert editor.view_summary() == editor.state.summary()
