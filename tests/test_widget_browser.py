@@ -3,7 +3,7 @@
 Opens ``tests/browser_editor.ipynb`` (an editor on a synthetic image with a red box), clicks the box, confirms
 the mask, clicks a three-point trajectory on the canvas, adds it, undoes and redoes it from the keyboard, loads
 it for editing (``s``), drags its last point with the mouse, saves the edit and the JSON; then checks the scene
-the kernel wrote. A screenshot goes to ``tests/artifacts/browser_editor.png``
+the kernel wrote; then draws a second path for the box freehand (one drag) and checks it too. A screenshot goes to ``tests/artifacts/browser_editor.png``
 for inspection. Skipped when ``/usr/bin/chromium`` or playwright is missing (``.ci/run`` installs both);
 never downloads a browser.
 """
@@ -193,3 +193,24 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
     assert traj.visibility == (1,) * 17
     mask = traj.mask.decode()
     assert mask[64:144, 96:224].mean() > 0.95 and mask.sum() < 1.1 * 80 * 128
+
+    # A drag on empty canvas draws a freehand path (sampled, not one point): the box again, another path.
+    top.focus()
+    page.keyboard.press("r")                          # draw the selected object again: its mask, id, caption
+    shown("drawing object 1 again")
+    box = top.bounding_box()
+    page.mouse.move(box["x"] + 40 * box["width"] / W, box["y"] + 230 * box["height"] / H)
+    page.mouse.down()
+    for k in range(1, 11):
+        page.mouse.move(box["x"] + (40 + 36 * k) * box["width"] / W, box["y"] + (230 - 12 * k) * box["height"] / H,
+                        steps=2)
+    page.mouse.up()
+    shown("freehand path")
+    button("Add trajectory")
+    shown("trajectories: 2")
+    button("Save JSON")
+    shown("saved 2 trajectories")
+    freehand = load_json(out_json).trajectories[1]
+    np.testing.assert_allclose(freehand.track[0], (40, 230), atol=1.0)
+    np.testing.assert_allclose(freehand.track[-1], (400, 110), atol=1.0)
+    assert len(np.unique(freehand.track.round(), axis=0)) > 8      # a path, not a point

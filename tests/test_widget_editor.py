@@ -833,3 +833,15 @@ def test_tour_example_cell_loads_the_example_or_keeps_a_hand_drawing_untouched(e
     else:
         assert len(scene.trajectories) == 2 and list(scene.captions) == ["1"] and scene.trajectories[1].is_anchor
         assert editor.view_summary() == editor.state.summary()
+
+
+def test_a_drag_ends_where_the_button_goes_up_even_if_moves_were_dropped(state):
+    pick_box(state)
+    state.press(10, 10)
+    state.drag(40, 20)                                   # the browser dropped the moves after this one
+    state.release(100, 50)
+    assert state.draft.polyline == ((10.0, 10.0), (40.0, 20.0), (100.0, 50.0))
+    state.press(100, 50)                                 # grab the end point ...
+    state.drag(110, 60)
+    state.release(120, 70)                               # ... and let go further on
+    assert state.draft.polyline[-1] == (120.0, 70.0)

@@ -377,10 +377,28 @@ class EditorState:
                     polyline=head + _thin(stroke, room))
 
     def release(self, x: Optional[float] = None, y: Optional[float] = None) -> None:
-        """Mouse button up (or out of the canvas): a press on a point that did not move adds a point there."""
+        """Mouse button up (or out of the canvas) at ``(x, y)``: the drag ends there (browsers may drop moves,
+        so the release position is the last word); a press on a path point that did not move adds a point."""
         drag, self._drag = self._drag, None
-        if drag is not None and drag[0] == "move" and not drag[2] and x is not None and y is not None:
-            self.on_click(x, y)
+        if drag is None or x is None or y is None:
+            return
+        p = (float(np.clip(x, 0, self.width - 1)), float(np.clip(y, 0, self.height - 1)))
+        d = self.draft
+        if drag[0] == "move":
+            _, k, moved = drag
+            if not moved:
+                self.on_click(*p)
+            elif k < len(d.polyline) and d.polyline[k] != p:
+                self._amend(f"moved point {k}", polyline=d.polyline[:k] + (p,) + d.polyline[k + 1:])
+            return
+        _, start, stroke = drag
+        if np.hypot(p[0] - stroke[-1][0], p[1] - stroke[-1][1]) < 1.0:
+            return
+        close = len(stroke) > 1 and np.hypot(p[0] - stroke[-1][0], p[1] - stroke[-1][1]) < self.stroke_step()
+        stroke = stroke[:-1] + [p] if close else stroke + [p]  # the end sample is where the button went up
+        head = d.polyline[:start]
+        room = max(1, self._max_points(d.st, d.et) - len(head))
+        self._amend(f"freehand path: {len(head) + min(room, len(stroke))} points", polyline=head + _thin(stroke, room))
 
     @property
     def dragging(self) -> bool:

@@ -157,8 +157,8 @@ class TrajectoryEditor(W.VBox):
             W.HBox([button("Confirm mask", "confirm_mask", "Enter", "success"),
                     button("Whole-image mask", "use_whole_image", "w: for camera/background anchors"),
                     button("Clear mask points", "clear_points", "Escape")]),
+            self.canvas,  # nothing above it changes height while drawing: the canvas never moves under the mouse
             self.hint,
-            self.canvas,
             self.zoom,
             self.feedback.error,
             self.notes,
