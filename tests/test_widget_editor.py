@@ -845,3 +845,27 @@ def test_a_drag_ends_where_the_button_goes_up_even_if_moves_were_dropped(state):
     state.drag(110, 60)
     state.release(120, 70)                               # ... and let go further on
     assert state.draft.polyline[-1] == (120.0, 70.0)
+
+
+def test_saving_an_untouched_edit_keeps_a_loaded_track_exactly(state):
+    """A track from a JSON file need not be a clicked polyline: unless its path is edited, it is kept as is."""
+    from wclab.conditions import ops
+    rng = np.random.default_rng(0)
+    wobbly = [(float(x), float(y)) for x, y in zip(np.linspace(20, 200, T).round(), 60 + rng.integers(-9, 9, T))]
+    traj = ops.make_trajectory(wobbly, 0, T, obj_id=1, mask=np.ones((H, W), bool), frames=T, text="a fly")
+    loaded = EditorState.from_scene(ops.add_trajectory(ops.new_scene(H, W, T), traj), segmenter=FallbackSegmenter())
+    loaded.select(0)
+    loaded.set_object(1, "a buzzing fly")
+    loaded.commit()
+    saved = loaded.to_scene().trajectories[0]
+    assert saved.points == traj.points and saved.text == "a buzzing fly"
+
+
+def test_a_closed_path_stays_closed_when_edited(state):
+    pick_box(state)
+    for p in [(20, 20), (100, 20), (100, 100), (20, 20)]:
+        state.on_click(*p)
+    state.set_object(1, "a fly circles")
+    state.commit()
+    state.select(0)
+    assert state.draft.polyline == ((20.0, 20.0), (100.0, 20.0), (100.0, 100.0), (20.0, 20.0))

@@ -292,13 +292,7 @@ class EditorState:
 
     def _load_for_editing(self, index: int) -> None:
         t = self.draft.trajectories[index]
-        st, et = active_range(t)
-        polyline = tuple((float(x), float(y)) for x, y in control_points(t))
-        if len(polyline) > 1 and (st, et) == (0, self.frames) and np.allclose(polyline[0], polyline[-1]):
-            polyline = polyline[:1]
-        hidden = np.flatnonzero(t.vis[st:et] <= 0) + st
-        runs = np.split(hidden, np.flatnonzero(np.diff(hidden) > 1) + 1) if len(hidden) else []
-        erased = tuple((int(r[0]), int(r[-1])) for r in runs)
+        polyline, st, et, erased = _editable(t)
         self._apply(f"editing trajectory {index} (object {t.id}): drag its points, change frames or caption, "
                     "then Add trajectory saves it", selected=index, editing=index, mode="draw", clicks=(),
                     mask=_frozen(t.mask.decode()), mask_score=None, mask_rle=t.mask, polyline=polyline,
@@ -544,6 +538,8 @@ class EditorState:
         if d.editing is not None:
             old_t = scene.trajectories[d.editing]
             if old_t.id == traj.id and old_t.is_anchor == traj.is_anchor:  # same object: save it in place
+                if _editable(old_t) == (d.polyline, d.st, d.et, d.erased) and old_t.mask == d.mask_rle:
+                    traj = old_t.replace(text=traj.text)  # path untouched: keep the track exactly (loaded JSON)
                 if not traj.is_anchor and scene.captions.get(str(traj.id)) != traj.text:
                     scene, note = set_caption(scene, traj.id, traj.text), f"; caption of object {traj.id} changed"
                 self._apply(f"saved trajectory {d.editing} (object {traj.id}){note}",
@@ -721,6 +717,16 @@ class EditorState:
             return False
         _ACTIONS[action](self)
         return True
+
+
+def _editable(t: Trajectory) -> tuple[tuple[Point, ...], int, int, tuple[tuple[int, int], ...]]:
+    """``(polyline, st, et, erased)`` that redraw ``t`` in the editor: its corner points (the clicked polyline
+    for a tool-drawn track), active frames and invisible stretches."""
+    st, et = active_range(t)
+    polyline = tuple((float(x), float(y)) for x, y in control_points(t))
+    hidden = np.flatnonzero(np.asarray(t.vis[st:et]) <= 0) + st
+    runs = np.split(hidden, np.flatnonzero(np.diff(hidden) > 1) + 1) if len(hidden) else []
+    return polyline, st, et, tuple((int(r[0]), int(r[-1])) for r in runs)
 
 
 def _without(scene: Scene, index: int) -> Scene:
