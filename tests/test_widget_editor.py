@@ -786,7 +786,8 @@ def test_the_canvas_is_zoomed_to_a_comfortable_width_and_clicks_stay_in_model_pi
     assert editor.canvas.width == W and editor.canvas.layout.width == f"{round(W * fit_zoom(W))}px"
     assert FIT_WIDTH / 2 < W * fit_zoom(W) <= FIT_WIDTH and fit_zoom(2000) == 1.0
     editor.zoom.value = 2
-    assert editor.canvas.layout.width == f"{2 * W}px" and editor.canvas.layout.height == f"{2 * H}px"
+    assert editor.canvas.layout.width == f"{2 * W}px" and editor.canvas.layout.height == "auto"  # keeps aspect
+    assert editor.canvas.layout.max_width == "100%"                                          # fits the notebook
     mouse(editor, 80, 56)                                # ipycanvas sends canvas (model) pixels
     assert editor.state.draft.clicks == ((80.0, 56.0, False),)
 

@@ -215,7 +215,7 @@ class TrajectoryEditor(W.VBox):
         """Show the canvas ``zoom`` times its model size (CSS scaling: clicks still arrive in model pixels)."""
         z = float(self.zoom.value)
         self.canvas.layout.width = f"{round(self.state.width * z)}px"
-        self.canvas.layout.height = f"{round(self.state.height * z)}px"
+        self.canvas.layout.height = "auto"  # a narrower notebook shrinks the width; the aspect ratio stays
         self.canvas.layout.max_width = "100%"
 
     def view_summary(self) -> dict:
