@@ -6,6 +6,13 @@ optionally mark invisible stretches (``erase`` mode: two clicks on the trajector
 object id and caption (``"None"`` for a camera/background anchor). One click with ``st = 0, et = T`` is a
 static anchor. Several trajectories may share an object id. ``to_scene()`` exports a :class:`Scene`.
 
+Mouse: ``press``/``drag``/``release`` (draw mode: a press on a path point grabs it and a drag moves it; a drag
+elsewhere draws the path freehand, sampled and thinned so every segment keeps >= 2 frames); ``on_click`` is a
+plain click. ``select`` loads a committed trajectory (points, frames, id, caption, mask) for editing and
+``commit`` saves it in place. ``add_object`` scripts a whole object through the same steps (fresh id, undoable).
+The view subscribes (``subscribe``) and renders ``summary()`` after every change, whoever made it; ``hint()``
+says what to do next.
+
 Coordinates are pixels of the H×W start image; frames are indices ``0..T-1``. Every edit replaces the
 :class:`Draft` (an immutable snapshot), so undo/redo just swap snapshots. Bad actions raise
 :class:`EditorError` (or ``ConditionError`` from ``wclab.conditions``) with a message for the user and leave

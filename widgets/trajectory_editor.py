@@ -3,6 +3,10 @@
 Canvas layers (bottom to top): start image; committed objects (masks, trajectories with direction arrows and
 a tick every 4 frames); where each object is at the slider's frame; work in progress (mask preview, clicks,
 polyline, pending trajectory) — the top layer receives the mouse and keyboard. Errors show under the canvas.
+The canvas keeps the model's pixel size and is shown ``zoom`` times larger (fitted to a notebook column, at most
+its width), so clicks arrive in exact model pixels. The view renders ``state.summary()`` after every change of
+the state (a script's too); a one-line hint under the canvas says what to do next. Objects have the colours of
+the plots and overlays (:mod:`wclab.colors`).
 
     editor = TrajectoryEditor("start.jpg")          # or TrajectoryEditor(scene="conditions.json", image=...)
     editor                                          # draw, then:
