@@ -134,12 +134,32 @@ def test_show_video_uses_the_bundled_ffmpeg():
     assert "<video" in html and "gray" in html
 
 
-def test_heatmap_figures_have_one_axis_per_map_and_frame():
+def test_heatmap_figures_have_one_axis_per_map_and_frame_and_a_colour_bar_per_row():
     maps = {"1": torch.rand(3, 4, 6), "2": torch.rand(3, 4, 6)}
     fig = plot_heatmaps(maps, image=np.zeros((H, W, 3), np.uint8), masks={"1": torch.ones(3, 4, 6)}, frames=[0, 2])
-    assert len(fig.axes) == 2 * 2
+    assert len(fig.axes) == 2 * 2 + 2                       # + one colour bar per row
+    assert [a.get_label() for a in fig.axes[-2:]] == ["<colorbar>"] * 2
     grid = plot_step_grid({0: maps, 1: maps, 2: maps}, frame=None)
-    assert len(grid.axes) == 2 * 3
+    assert len(grid.axes) == 2 * 3 + 2
+    assert grid._suptitle.get_text() == "per denoising step, mean over latent frames"
+
+
+def test_per_object_rows_are_labelled_with_captions_when_given_the_scene(scene):
+    maps = {"1": torch.rand(3, 4, 6), "2": torch.rand(3, 4, 6)}
+    grid = plot_step_grid({0: maps, 5: maps}, frame=1, labels=scene)
+    labels = [grid.axes[0].get_ylabel(), grid.axes[2].get_ylabel()]
+    assert labels[0].replace("\n", " ").startswith("1: " + scene.captions["1"][:5]) and labels[1] == "2 (anchor)"
+    assert grid._suptitle.get_text() == "per denoising step, latent frame 1"
+    fig = plot_heatmaps(maps, labels={"1": "a ball"}, title="t")
+    assert fig.axes[0].get_ylabel() == "1: a ball" and fig.axes[3].get_ylabel() == "2"
+
+
+def test_objects_have_one_colour_by_id_in_every_view(scene):
+    from wclab.colors import ANCHOR_HEX, hex_to_rgb, object_hex
+    from widgets.trajectory_editor import object_color
+
+    assert object_colors(scene) == {"1": hex_to_rgb(object_hex(1)), "2": hex_to_rgb(ANCHOR_HEX)}
+    assert object_color(1) == object_hex(1) == "#1f77b4" and object_color(2, anchor=True) == ANCHOR_HEX
 
 
 def test_inline_videos_wider_than_the_limit_are_encoded_smaller():

@@ -89,4 +89,4 @@ def test_the_layer_map_knows_every_package():
     assert layer_of("wclab.sizes") == layer_of("wclab.errors") == 0
     assert {m.split(".")[1] for m in project_modules() if m.startswith("wclab.") and m.count(".") >= 1} <= \
         {"conditions", "encode", "models", "sampler", "inspect", "cli", "demo", "parallel", "workers", "profile",
-         "testing", "checkpoints", "errors", "sizes", "image"}
+         "testing", "checkpoints", "errors", "sizes", "image", "colors"}

@@ -1,8 +1,9 @@
 """The trajectory editor in a real browser: JupyterLab on loopback, Debian's chromium driven by playwright.
 
 Opens ``tests/browser_editor.ipynb`` (an editor on a synthetic image with a red box), clicks the box, confirms
-the mask, clicks a three-point trajectory on the canvas, adds it, undoes and redoes it from the keyboard and
-saves; then checks the scene the kernel wrote. A screenshot goes to ``tests/artifacts/browser_editor.png``
+the mask, clicks a three-point trajectory on the canvas, adds it, undoes and redoes it from the keyboard, loads
+it for editing (``s``), drags its last point with the mouse, saves the edit and the JSON; then checks the scene
+the kernel wrote; then draws a second path for the box freehand (one drag) and checks it too. A screenshot goes to ``tests/artifacts/browser_editor.png``
 for inspection. Skipped when ``/usr/bin/chromium`` or playwright is missing (``.ci/run`` installs both);
 never downloads a browser.
 """
@@ -138,6 +139,13 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
         box = top.bounding_box()
         top.click(position={"x": x * box["width"] / W, "y": y * box["height"] / H})
 
+    def drag(p: tuple, q: tuple) -> None:
+        box = top.bounding_box()
+        page.mouse.move(box["x"] + p[0] * box["width"] / W, box["y"] + p[1] * box["height"] / H)
+        page.mouse.down()
+        page.mouse.move(box["x"] + q[0] * box["width"] / W, box["y"] + q[1] * box["height"] / H, steps=6)
+        page.mouse.up()
+
     def button(name: str) -> None:
         cell.get_by_role("button", name=name, exact=True).click()
 
@@ -145,6 +153,8 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
         """Wait until the widget (synced back from the kernel) shows ``text``."""
         page.wait_for_function("s => document.body.innerText.includes(s)", arg=text)
 
+    shown("Click on object 1 to pick it")             # the next-step hint
+    shown("first frame / end frame (exclusive)")
     click(160, 104)                                   # on the red box: mask preview
     shown("mask: preview")
     button("Confirm mask")
@@ -160,6 +170,13 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
     shown("trajectories: 0")
     page.keyboard.press("y")
     shown("trajectories: 1")
+    page.keyboard.press("s")                          # edit the selected (just added) trajectory
+    shown("editing trajectory 0")
+    moved = (400, 60)
+    drag(polyline[-1], moved)                         # a real drag moves its last point
+    shown("moved point 2")
+    button("Add trajectory")
+    shown("saved trajectory 0")
     button("Save JSON")
     shown("saved 1 trajectories")
 
@@ -170,9 +187,30 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
     traj, = scene.trajectories
     assert scene.size == (H, W, 17) and scene.captions == {"1": "a red box slides to the right"}
     track = traj.track
-    # The canvas is shown at its own size, so clicks land within a pixel of where they were aimed.
+    # The canvas is shown zoomed; ipycanvas maps clicks back to canvas pixels, within a pixel of the aim.
     np.testing.assert_allclose(track[0], polyline[0], atol=1.0)
-    np.testing.assert_allclose(track[-1], polyline[-1], atol=1.0)
+    np.testing.assert_allclose(track[-1], moved, atol=1.0)
     assert traj.visibility == (1,) * 17
     mask = traj.mask.decode()
     assert mask[64:144, 96:224].mean() > 0.95 and mask.sum() < 1.1 * 80 * 128
+
+    # A drag on empty canvas draws a freehand path (sampled, not one point): the box again, another path.
+    top.focus()
+    page.keyboard.press("r")                          # draw the selected object again: its mask, id, caption
+    shown("drawing object 1 again")
+    box = top.bounding_box()
+    page.mouse.move(box["x"] + 40 * box["width"] / W, box["y"] + 230 * box["height"] / H)
+    page.mouse.down()
+    for k in range(1, 11):
+        page.mouse.move(box["x"] + (40 + 36 * k) * box["width"] / W, box["y"] + (230 - 12 * k) * box["height"] / H,
+                        steps=2)
+    page.mouse.up()
+    shown("freehand path")
+    button("Add trajectory")
+    shown("trajectories: 2")
+    button("Save JSON")
+    shown("saved 2 trajectories")
+    freehand = load_json(out_json).trajectories[1]
+    np.testing.assert_allclose(freehand.track[0], (40, 230), atol=1.0)
+    np.testing.assert_allclose(freehand.track[-1], (400, 110), atol=1.0)
+    assert len(np.unique(freehand.track.round(), axis=0)) > 8      # a path, not a point

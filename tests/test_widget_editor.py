@@ -44,9 +44,14 @@ def editor() -> TrajectoryEditor:
     return TrajectoryEditor(scene_image(), height=H, width=W, frames=T, segmenter=FallbackSegmenter())
 
 
-def mouse(editor: TrajectoryEditor, x: float, y: float) -> None:
-    """What the browser sends when the canvas is clicked (through the widget's comm message handler)."""
+def mouse(editor: TrajectoryEditor, x: float, y: float, *, drag_to: tuple = ()) -> None:
+    """What the browser sends when the canvas is clicked (through the widget's comm message handler): button
+    down, moves to each point of ``drag_to`` with the button held, button up."""
     editor.canvas._handle_custom_msg({"event": "mouse_down", "x": x, "y": y}, [])
+    for mx, my in drag_to:
+        editor.canvas._handle_custom_msg({"event": "mouse_move", "x": mx, "y": my}, [])
+        x, y = mx, my
+    editor.canvas._handle_custom_msg({"event": "mouse_up", "x": x, "y": y}, [])
 
 
 def key(editor: TrajectoryEditor, k: str, shift=False, ctrl=False) -> None:
@@ -434,7 +439,7 @@ def test_widget_mouse_and_keyboard_events_build_the_scene(editor, tmp_path):
     assert editor.feedback.message == ""
     traj, = editor.scene().trajectories
     assert traj.points[-1] == (80.0, 100.0) and traj.text == "a red box slides right"
-    assert editor.trajectories.options[-1] == ("0: object 1 — a red box slides right", 0)
+    assert editor.trajectories.options[-1] == ("0: object 1 [0, 17) — a red box slides right", 0)
     key(editor, "z", ctrl=True)
     assert editor.state.draft.trajectories == ()
     key(editor, "z", ctrl=True, shift=True)
@@ -520,6 +525,10 @@ steps = st.one_of(  # single events
     st.sampled_from([("confirm",), ("whole",), ("commit",), ("undo",), ("redo",), ("delete",), ("new",),
                      ("backspace",), ("clear",), ("reuse",)]),
     st.tuples(st.just("select"), st.integers(-1, 4)),
+    st.tuples(st.just("drag"), points, st.lists(points, min_size=1, max_size=6)),
+    st.tuples(st.just("frame"), st.integers(-2, SMALL_T + 2)),
+    st.tuples(st.just("direct"), st.sampled_from(["undo", "redo", "new", "select 0", "select none", "frame",
+                                                  "negative", "confirm", "commit", "script"])),
 )
 # what a user does in a row, so that sequences reach committed and erased trajectories
 pick = st.tuples(st.just("pick"), st.integers(20, 39), st.integers(10, 29), st.booleans())
@@ -560,6 +569,19 @@ def _do(editor: TrajectoryEditor, a: tuple) -> None:
         editor.mode.value = "erase"
         mouse(editor, *a[1])
         mouse(editor, *a[2])
+    elif kind == "drag":
+        mouse(editor, *a[1], drag_to=a[2])
+    elif kind == "frame":
+        editor.frame.value = max(0, min(SMALL_T - 1, a[1]))
+    elif kind == "direct":  # a script changes the state behind the widget's back
+        direct = {"undo": s.undo, "redo": s.redo, "new": s.new_object, "select 0": lambda: s.select(0),
+                  "select none": lambda: s.select(None), "frame": lambda: s.set_frame(s.frame + 1),
+                  "negative": lambda: s.set_negative_clicks(not s.negative_clicks), "confirm": s.confirm_mask,
+                  "commit": s.commit, "script": lambda: s.add_object([(30, 20)], [(5, 5), (40, 30)], "a box")}
+        try:
+            direct[a[1]]()
+        except (EditorError, ConditionError):
+            pass
     elif kind == "flow":
         for m in a[1:]:
             if m is not None:
@@ -583,6 +605,7 @@ def test_random_edit_sequences_keep_the_state_valid_and_exportable(sequence):
     for a in sequence:
         _do(editor, a)
         assert editor.feedback.details.outputs == (), editor.feedback.details.outputs  # only expected errors
+        assert editor.view_summary() == editor.state.summary()  # the view shows the state, whoever changed it
         d = editor.state.draft
         assert 0 <= d.st < d.et <= SMALL_T and d.mode in ("mask", "draw", "erase")
         assert d.selected is None or 0 <= d.selected < len(d.trajectories)
@@ -596,3 +619,254 @@ def test_random_edit_sequences_keep_the_state_valid_and_exportable(sequence):
         else:
             with pytest.raises(EditorError):
                 editor.scene()
+
+
+# ---------------------------------------------------------------------------------------------- issue 17
+def draw_box_path(s: EditorState, caption: str = "box") -> None:
+    pick_box(s)
+    s.on_click(16, 100)
+    s.on_click(80, 100)
+    s.set_object(1, caption)
+    s.commit()
+
+
+def test_a_scripted_change_is_shown_at_once_without_redraw(editor):
+    s = editor.state
+    draw_box_path(s, "a red box")                 # straight on the state, as a notebook cell does
+    assert editor.view_summary() == s.summary()
+    assert "trajectories: 1" in editor.view_summary()["status"]
+    assert editor.trajectories.value == 0 and editor.caption.value == "a red box"
+
+
+def test_a_rebound_state_is_followed_and_the_old_one_is_not(editor):
+    old = editor.state
+    other = EditorState(height=H, width=W, frames=T, segmenter=FallbackSegmenter(), image=scene_image())
+    draw_box_path(other)
+    editor.load_scene(other.to_scene())                  # continue another scene: a new state behind the view
+    assert editor.state is not old and editor._on_state_change not in old.listeners
+    assert editor.view_summary()["trajectories"] == ("0: object 1 [0, 17) — box",)
+    editor.state.set_frame(3)
+    assert editor.frame.value == 3 and editor.view_summary() == editor.state.summary()
+
+
+def test_every_state_has_a_next_step_hint(state):
+    assert "Click on object 1" in state.hint()
+    state.on_click(80, 56)
+    assert "Enter confirms the mask" in state.hint()
+    state.confirm_mask()
+    assert "Click the path of object 1" in state.hint()
+    state.on_click(16, 100)
+    assert "Write a caption" in state.hint()
+    state.set_object(1, "box")
+    assert state.hint().startswith("Add trajectory")
+    state.commit()
+    assert "another path for object 1" in state.hint()
+    assert "Load a start image" in EditorState(height=H, width=W, frames=T, segmenter=FallbackSegmenter()).hint()
+
+
+def test_undo_and_redo_say_what_they_took_back(state):
+    draw_box_path(state)
+    state.undo()
+    assert state.message == "undone: added trajectory 0 (object 1)"
+    state.redo()
+    assert state.message == "redone: added trajectory 0 (object 1)"
+
+
+def test_the_fallback_score_is_described_as_an_area_share_not_a_quality(state):
+    state.on_click(80, 56)
+    assert "mask score" not in state.message and "not a quality score" in state.message
+    assert state.summary()["status"].count("not a quality score") == 1
+
+
+def test_a_trajectory_starting_after_frame_0_warns_that_the_prompt_says_appears(state):
+    pick_box(state)
+    state.on_click(16, 100)
+    state.on_click(80, 100)
+    state.set_object(1, "box")
+    assert state.notes() == []
+    state.set_st_et(4, T)
+    assert state.notes() == ['object 1 starts at frame 4 > 0: frames before it are off-image, so the prompt will '
+                             'read "Object 1 appears: …"']
+    state.commit()
+    from wclab.conditions.prompt import build_prompt
+    assert "Object 1 appears:" in build_prompt(state.to_scene()).text
+
+
+def test_the_frame_sliders_are_labelled_first_and_end_exclusive(editor):
+    texts = [c.value for c in editor.children if isinstance(c, type(editor.status))]
+    assert any("first frame / end frame (exclusive)" in t for t in texts)
+
+
+def test_selecting_a_trajectory_loads_it_for_editing_and_commit_saves_it_in_place(state):
+    draw_box_path(state, "a red box")
+    pick_box_again = state.new_object
+    pick_box_again()
+    state.use_whole_image()
+    state.on_click(100, 20)
+    state.set_object(2, "None")
+    state.commit()
+    state.select(0)
+    d = state.draft
+    assert (d.editing, d.obj_id, d.caption, d.st, d.et, d.mode) == (0, 1, "a red box", 0, T, "draw")
+    assert d.polyline == ((16.0, 100.0), (80.0, 100.0)) and d.mask_confirmed
+    state.set_st_et(2, 12)
+    state.set_object(1, "a red box slides")
+    state.commit()
+    traj = state.draft.trajectories[0]
+    assert len(state.draft.trajectories) == 2 and traj.active_frames().tolist() == [False] * 2 + [True] * 10 + [False] * 5
+    assert state.draft.scene.captions == {"1": "a red box slides"} and state.draft.editing is None
+
+
+def test_selecting_and_saving_unchanged_gives_the_same_scene(state):
+    draw_box_path(state)
+    before = state.to_scene()
+    state.select(0)
+    state.commit()
+    assert state.to_scene() == before
+
+
+def test_escape_cancels_an_edit(state):
+    draw_box_path(state)
+    before = state.to_scene()
+    state.select(0)
+    state.on_key("Escape")
+    assert state.draft.editing is None and not state.draft.polyline and state.to_scene() == before
+
+
+def test_dragging_a_point_moves_it_in_one_undo_step(editor):
+    s = editor.state
+    draw_box_path(s)
+    editor.buttons["Edit selected"].click()              # the one just added is selected: load it
+    mouse(editor, 81, 101, drag_to=[(90, 90), (100, 60)])
+    assert s.draft.polyline == ((16.0, 100.0), (100.0, 60.0))
+    s.undo()
+    assert s.draft.polyline == ((16.0, 100.0), (80.0, 100.0)) and s.message == "undone: moved point 1"
+
+
+def test_a_drag_draws_a_freehand_path(editor):
+    s = editor.state
+    pick_box(s)
+    mouse(editor, 10, 10, drag_to=[(10 + 5 * k, 10 + 3 * k) for k in range(1, 30)])
+    poly = s.draft.polyline
+    assert poly[0] == (10.0, 10.0) and poly[-1] == (155.0, 97.0)
+    assert 2 < len(poly) <= (T - 1) // 2 + 1           # thinned so every segment gets >= 2 frames
+    assert s.pending().points[T - 1] == (155.0, 97.0)
+    s.undo()
+    assert s.draft.polyline == ()                       # the stroke was one step
+
+
+def test_a_click_on_an_existing_point_still_adds_a_point(editor):
+    s = editor.state
+    pick_box(s)
+    mouse(editor, 40, 40)
+    mouse(editor, 40, 40)
+    assert s.draft.polyline == ((40.0, 40.0), (40.0, 40.0))
+
+
+def test_scripted_objects_never_clobber_hand_drawn_ones(state):
+    draw_box_path(state, "a red box")
+    state.set_mode("erase")                              # left in erase mode, as a user may
+    traj = state.add_object([(80, 56)], [(30, 30), (90, 40)], "a red box moves up")
+    assert traj.id == 2 and state.draft.scene.captions == {"1": "a red box", "2": "a red box moves up"}
+    assert state.message.startswith("script: added trajectory 1 (object 2)")
+    state.undo()                                         # the script's steps are ordinary undo steps
+    assert len(state.draft.trajectories) == 1
+
+
+def test_scripting_while_drawing_is_refused(state):
+    pick_box(state)
+    state.on_click(16, 100)
+    with pytest.raises(EditorError, match="being drawn"):
+        state.add_object([(80, 56)], [(30, 30)], "x")
+    assert state.draft.polyline == ((16.0, 100.0),)
+
+
+def test_the_canvas_is_zoomed_to_a_comfortable_width_and_clicks_stay_in_model_pixels(editor):
+    from widgets.trajectory_editor import FIT_WIDTH, fit_zoom
+    assert editor.canvas.width == W and editor.canvas.layout.width == f"{round(W * fit_zoom(W))}px"
+    assert FIT_WIDTH / 2 < W * fit_zoom(W) <= FIT_WIDTH and fit_zoom(2000) == 1.0
+    editor.zoom.value = 2
+    assert editor.canvas.layout.width == f"{2 * W}px" and editor.canvas.layout.height == "auto"  # keeps aspect
+    assert editor.canvas.layout.max_width == "100%"                                          # fits the notebook
+    mouse(editor, 80, 56)                                # ipycanvas sends canvas (model) pixels
+    assert editor.state.draft.clicks == ((80.0, 56.0, False),)
+
+
+def test_editor_and_plots_share_one_palette(state):
+    from wclab.colors import object_hex
+    from wclab.inspect.display import object_colors
+    from widgets.trajectory_editor import object_color
+    draw_box_path(state)
+    scene = state.to_scene()
+    assert object_color(1) == object_hex(1) and object_colors(scene)["1"] == tuple(
+        int(object_hex(1)[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_a_script_on_a_fresh_editor_starts_at_object_1(state):
+    ball = state.add_object([(80, 56)], [(30, 30), (90, 40)], "a ball")
+    cup = state.add_object([(80, 56)], [(150, 60)], "None")
+    assert (ball.id, cup.id, cup.is_anchor) == (1, 2, True) and state.to_scene().captions == {"1": "a ball"}
+
+
+def _tour_example_cell() -> str:
+    import nbformat
+    from conftest import REPO
+    nb = nbformat.read(REPO / "notebooks" / "01_tour.ipynb", as_version=4)
+    cell, = [c.source for c in nb.cells if c.cell_type == "code" and "add_object" in c.source]
+    return cell
+
+
+@pytest.mark.parametrize("drawn_by_hand", [False, True])
+def test_tour_example_cell_loads_the_example_or_keeps_a_hand_drawing_untouched(editor, drawn_by_hand):
+    """01_tour: 'draw it yourself' and 'load the example' never mix, however often the cell is run."""
+    from types import SimpleNamespace
+    if drawn_by_hand:
+        draw_box_path(editor.state, "my own box")
+        editor.state.set_mode("erase")                   # whatever mode the user left it in
+    mine = editor.state.draft.scene
+    env = {"editor": editor, "profile": SimpleNamespace(width=W, height=H),
+           "example": SimpleNamespace(image=scene_image()), "plot_trajectories": lambda *a, **k: None}
+    for _ in range(2):                                   # running it twice adds nothing the second time
+        exec(_tour_example_cell(), env)
+    scene = env["scene"]
+    if drawn_by_hand:
+        assert scene == mine
+    else:
+        assert len(scene.trajectories) == 2 and list(scene.captions) == ["1"] and scene.trajectories[1].is_anchor
+        assert editor.view_summary() == editor.state.summary()
+
+
+def test_a_drag_ends_where_the_button_goes_up_even_if_moves_were_dropped(state):
+    pick_box(state)
+    state.press(10, 10)
+    state.drag(40, 20)                                   # the browser dropped the moves after this one
+    state.release(100, 50)
+    assert state.draft.polyline == ((10.0, 10.0), (40.0, 20.0), (100.0, 50.0))
+    state.press(100, 50)                                 # grab the end point ...
+    state.drag(110, 60)
+    state.release(120, 70)                               # ... and let go further on
+    assert state.draft.polyline[-1] == (120.0, 70.0)
+
+
+def test_saving_an_untouched_edit_keeps_a_loaded_track_exactly(state):
+    """A track from a JSON file need not be a clicked polyline: unless its path is edited, it is kept as is."""
+    from wclab.conditions import ops
+    rng = np.random.default_rng(0)
+    wobbly = [(float(x), float(y)) for x, y in zip(np.linspace(20, 200, T).round(), 60 + rng.integers(-9, 9, T))]
+    traj = ops.make_trajectory(wobbly, 0, T, obj_id=1, mask=np.ones((H, W), bool), frames=T, text="a fly")
+    loaded = EditorState.from_scene(ops.add_trajectory(ops.new_scene(H, W, T), traj), segmenter=FallbackSegmenter())
+    loaded.select(0)
+    loaded.set_object(1, "a buzzing fly")
+    loaded.commit()
+    saved = loaded.to_scene().trajectories[0]
+    assert saved.points == traj.points and saved.text == "a buzzing fly"
+
+
+def test_a_closed_path_stays_closed_when_edited(state):
+    pick_box(state)
+    for p in [(20, 20), (100, 20), (100, 100), (20, 20)]:
+        state.on_click(*p)
+    state.set_object(1, "a fly circles")
+    state.commit()
+    state.select(0)
+    assert state.draft.polyline == ((20.0, 20.0), (100.0, 20.0), (100.0, 100.0), (20.0, 20.0))

@@ -41,6 +41,9 @@ class Segmenter(Protocol):
     def predict(self, positive: Sequence[Point], negative: Sequence[Point] = ()) -> tuple[np.ndarray, float]:
         """``(mask bool [H, W], score)`` for clicks on the current image; at least one positive click."""
 
+    # Optional: ``describe_score(score) -> str`` says what the score means in the editor's status line
+    # (SAM: predicted quality; the fallback: an area share). Without it the editor shows "mask score 0.xxx".
+
 
 def _checked_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
@@ -127,6 +130,11 @@ class SamSegmenter:
         self.embeddings_computed = 0
         """How many times an image embedding was computed (one per distinct image)."""
 
+    @staticmethod
+    def describe_score(score: float) -> str:
+        """SAM's own estimate of the mask's quality (IoU), 0..1."""
+        return f"SAM quality {score:.2f} (0..1)"
+
     @classmethod
     def from_checkpoint(cls, checkpoint: Union[str, Path, None], model_type: Optional[str] = None,
                         device: Optional[str] = None) -> "SamSegmenter":
@@ -194,6 +202,11 @@ class FallbackSegmenter:
     """
 
     label = "fallback (no SAM checkpoint)"
+
+    @staticmethod
+    def describe_score(score: float) -> str:
+        """The fallback's score is no quality estimate: it is the share of the candidate region kept."""
+        return f"fallback: {score:.0%} of the area near the clicks kept, not a quality score"
 
     def __init__(self, reach: float = 0.25, iterations: int = 3, flood_tolerance: int = 24):
         self.reach, self.iterations, self.flood_tolerance = reach, iterations, flood_tolerance

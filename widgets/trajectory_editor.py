@@ -3,6 +3,10 @@
 Canvas layers (bottom to top): start image; committed objects (masks, trajectories with direction arrows and
 a tick every 4 frames); where each object is at the slider's frame; work in progress (mask preview, clicks,
 polyline, pending trajectory) — the top layer receives the mouse and keyboard. Errors show under the canvas.
+The canvas keeps the model's pixel size and is shown ``zoom`` times larger (fitted to a notebook column, at most
+its width), so clicks arrive in exact model pixels. The view renders ``state.summary()`` after every change of
+the state (a script's too); a one-line hint under the canvas says what to do next. Objects have the colours of
+the plots and overlays (:mod:`wclab.colors`).
 
     editor = TrajectoryEditor("start.jpg")          # or TrajectoryEditor(scene="conditions.json", image=...)
     editor                                          # draw, then:
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -20,6 +25,7 @@ import numpy as np
 from ipycanvas import MultiCanvas, hold_canvas
 from PIL import Image
 
+from wclab.colors import ANCHOR_HEX, OBJECT_PALETTE, object_hex
 from wclab.conditions import ANCHOR_TEXT, Scene, Trajectory, load_json
 from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from widgets.editor_state import MODES, SHORTCUTS, EditorState
@@ -27,14 +33,26 @@ from widgets.feedback import Feedback
 from widgets.images import ImageLike
 from widgets.segmenter import Segmenter, default_segmenter
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+PALETTE = OBJECT_PALETTE
+"""The one object palette (:mod:`wclab.colors`): the plots and video overlays use the same colours."""
 INVISIBLE = "#9a9a9a"
 TICK_EVERY = 4
 """Frames between time ticks (one latent group)."""
 
 
-def object_color(obj_id: int) -> str:
-    return PALETTE[int(obj_id) % len(PALETTE)]
+FIT_WIDTH = 720
+"""Pixels: the canvas opens scaled to about this width (a notebook column), at most ``MAX_ZOOM`` times."""
+MAX_ZOOM = 8.0
+
+
+def object_color(obj_id: int, anchor: bool = False) -> str:
+    """``'#rrggbb'`` of an object, as in the plots and overlays; grey for a camera/background anchor."""
+    return object_hex(obj_id, anchor)
+
+
+def fit_zoom(width: int) -> float:
+    """Zoom (a multiple of 0.25, 1 to ``MAX_ZOOM``) that shows a ``width``-pixel canvas at about ``FIT_WIDTH``."""
+    return float(np.clip(np.floor(FIT_WIDTH / width * 4) / 4, 1.0, MAX_ZOOM))
 
 
 def _rgb(hex_color: str) -> np.ndarray:
@@ -65,11 +83,19 @@ class TrajectoryEditor(W.VBox):
                 state = EditorState(height=height, width=width, frames=frames, segmenter=segmenter, image=image)
         self.state = state
         self._syncing = False
+        self._batch = 0
         self._scene_key = self._image_key = None
         s = state
 
-        self.canvas = MultiCanvas(4, width=s.width, height=s.height, layout=W.Layout(width=f"{s.width}px"))
+        self.canvas = MultiCanvas(4, width=s.width, height=s.height)
         self.canvas.on_mouse_down(self._on_mouse_down)
+        self.canvas.on_mouse_move(self._on_mouse_move)
+        self.canvas.on_mouse_up(self._on_mouse_up)
+        self.canvas.on_mouse_out(self._on_mouse_up)
+        self.zoom = W.FloatSlider(value=fit_zoom(s.width), min=1.0, max=MAX_ZOOM, step=0.25, description="zoom:",
+                                  readout_format=".2f", continuous_update=False, layout=W.Layout(width="300px"))
+        self.zoom.observe(lambda ch: self._apply_zoom(), "value")
+        self._apply_zoom()
         self.canvas.on_key_down(
             lambda key, shift, ctrl, meta: self._act(lambda: self.state.on_key(key, shift, ctrl, meta)))
         self.canvas.on_client_ready(self.redraw)
@@ -97,9 +123,9 @@ class TrajectoryEditor(W.VBox):
                                         style={"button_width": "72px"}, tooltips=["x toggles"] * 2)
         self.mode.observe(lambda ch: self._on_control(lambda: self.state.set_mode(ch["new"])), "value")
         self.polarity.observe(lambda ch: self._on_control(
-            lambda: setattr(self.state, "negative_clicks", ch["new"] == "negative")), "value")
+            lambda: self.state.set_negative_clicks(ch["new"] == "negative")), "value")
         # trajectory
-        self.st_et = W.IntRangeSlider(value=(0, s.frames), min=0, max=s.frames, description="st, et:",
+        self.st_et = W.IntRangeSlider(value=(0, s.frames), min=0, max=s.frames, description="frames:",
                                       continuous_update=False, layout=W.Layout(width="420px"))
         self.st_et.observe(lambda ch: self._on_control(lambda: self.state.set_st_et(*ch["new"])), "value")
         self.obj_id = W.BoundedIntText(value=s.draft.obj_id, min=0, max=10 ** 6, description="object id:",
@@ -118,6 +144,10 @@ class TrajectoryEditor(W.VBox):
         self.save_path = W.Text(value="conditions.json", layout=W.Layout(width="240px"))
         # feedback
         self.status = W.HTML()
+        self.hint = W.HTML()
+        self.notes = W.HTML()
+        frames_label = W.HTML("<small>first frame / end frame (exclusive) &nbsp;·&nbsp; the slider shows frame "
+                              "k of 0…T−1</small>")
         self.feedback = Feedback()
         help_rows = "".join(f"<tr><td><kbd>{html.escape(k)}</kbd></td><td>{html.escape(v)}</td></tr>"
                             for k, v in SHORTCUTS.items())
@@ -131,13 +161,18 @@ class TrajectoryEditor(W.VBox):
             W.HBox([button("Confirm mask", "confirm_mask", "Enter", "success"),
                     button("Whole-image mask", "use_whole_image", "w: for camera/background anchors"),
                     button("Clear mask points", "clear_points", "Escape")]),
-            self.canvas,
+            self.canvas,  # nothing above it changes height while drawing: the canvas never moves under the mouse
+            self.hint,
+            self.zoom,
             self.feedback.error,
+            self.notes,
             self.status,
             W.HBox([self.st_et, self.frame]),
+            frames_label,
             W.HBox([self.obj_id, self.caption, self.anchor]),
             W.HBox([button("Add trajectory", "commit", "Enter (draw/erase mode)", "primary"),
                     button("New object", "new_object", "n"),
+                    button("Edit selected", "edit_selected", "s: drag its points, change frames/caption"),
                     button("Draw selected again", "reuse_selected", "r: same mask, id and caption"),
                     button("Undo", "undo", "z / Ctrl+Z"),
                     button("Redo", "redo", "y / Ctrl+Shift+Z"), button("Delete selected", "delete", "Delete")]),
@@ -146,7 +181,7 @@ class TrajectoryEditor(W.VBox):
             shortcuts,
             self.feedback.details,
         ])
-        self._sync_controls()
+        self.state.subscribe(self._on_state_change)
         self.redraw()
 
     # ------------------------------------------------------------------ public API
@@ -167,15 +202,53 @@ class TrajectoryEditor(W.VBox):
 
     # ------------------------------------------------------------------ event plumbing
     def _act(self, action: Callable[[], object]) -> None:
-        """Run a handler; errors show under the canvas (see :class:`Feedback`), then the view catches up."""
-        self.feedback.run(action)
-        self._sync_controls()
+        """Run a handler; errors show under the canvas (see :class:`Feedback`), then the view is rendered once."""
+        self._batch += 1
+        try:
+            self.feedback.run(action)
+        finally:
+            self._batch -= 1
         self.redraw()
+
+    def _on_state_change(self) -> None:
+        """The state changed (through the widget or a script): render it (once per widget action)."""
+        if not self._batch:
+            self.redraw()
+
+    def _apply_zoom(self) -> None:
+        """Show the canvas ``zoom`` times its model size (CSS scaling: clicks still arrive in model pixels)."""
+        z = float(self.zoom.value)
+        self.canvas.layout.width = f"{round(self.state.width * z)}px"
+        self.canvas.layout.height = "auto"  # a narrower notebook shrinks the width; the aspect ratio stays
+        self.canvas.layout.max_width = "100%"
+
+    def view_summary(self) -> dict:
+        """What the widget shows now, as plain values (equal to ``state.summary()`` whenever the view is current)."""
+        def text(h: str) -> str:
+            return html.unescape(re.sub(r"<[^>]+>", "", h.replace("<br>", "\n")))
+
+        status, _, message = text(self.status.value).partition("\n")
+        notes = text(self.notes.value)
+        return {"mode": self.mode.value, "negative_clicks": self.polarity.value == "negative",
+                "st_et": tuple(self.st_et.value), "frame": self.frame.value, "obj_id": self.obj_id.value,
+                "caption": ANCHOR_TEXT if self.anchor.value else self.caption.value,
+                "selected": self.trajectories.value,
+                "trajectories": tuple(label for label, _ in self.trajectories.options[1:]),
+                "status": status, "message": message, "hint": text(self.hint.value).removeprefix("→ "),
+                "notes": tuple(n.removeprefix("⚠ ") for n in notes.split("\n") if n)}
 
     def _on_mouse_down(self, x: float, y: float) -> None:
         if self.state.draft.mode == "mask":  # SAM may take a while (the first click embeds the image)
             self.status.value += " &nbsp; <i>segmenting…</i>"
-        self._act(lambda: self.state.on_click(x, y))
+        self._act(lambda: self.state.press(x, y))
+
+    def _on_mouse_move(self, x: float, y: float) -> None:
+        if self.state.dragging:
+            self._act(lambda: self.state.drag(x, y))
+
+    def _on_mouse_up(self, x: float, y: float) -> None:
+        if self.state.dragging:
+            self._act(lambda: self.state.release(x, y))
 
     def _on_control(self, action: Callable[[], object]) -> None:
         if not self._syncing:
@@ -184,7 +257,6 @@ class TrajectoryEditor(W.VBox):
     def _on_frame(self, frame: int) -> None:
         if not self._syncing:
             self.state.set_frame(frame)
-            self._draw_frame()
 
     def _push_object(self) -> None:
         caption = ANCHOR_TEXT if self.anchor.value else self.caption.value
@@ -214,42 +286,41 @@ class TrajectoryEditor(W.VBox):
 
     def _rebind(self, state: EditorState) -> None:
         """Show another state (after loading a scene, whose size may differ)."""
+        self.state.unsubscribe(self._on_state_change)
         self.state = state
+        state.subscribe(self._on_state_change)
         self.canvas.width, self.canvas.height = state.width, state.height
-        self.canvas.layout.width = f"{state.width}px"
+        self._apply_zoom()
         self._scene_key = self._image_key = None
 
     def _sync_controls(self) -> None:
-        s, d = self.state, self.state.draft
+        """Set every control and status line from ``state.summary()``."""
+        s, v = self.state, self.state.summary()
         self._syncing = True
         try:
-            self.mode.value = d.mode
-            self.polarity.value = "negative" if s.negative_clicks else "positive"
+            self.mode.value = v["mode"]
+            self.polarity.value = "negative" if v["negative_clicks"] else "positive"
             self.st_et.max = s.frames
-            self.st_et.value = (d.st, d.et)
+            self.st_et.value = v["st_et"]
             self.frame.max = s.frames - 1
-            self.frame.value = s.frame
-            self.obj_id.value = d.obj_id
-            self.anchor.value = d.caption == ANCHOR_TEXT
-            self.caption.value = "" if d.caption == ANCHOR_TEXT else d.caption
+            self.frame.value = v["frame"]
+            self.obj_id.value = v["obj_id"]
+            self.anchor.value = v["caption"] == ANCHOR_TEXT
+            self.caption.value = "" if self.anchor.value else v["caption"]
             self.caption.disabled = self.anchor.value
-            options = [("—", None)] + [(f"{i}: object {t.id} " + ("(anchor)" if t.is_anchor else f"— {t.text[:40]}"), i)
-                                       for i, t in enumerate(d.trajectories)]
-            self.trajectories.options = options
-            self.trajectories.value = d.selected
+            self.trajectories.options = [("—", None)] + [(label, i) for i, label in enumerate(v["trajectories"])]
+            self.trajectories.value = v["selected"]
         finally:
             self._syncing = False
-        mask = ("confirmed" if d.mask_confirmed else f"preview, score {d.mask_score:.3f}" if d.mask is not None
-                else "none")
-        self.status.value = (
-            f"<b>segmenter:</b> {html.escape(s.segmenter.label)} &nbsp; <b>mode:</b> {d.mode}"
-            f"{' (negative clicks)' if s.negative_clicks and d.mode == 'mask' else ''} &nbsp; <b>mask:</b> {mask}"
-            f" &nbsp; <b>trajectories:</b> {len(d.trajectories)} &nbsp; <b>undo:</b> {len(s.undo_stack)}"
-            f"<br>{html.escape(s.message)}")
+        self.status.value = f"<small>{html.escape(v['status'])}</small><br>{html.escape(v['message'])}"
+        self.hint.value = f"<b>→ {html.escape(v['hint'])}</b>"
+        self.notes.value = "<br>".join(f"<span style='color:#b26a00'>⚠ {html.escape(n)}</span>" for n in v["notes"])
 
     # ------------------------------------------------------------------ drawing
     def redraw(self) -> None:
-        """Redraw every layer that may have changed (the image and committed layers only when they did)."""
+        """Render the state: every control and status line, and every canvas layer that may have changed (the
+        image and committed layers only when they did). Runs by itself after every change of ``state``."""
+        self._sync_controls()
         with hold_canvas():
             self._draw_image()
             self._draw_committed()
@@ -274,27 +345,33 @@ class TrajectoryEditor(W.VBox):
 
     def _draw_committed(self) -> None:
         s, d, layer = self.state, self.state.draft, self.canvas[1]
-        key = (d.trajectories, d.selected, s.width, s.height)
+        key = (d.trajectories, d.selected, d.editing, s.width, s.height)
         if key == self._scene_key:
             return
         self._scene_key = key
         layer.clear()
         masks = [(t.mask.decode(), object_color(t.id)) for i, t in enumerate(d.trajectories)
-                 if not t.is_anchor and i != d.selected]
-        if d.selected is not None:
+                 if not t.is_anchor and i != d.selected and i != d.editing]
+        if d.selected is not None and d.selected != d.editing:
             sel = d.trajectories[d.selected]
             masks.append((sel.mask.decode(), "#ffffff" if sel.is_anchor else object_color(sel.id)))
         if masks and masks[0][0].shape == (s.height, s.width):
             layer.put_image_data(mask_overlay(masks, 0.22), 0, 0)
         for i, t in enumerate(d.trajectories):
-            _draw_trajectory(layer, t, object_color(t.id), width=4 if i == d.selected else 2, label=str(t.id))
+            if i != d.editing:  # the one being edited is drawn live, on top
+                _draw_trajectory(layer, t, object_color(t.id, t.is_anchor), width=4 if i == d.selected else 2,
+                                 label=str(t.id))
 
     def _draw_frame(self) -> None:
         s, layer = self.state, self.canvas[2]
         with hold_canvas():
             layer.clear()
             for i, x, y, visible in s.positions_at():
-                color = object_color(s.draft.trajectories[i].id if i >= 0 else s.draft.obj_id)
+                if i == s.draft.editing:
+                    continue
+                t = s.draft.trajectories[i] if i >= 0 else None
+                color = object_color(t.id, t.is_anchor) if t is not None else \
+                    object_color(s.draft.obj_id, s.draft.caption == ANCHOR_TEXT)
                 layer.line_width = 3
                 layer.stroke_style = "white"
                 layer.fill_style = color if visible else INVISIBLE
@@ -318,10 +395,14 @@ class TrajectoryEditor(W.VBox):
             layer.stroke_circle(x, y, 6)
         pending = s.pending() if d.polyline else None
         if pending is not None:
-            _draw_trajectory(layer, pending, "#ffeb3b", width=2, label="new")
+            label = f"editing {d.editing}" if d.editing is not None else "new"
+            _draw_trajectory(layer, pending, "#ffeb3b", width=2, label=label)
         layer.fill_style = "#ffeb3b"
-        for x, y in d.polyline:
+        layer.stroke_style = "#000000"
+        layer.line_width = 1
+        for x, y in d.polyline:  # handles: drag one to move it
             layer.fill_circle(x, y, 4)
+            layer.stroke_circle(x, y, 4)
         if d.erase_start is not None:
             layer.stroke_style = "#00e5ff"
             layer.line_width = 2

@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from wclab.colors import ANCHOR_HEX, OBJECT_PALETTE, hex_to_rgb, object_rgb
 from wclab.conditions import Scene, Trajectory
 from wclab.encode.channels import group_means
 from wclab.errors import WclabError
 from wclab.sizes import FRAMES_PER_LATENT, latent_frames
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
-ANCHOR_COLOR = (160, 160, 160)
+ANCHOR_COLOR = hex_to_rgb(ANCHOR_HEX)
 
 
 class DisplayError(WclabError, ValueError):
@@ -52,18 +53,21 @@ def as_video(frames: ArrayLike, name: str = "frames") -> np.ndarray:
 
 
 def palette(n: int) -> list[tuple[int, int, int]]:
-    """n distinct RGB colours (matplotlib's tab10, cycled)."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return [tuple(int(255 * c) for c in cmap(i % 10)[:3]) for i in range(n)]
+    """n distinct RGB colours (the object palette of :mod:`wclab.colors`, tab10, cycled)."""
+    return [hex_to_rgb(OBJECT_PALETTE[i % len(OBJECT_PALETTE)]) for i in range(n)]
 
 
 def object_colors(scene: Scene) -> dict[str, tuple[int, int, int]]:
-    """id → RGB: captioned objects get palette colours in caption order, anchors grey."""
-    ids = list(scene.captions)
-    cols = dict(zip(ids, palette(len(ids))))
-    return {str(t.id): cols.get(str(t.id), ANCHOR_COLOR) for t in scene.trajectories}
+    """id → RGB, as the trajectory editor shows them (:func:`wclab.colors.object_rgb`): by id, anchors grey."""
+    return {str(t.id): object_rgb(t.id, anchor=str(t.id) not in scene.captions) for t in scene.trajectories}
+
+
+def _id_colors(ids: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """Object colours for ids that are integers (as the editor shows them), palette order for other names."""
+    try:
+        return {i: object_rgb(i) for i in ids}
+    except ValueError:
+        return dict(zip(ids, palette(len(ids))))
 
 
 def latent_frame_of(t: int) -> int:
@@ -144,7 +148,7 @@ def mask_overlay(masks: Mapping[str, ArrayLike], image=None, colors: Optional[Ma
                  alpha: float = 0.5, size: Optional[tuple[int, int]] = None) -> np.ndarray:
     """``uint8 [N, H, W, 3]``: 0/1 masks ``{id: [N, h, w]}`` upsampled (nearest) and tinted over ``image``."""
     ids = list(masks)
-    colors = dict(colors or zip(ids, palette(len(ids))))
+    colors = dict(colors or _id_colors(ids))
     first = np.asarray(masks[ids[0]].detach().cpu() if isinstance(masks[ids[0]], torch.Tensor) else masks[ids[0]])
     n = 1 if first.ndim == 2 else first.shape[0]
     if image is None and size is None:
@@ -270,29 +274,59 @@ def plot_trajectories(scene: Scene, image=None, ax=None, tick_every: int = 8, vi
 
 
 # ----------------------------------------------------------------------------------------------- heatmap figures
+def row_labels(ids: Sequence, labels: Union[Scene, Mapping, None] = None, width: int = 28) -> list[str]:
+    """Row labels for per-object figures: ``"1: a red ball rolls…"`` from a scene's captions (or a mapping
+    ``{id: text}``), ``"2 (anchor)"`` for scene ids without a caption; the id itself when nothing is known."""
+    if labels is None:
+        return [str(i) for i in ids]
+    known = dict(labels.captions) if isinstance(labels, Scene) else {str(k): str(v) for k, v in labels.items()}
+    anchors = {str(t.id) for t in labels.trajectories} - set(known) if isinstance(labels, Scene) else set()
+    out = []
+    for i in ids:
+        text = known.get(str(i))
+        if text is None:
+            out.append(f"{i} (anchor)" if str(i) in anchors else str(i))
+        else:
+            out.append(f"{i}: {text if len(text) <= width else text[:width - 1] + '…'}")
+    return out
+
+
+def _wrap(label: str, width: int = 16) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width)[:3]) or label
+
+
 def plot_heatmaps(maps: Mapping[str, ArrayLike], image=None, frames: Optional[Sequence[int]] = None,
-                  masks: Optional[Mapping[str, ArrayLike]] = None, cmap: str = "inferno", title: str = ""):
+                  masks: Optional[Mapping[str, ArrayLike]] = None, cmap: str = "inferno", title: str = "",
+                  labels: Union[Scene, Mapping, None] = None, colorbar_label: str = "value"):
     """matplotlib Figure: one row per map ``{name: [F', h, w]}``, one column per latent frame (``frames``:
-    which; default all), heat over ``image`` when given, token-mask outlines from ``masks`` (same shapes)."""
+    which; default all), heat over ``image`` when given, token-mask outlines from ``masks`` (same shapes).
+
+    Each row has its own colour scale (0 to its maximum), shown by a colour bar labelled ``colorbar_label``.
+    ``labels``: a :class:`Scene` (or ``{id: text}``) to label rows by caption instead of the bare key."""
     import matplotlib.pyplot as plt
 
     names = list(maps)
+    if not names:
+        raise DisplayError("plot_heatmaps: no maps given")
     arrays = {k: np.asarray(v.detach().float().cpu() if isinstance(v, torch.Tensor) else v, np.float32)
               for k, v in maps.items()}
     n_frames = arrays[names[0]].shape[0]
     frames = list(range(n_frames)) if frames is None else list(frames)
-    fig, axes = plt.subplots(len(names), len(frames), figsize=(2.2 * len(frames), 1.5 * len(names) + 0.4),
-                             squeeze=False)
-    for r, name in enumerate(names):
+    fig, axes = plt.subplots(len(names), len(frames), figsize=(2.2 * len(frames) + 1.0, 1.5 * len(names) + 0.6),
+                             squeeze=False, layout="constrained")
+    for r, (name, label) in enumerate(zip(names, row_labels(names, labels))):
         m = arrays[name]
         vmax = float(m.max()) or 1.0
+        im = None
         for c, f in enumerate(frames):
             ax = axes[r, c]
             H, W = (np.asarray(image).shape[:2] if image is not None else (m.shape[1] * 16, m.shape[2] * 16))
             if image is not None:
                 ax.imshow(np.asarray(image), extent=(0, W, H, 0))
-            ax.imshow(m[f], cmap=cmap, alpha=0.65 if image is not None else 1.0, vmin=0, vmax=vmax,
-                      extent=(0, W, H, 0), interpolation="nearest")
+            im = ax.imshow(m[f], cmap=cmap, alpha=0.65 if image is not None else 1.0, vmin=0, vmax=vmax,
+                           extent=(0, W, H, 0), interpolation="nearest")
             if masks is not None and name in masks:
                 mk = np.asarray(masks[name].detach().cpu() if isinstance(masks[name], torch.Tensor) else masks[name])
                 if mk[f].any():
@@ -302,37 +336,53 @@ def plot_heatmaps(maps: Mapping[str, ArrayLike], image=None, frames: Optional[Se
             if r == 0:
                 ax.set_title(f"latent frame {f}", fontsize=8)
             if c == 0:
-                ax.set_ylabel(str(name), fontsize=8)
+                ax.set_ylabel(_wrap(label), fontsize=8)
+        cb = fig.colorbar(im, ax=list(axes[r]), shrink=0.9, pad=0.01)
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label(colorbar_label, fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
 def plot_step_grid(per_step: Mapping[int, Mapping[str, ArrayLike]], frame: Optional[int] = None,
-                   cmap: str = "inferno"):
+                   cmap: str = "inferno", title: Optional[str] = None, labels: Union[Scene, Mapping, None] = None,
+                   colorbar_label: str = "value"):
     """matplotlib Figure: rows = objects, columns = steps, of maps ``{step: {id: [F', h, w]}}`` at latent
-    ``frame`` (None: the mean over latent frames); each row shares one colour scale."""
+    ``frame`` (None: the mean over latent frames); each row shares one colour scale, shown by a colour bar.
+
+    ``title``: default says which frame is shown; ``labels``: a :class:`Scene` (or ``{id: text}``) to label
+    rows by caption instead of the bare id."""
     import matplotlib.pyplot as plt
 
     steps = list(per_step)
+    if not steps:
+        raise DisplayError("plot_step_grid: no steps given")
     ids = list(per_step[steps[0]])
-    fig, axes = plt.subplots(len(ids), len(steps), figsize=(2 * len(steps), 1.4 * len(ids) + 0.4), squeeze=False)
-    for r, i in enumerate(ids):
+    fig, axes = plt.subplots(len(ids), len(steps), figsize=(2 * len(steps) + 1.0, 1.4 * len(ids) + 0.7),
+                             squeeze=False, layout="constrained")
+    for r, (i, label) in enumerate(zip(ids, row_labels(ids, labels))):
         imgs = [np.asarray(per_step[s][i].detach().float().cpu() if isinstance(per_step[s][i], torch.Tensor)
                            else per_step[s][i]) for s in steps]
         imgs = [m.mean(0) if frame is None else m[frame] for m in imgs]
         vmax = max(float(m.max()) for m in imgs) or 1.0
+        im = None
         for c, (s, m) in enumerate(zip(steps, imgs)):
             ax = axes[r, c]
-            ax.imshow(m, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+            im = ax.imshow(m, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(f"step {s}", fontsize=8)
             if c == 0:
-                ax.set_ylabel(str(i), fontsize=8)
-    fig.tight_layout()
+                ax.set_ylabel(_wrap(label), fontsize=8)
+        cb = fig.colorbar(im, ax=list(axes[r]), shrink=0.9, pad=0.01)
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label(colorbar_label, fontsize=7)
+    if title is None:
+        title = "per denoising step, " + ("mean over latent frames" if frame is None else f"latent frame {frame}")
+    if title:
+        fig.suptitle(title)
     return fig
 
 
