@@ -90,7 +90,7 @@ def _local_encode(video):  # per 8x8 block and per frame group, so tiling cannot
     return pooled.repeat(1, 6, 1, 1, 1)[:, :16] * torch.linspace(-1, 1, 16).view(1, 16, 1, 1, 1)
 
 
-def _local_decode(z):
+def _local_decode(z, progress=False):
     rgb = z[:, :3] - z[:, 3:6]
     rgb = torch.cat([rgb[:, :, :1], rgb[:, :, 1:].repeat_interleave(4, dim=2)], dim=2)
     return rgb.repeat_interleave(8, dim=3).repeat_interleave(8, dim=4) * 3  # beyond [-1, 1] before clamping

@@ -193,18 +193,18 @@ class VAE(nn.Module):
         shape = (1, -1, 1, 1, 1)
         return (mu - self.latents_mean.to(mu).view(shape)) * self.latents_inv_std.to(mu).view(shape)
 
-    def _decode_one(self, latents: torch.Tensor) -> torch.Tensor:
+    def _decode_one(self, latents: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Normalised latents [1, z, F', h, w] -> video [1, 3, 4F'-3, 8h, 8w], NOT clamped (tiles are blended
         before clamping; diffusers' ``decode`` clamps). Runs the decoder one latent frame at a time like
         diffusers does, with a cache of its own: one slot per causal convolution, holding the frames that
-        convolution needs from the previous chunk."""
+        convolution needs from the previous chunk. ``progress``: a bar over the latent frames."""
         z = latents.to(self.device, self.dtype)
         shape = (1, -1, 1, 1, 1)
         z = z / self.latents_inv_std.to(z).view(shape) + self.latents_mean.to(z).view(shape)
         x = self.model.post_quant_conv(z)
         cache: list = [None] * self._decoder_convs
         frames = [self.model.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0], first_chunk=i == 0)
-                  for i in range(x.shape[2])]
+                  for i in tqdm(range(x.shape[2]), desc="VAE decoding", leave=False, disable=not progress)]
         return torch.cat(frames, dim=2)
 
     # ------------------------------------------------------------------ tiling
@@ -266,7 +266,7 @@ class VAE(nn.Module):
                 v = self._tiled(z, self._decode_one, 3, FRAMES_PER_LATENT * (f - 1) + 1, (h, w), tile_size, tile_stride,
                                 up=True, desc="VAE decoding")
             else:
-                v = self._decode_one(z).to(latents.dtype)
+                v = self._decode_one(z, progress=True).to(latents.dtype)
             out.append(v.clamp_(-1, 1))
         return torch.cat(out)
 
