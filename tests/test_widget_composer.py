@@ -181,3 +181,16 @@ def test_widget_negative_clicks_and_sliders_reach_the_state():
     assert c.state.clicks[-1] == (22.0, 12.0, True) and not c.state.mask[12, 22]
     c.x.value = 5
     assert c.state.x == 5
+
+
+def test_the_widget_renders_changes_a_script_makes_to_its_state():
+    """No redraw() needed: the controls follow the state whoever changed it."""
+    c = Composer(background(), subject_image(), target_height=48, target_width=96, segmenter=FallbackSegmenter())
+    c.state.on_source_click(28, 20)
+    c.state.cut()
+    c.state.place(x=7, y=9, scale=0.5)
+    assert (c.x.value, c.y.value, c.scale.value) == (7, 9, 0.5)
+    c.state.paste()
+    assert "pasted at (7, 9)" in c.status.value and "undo:</b> 1" in c.status.value
+    c.state.undo()
+    assert "undone" in c.status.value and "undo:</b> 0" in c.status.value

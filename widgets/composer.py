@@ -34,6 +34,7 @@ class Composer(W.VBox):
                                             segmenter=segmenter if segmenter is not None else default_segmenter())
         self.feedback = Feedback()
         self._syncing = False
+        self._acting = False
         self.buttons: dict[str, W.Button] = {}
 
         def button(label: str, action: Callable[[], object], style: str = "") -> W.Button:
@@ -92,6 +93,7 @@ class Composer(W.VBox):
             W.HBox([self.save_path, button("Save (fitted to target)", lambda: self.state.save(self.save_path.value))]),
             self.feedback.details,
         ])
+        self.state.subscribe(self._on_state_change)
         if background is not None:
             self._act(lambda: self.state.set_background(background))
         if subject_image is not None:
@@ -100,9 +102,19 @@ class Composer(W.VBox):
 
     # ------------------------------------------------------------------ events
     def _act(self, action: Callable[[], object]) -> None:
-        self.feedback.run(action)
+        self._acting = True
+        try:
+            self.feedback.run(action)
+        finally:
+            self._acting = False
         self._sync_controls()
         self.redraw()
+
+    def _on_state_change(self) -> None:
+        """The state changed outside the widget's own events (e.g. a script): render it."""
+        if not self._acting:
+            self._sync_controls()
+            self.redraw()
 
     def _on_control(self, action: Callable[[], object]) -> None:
         if not self._syncing:

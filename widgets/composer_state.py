@@ -10,6 +10,7 @@ Images are ``uint8 [H, W, 3]`` RGB; coordinates are pixels. Bad actions raise :c
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -31,6 +32,17 @@ PASTE_MODES = ("box", "mask")
 
 class ComposerError(WclabError, ValueError):
     """A composer action that cannot be done now (no background, no subject, bad padding, ...)."""
+
+
+def _notifies(method):
+    """Tell the state's listeners after the action (also when it raised: its message may have changed)."""
+    @functools.wraps(method)
+    def action(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._changed()
+    return action
 
 
 def aspect_hint(height: int, width: int, target_height: int, target_width: int) -> tuple[bool, str]:
@@ -113,8 +125,24 @@ class ComposerState:
     """Earlier canvases, for undo."""
     message: str = ""
     _grab: Optional[tuple[float, float]] = field(default=None, repr=False)
+    listeners: list = field(default_factory=list, repr=False, compare=False)
+    """Called after every action, whoever called it (the widget re-renders from the state)."""
+
+    def subscribe(self, listener) -> None:
+        """Call ``listener()`` after every action on this state."""
+        if listener not in self.listeners:
+            self.listeners.append(listener)
+
+    def unsubscribe(self, listener) -> None:
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self.listeners):
+            listener()
 
     # ------------------------------------------------------------------ background
+    @_notifies
     def set_background(self, image: ImageLike) -> None:
         self._push(as_rgb(image), "background set")
 
@@ -138,6 +166,7 @@ class ComposerState:
                 raise ComposerError(f"{name}: expected a whole number of pixels >= 0, got {v!r}")
         return h + top + bottom, w + left + right
 
+    @_notifies
     def expand(self, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0) -> None:
         """Grow the canvas by grey borders (pixels); earlier pastes keep their place in the picture."""
         h, w = self.expanded_size(top, bottom, left, right)
@@ -151,12 +180,14 @@ class ComposerState:
         return aspect_hint(h, w, self.target_height, self.target_width)
 
     # ------------------------------------------------------------------ subject
+    @_notifies
     def set_source(self, image: ImageLike) -> None:
         """The image to cut the next subject from (clicks and mask are reset)."""
         self.source = as_rgb(image)
         self.clicks, self.mask = (), None
         self.message = "click the subject (positive) and what to leave out (negative)"
 
+    @_notifies
     def on_source_click(self, x: float, y: float, negative: bool = False) -> None:
         if self.source is None:
             raise ComposerError("no subject image: load the image to cut the subject from first")
@@ -165,6 +196,7 @@ class ComposerState:
         self.clicks, self.mask = clicks, self._segment(clicks)
         self.message = f"{len(clicks)} clicks; mask {int(self.mask.sum()) if self.mask is not None else 0} px"
 
+    @_notifies
     def undo_click(self) -> None:
         if not self.clicks:
             raise ComposerError("no click to remove")
@@ -179,6 +211,7 @@ class ComposerState:
         mask, _ = self.segmenter.predict(pos, [(x, y) for x, y, neg in clicks if neg])
         return np.asarray(mask, bool)
 
+    @_notifies
     def cut(self) -> Subject:
         """Cut the masked subject out of the source; it is then placed at the canvas's top-left corner."""
         if self.mask is None:
@@ -188,6 +221,7 @@ class ComposerState:
         return self.subject
 
     # ------------------------------------------------------------------ placement
+    @_notifies
     def place(self, x: Optional[int] = None, y: Optional[int] = None, scale: Optional[float] = None) -> None:
         """Top-left corner ``(x, y)`` in canvas pixels and ``scale`` of the subject (unchanged where None)."""
         if scale is not None and not scale > 0:
@@ -203,6 +237,7 @@ class ComposerState:
         h, w = self.subject.mask.shape
         return self.x, self.y, int(w * self.scale), int(h * self.scale)
 
+    @_notifies
     def drag_start(self, x: float, y: float) -> None:
         """Mouse down on the canvas: grab the subject (or, outside it, move its centre to the point)."""
         box = self.subject_box()
@@ -213,10 +248,12 @@ class ComposerState:
             self.place(x - bw / 2, y - bh / 2)
         self._grab = (x - self.x, y - self.y)
 
+    @_notifies
     def drag_to(self, x: float, y: float) -> None:
         if self._grab is not None:
             self.place(x - self._grab[0], y - self._grab[1])
 
+    @_notifies
     def drag_end(self) -> None:
         self._grab = None
 
@@ -228,12 +265,14 @@ class ComposerState:
             return canvas
         return paste(canvas, self.subject, self.x, self.y, self.scale, self.paste_mode)
 
+    @_notifies
     def paste(self) -> None:
         """Paste the subject where it is shown; it stays available for pasting again."""
         if self.subject is None:
             raise ComposerError("no subject: cut one from the subject image first")
         self._push(self.preview(), f"pasted at ({self.x}, {self.y}), scale {self.scale:.2f}")
 
+    @_notifies
     def undo(self) -> None:
         if not self.history:
             raise ComposerError("nothing to undo")
@@ -244,6 +283,7 @@ class ComposerState:
         """The composite fitted to the target size (cover + centre crop): ``uint8 [target_height, target_width, 3]``."""
         return fit_image(self._need_canvas(), self.target_height, self.target_width)
 
+    @_notifies
     def save(self, path: Union[str, Path], fitted: bool = True) -> Path:
         """Write the composite (fitted to the target size unless ``fitted=False``) as an image file."""
         path = Path(path)
