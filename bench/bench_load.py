@@ -69,8 +69,6 @@ def drop_page_cache() -> str:
 def load_stage(directory: Path, placement: str, device: str, dtype: torch.dtype, drop_cache: bool) -> dict:
     """Load every model of ``directory`` in this process; times, host and GPU memory, and a forward check.
     Library imports happen before the clock starts (they are not loading)."""
-    import diffusers  # noqa: F401
-    import transformers  # noqa: F401
     from diffusers import AutoencoderKLWan  # noqa: F401
     from transformers import UMT5EncoderModel  # noqa: F401
 

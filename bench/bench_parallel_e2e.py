@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import GiB, environment  # noqa: E402
+from benchlib import GiB, environment, reset_peak, sync  # noqa: E402
 
 from wclab.image import solid_image  # noqa: E402
 from wclab.models.loading import load_models  # noqa: E402
@@ -38,11 +38,6 @@ from wclab.sampler import Session, Settings  # noqa: E402
 
 FULL = dict(height=480, width=832, frames=81)
 TINY = dict(height=64, width=112, frames=9)
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def layout_mesh(cfg: int, seq: int):
@@ -55,12 +50,11 @@ def layout_mesh(cfg: int, seq: int):
     return DeviceMesh(device_type, torch.arange(cfg * seq).reshape(cfg, seq), mesh_dim_names=("cfg", "seq"))
 
 
-def generate(models, scene, size: dict, steps: int, cfg: int, seq: int, mesh) -> dict:
+def generate(models, scene, size: dict, steps: int, mesh) -> dict:
     """One generation on this rank (a member of ``mesh``): per-stage seconds, step times, final latents."""
     rank = dist.get_rank()
     used = parallelize_models(models, mesh) if mesh is not None else models
-    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
-    sync()
+    reset_peak()
     t0 = time.perf_counter()
     session = Session(used, scene, solid_image(size["height"], size["width"], (90, 120, 150)),
                       Settings(steps=steps, seed=0, record="none"), progress=False)
@@ -88,7 +82,7 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
     """Run layout ``cfg``x``seq`` (a collective over all ranks); rank 0 writes ``out/name.json``."""
     rank, n = dist.get_rank(), cfg * seq
     mesh = layout_mesh(cfg, seq)
-    result = generate(models, scene, size, steps, cfg, seq, mesh) if rank < n else None
+    result = generate(models, scene, size, steps, mesh) if rank < n else None
     peaks = [None] * dist.get_world_size()
     dist.all_gather_object(peaks, result["peak_gib"] if result else None)
     dist.barrier()

@@ -49,25 +49,18 @@ def test_an_object_two_frames_late_has_a_lag_of_two_frames_while_it_moves(scene)
     assert timing[timing.frame == 0].lag.item() == 0.0
 
 
-def test_timing_lag_reports_each_run_against_the_reference(scene, monkeypatch):
-    video = np.zeros((scene.frames, scene.height, scene.width, 3), np.uint8)
-    trackers = {"exact": delayed_tracker(scene, 0.0), "distilled": delayed_tracker(scene, 1.5)}
-    import wclab.inspect.metrics as metrics
+def test_timing_lag_reports_each_run_against_the_reference(scene):
+    """Each run's video carries its tracker delay in its first pixel (tenths of a frame)."""
+    def tracker(video, queries):
+        return delayed_tracker(scene, video[0, 0, 0, 0] / 10)(video, queries)
 
-    real = metrics.trajectory_timing
-    monkeypatch.setattr(metrics, "trajectory_timing",
-                        lambda v, s, tracker=None, **kw: real(v, s, trackers[v.name], trajectories=[BALL]))
+    def video(delay_tenths: int) -> np.ndarray:
+        return np.full((scene.frames, scene.height, scene.width, 3), delay_tenths, np.uint8)
 
-    class Named(np.ndarray):
-        pass
-
-    videos = {}
-    for name in trackers:
-        v = video.view(Named)
-        v.name = name
-        videos[name] = v
-    table = timing_lag(videos, scene).set_index("run")
+    videos = {"exact": video(0), "distilled": video(15)}
+    table = timing_lag(videos, scene, tracker)
+    table = table[table.trajectory == BALL].set_index("run")
     assert table.loc["exact", "lag_vs_reference"] == 0.0
     assert 0.9 < table.loc["distilled", "lag_vs_reference"] <= 1.5  # 1.5 frames late while moving, less at the ends
     with pytest.raises(Exception, match="reference 'none'"):
-        timing_lag(videos, scene, reference="none")
+        timing_lag(videos, scene, tracker, reference="none")

@@ -298,16 +298,14 @@ class Session:
 
         split = getattr(dit, "cfg_branch", None)  # CFG parallelism: this rank computes one branch only
         with self._hooks_on(dit):
-            if self.settings.cfg != 1.0 and split is not None:
+            if self.settings.cfg == 1.0:
+                cond = forward("cond")
+                return cond, None, cond
+            if split is None:
+                cond, uncond = forward("cond"), forward("uncond")
+            else:
                 cond, uncond = dit.join_cfg(forward(split))
-                return cond, uncond, uncond + self.settings.cfg * (cond - uncond)
-            cond = forward("cond")
-            uncond = None
-            velocity = cond
-            if self.settings.cfg != 1.0:
-                uncond = forward("uncond")
-                velocity = uncond + self.settings.cfg * (cond - uncond)
-        return cond, uncond, velocity
+        return cond, uncond, uncond + self.settings.cfg * (cond - uncond)
 
     @torch.no_grad()
     def step(self) -> StepRecord:

@@ -77,12 +77,6 @@ def random_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator,
     return x.to(dtype).contiguous()
 
 
-def random_state_dict(shapes: dict[str, tuple[int, ...]], generator: torch.Generator,
-                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """`random_tensor` for every key of a key -> shape table (held in memory: for small models)."""
-    return {key: random_tensor(key, shape, generator, dtype) for key, shape in shapes.items()}
-
-
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 

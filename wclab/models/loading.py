@@ -28,6 +28,8 @@ from wclab.models.layout import (
 )
 from wclab.errors import CheckpointError
 from wclab.models.dit import DiT
+from wclab.models.fast import BlockOffload, quantize_fp8
+from wclab.models.lora import load_lora
 from wclab.models.latent_preview import LatentPreview
 from wclab.models.text_encoder import TextEncoder, Tokenizer
 from wclab.models.vae import VAE, VAEConfig
@@ -195,9 +197,6 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
 def _load_expert(path: Path, num_heads: Optional[int], device: Union[str, torch.device], dtype: torch.dtype,
                  placement: ExpertPlacement, loras: Sequence[tuple[PathLike, float]] = ()) -> DiT:
     """One DiT expert read from ``path``, with ``loras`` merged, placed as `load_models`' ``experts`` says."""
-    from wclab.models.fast import BlockOffload, quantize_fp8
-    from wclab.models.lora import load_lora
-
     dit = DiT.from_checkpoint(path, num_heads=num_heads, device="cpu" if placement == "offload" else device,
                               dtype=dtype)
     dit.lora_handles = [load_lora(dit, lora_path, strength) for lora_path, strength in loras]

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from wclab.errors import WclabError
+from wclab.models.fast import Fp8Linear
 from wclab.models.weights import read_state_dict
 
 PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.", "model.")
@@ -136,7 +137,7 @@ def load_lora(model: nn.Module, lora: Union[str, Path, Mapping[str, Tensor]], st
     source = str(lora) if isinstance(lora, (str, Path)) else "state dict"
     state_dict = read_state_dict(lora, what="LoRA") if isinstance(lora, (str, Path)) else lora
     params = dict(model.named_parameters())
-    quantised = [n for n, m in model.named_modules() if type(m).__name__ == "Fp8Linear"]
+    quantised = any(isinstance(m, Fp8Linear) for m in model.modules())
     try:
         deltas = lora_deltas(state_dict, params)
     except LoraError as e:
