@@ -23,6 +23,7 @@ full-size notebook never holds two ~70 GB sets.
 """
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -157,8 +158,6 @@ def select(name: str = "auto") -> Profile:
 def clear_models() -> None:
     """Forget the cached models (and give their GPU memory back to the driver's pool)."""
     _models_cache.clear()
-    import gc
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
