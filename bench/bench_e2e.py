@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Report, memory, reset_peak, sync  # noqa: E402
+from benchlib import Report, build, memory, reset_peak, sync  # noqa: E402
 
 from wclab.conditions import load_json  # noqa: E402
 from wclab.image import solid_image  # noqa: E402
@@ -89,18 +89,6 @@ def steady_denoise(times: list[float], experts: list[str], rest: list[str]) -> d
     return {"denoise_measured_s": round(sum(times), 1), "denoise_steady_s": round(steady, 1),
             "extrapolated": bool(rest), "first_step_compile_s": round(times[0] - first, 1),
             "mean_step_s": {e: round(v, 3) for e, v in mean.items()}}
-
-
-def build(cls, config, device, dtype, seed: int):
-    """``cls(config)`` with random weights made directly on ``device`` in ``dtype`` (no float32 copy)."""
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            return cls(config).eval().requires_grad_(False)
-    finally:
-        torch.set_default_dtype(previous)
 
 
 class StageTimer:

@@ -2,14 +2,15 @@
 
     torchrun --nproc-per-node 4 bench/bench_parallel_e2e.py --checkpoints /disk/ckpt --compile \\
         --layouts 1x1,1x2,2x1,1x4,2x2 --steps 4 --full 4:50,2:50 --out bench/out/parallel_e2e
+    torchrun --nproc-per-node 4 bench/bench_parallel_e2e.py --random --compile --attention flash4 ...  # no files
     torchrun --nproc-per-node 2 bench/bench_parallel_e2e.py --tiny --layouts 1x1,1x2,2x1 --steps 2 --out /tmp/p
 
 Every rank loads the checkpoints once (``load_models`` of the released layout, bf16 on its GPU). A layout
 ``CxS`` runs on the first C·S ranks as C CFG groups × S sequence ranks (`wclab.parallel.make_mesh`'s layout;
 1x1 is the plain single-GPU `Session`); the other ranks wait. Each run is a real generation through `Session`:
 T5 encoding + VAE encode of the start image (``prepare_s``), the denoising steps (``denoise_s``, every step timed;
-the first step of a layout includes compiling its shapes and is reported apart), and the tiled VAE decode on rank 0
-(``decode_s``). ``--full N:steps`` then runs the faster layout of N GPUs (lower median step time in the scan)
+the first step of a layout includes compiling its shapes and is reported apart), and the tiled VAE decode
+(``decode_s``; split over the layout's ranks by `wclab.parallel.ParallelVAE`, on rank 0 alone for 1x1). ``--full N:steps`` then runs the faster layout of N GPUs (lower median step time in the scan)
 for that many steps. Each run writes ``<out>/<name>.json`` in bench_e2e.py's report format (``setup.ranks``,
 ``setup.steps``, ``summary.total_s``...) and compares its final latents with the 1x1 run of the same step count
 (when there is one): ``max_rel_err_vs_1gpu`` = max |Δ| / max |reference|, ``mean_rel_err_vs_1gpu`` = mean |Δ| /
@@ -29,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import GiB, environment, reset_peak, sync  # noqa: E402
+from benchlib import GiB, environment, random_models, reset_peak, sync  # noqa: E402
 
 from wclab.image import solid_image  # noqa: E402
 from wclab.models.loading import load_models  # noqa: E402
@@ -66,12 +67,11 @@ def generate(models, scene, size: dict, steps: int, mesh) -> dict:
         session.step()
         sync()
         step_s.append(time.perf_counter() - t)
-    decode_s = None
-    if rank == 0:
-        t = time.perf_counter()
+    t = time.perf_counter()
+    if mesh is not None or rank == 0:  # parallel: every rank decodes its share of the tiles
         session.decode()
         sync()
-        decode_s = time.perf_counter() - t
+    decode_s = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / GiB if torch.cuda.is_available() else 0.0
     return dict(prepare_s=prepare_s, step_s=step_s, decode_s=decode_s, peak_gib=peak,
                 latents=session.latents.float().cpu())
@@ -124,6 +124,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", type=Path, default=None)
     p.add_argument("--tiny", action="store_true", help="tiny random checkpoints, CPU gloo (seconds)")
+    p.add_argument("--random", action="store_true",
+                   help="full-size random weights built on each GPU (no checkpoints; seconds instead of a load)")
     p.add_argument("--layouts", default="1x1,1x2,2x1", help="CxS layouts to scan, comma-separated")
     p.add_argument("--steps", type=int, default=4, help="steps of each scan run")
     p.add_argument("--full", default="", help="N:steps runs of the faster N-GPU layout, e.g. 4:50,2:50")
@@ -145,14 +147,17 @@ def main() -> int:
         args.checkpoints, size = tiny_checkpoints(), TINY
     else:
         size = FULL
-    if args.checkpoints is None:
-        p.error("--checkpoints DIR (released layout) or --tiny")
+    if args.checkpoints is None and not args.random:
+        p.error("--checkpoints DIR (released layout), --random or --tiny")
     args.out.mkdir(parents=True, exist_ok=True)
     from bench_e2e import synthetic_scene
 
     scene = synthetic_scene(**size)
     t0 = time.perf_counter()
-    models = load_models(args.checkpoints, device=device, dtype=dtype, preview=False)
+    if args.random:
+        models = random_models(device, dtype, args.out / f"tokenizer_rank{rank}")
+    else:
+        models = load_models(args.checkpoints, device=device, dtype=dtype, preview=False)
     load_s = time.perf_counter() - t0
     if args.attention:
         from wclab.models.attention import set_attention_backend
@@ -165,7 +170,7 @@ def main() -> int:
         speed_up(models.low)
     from wclab.models.attention import get_attention_backend
 
-    setup = {"checkpoints": str(args.checkpoints), "dtype": str(dtype), "compile": bool(args.compile),
+    setup = {"checkpoints": "random weights" if args.random else str(args.checkpoints), "dtype": str(dtype), "compile": bool(args.compile),
              "attention": args.attention or get_attention_backend(), "load_s_rank0": round(load_s, 1),
              "world": world, "tiled_vae": True}
     if rank == 0:

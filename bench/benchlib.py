@@ -182,3 +182,38 @@ def short(d: dict, limit: int = 400) -> str:
 
 def finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def build(cls, config, device, dtype, seed: int):
+    """``cls(config)`` with random weights made directly on ``device`` in ``dtype`` (no float32 copy). The same
+    seed gives the same weights on every GPU (each rank of a torchrun builds the same model)."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return cls(config).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def random_models(device, dtype, tokenizer_dir: Path, t5_config=None, vae_config=None, dit_config=None):
+    """A `wclab.models.loading.Models` of random weights built on ``device`` (default configs: full size, umT5-xxl,
+    Wan 2.1 VAE, two A14B experts) with the tiny sentencepiece tokenizer written to ``tokenizer_dir``; seeds 1-4,
+    so every call builds the same weights."""
+    from wclab.models.dit import DiT, DiTConfig
+    from wclab.models.loading import Models
+    from wclab.models.text_encoder import TextEncoder, TextEncoderConfig, Tokenizer
+    from wclab.models.vae import VAE, VAEConfig
+    from wclab.testing import write_tiny_tokenizer
+
+    tok = Tokenizer(write_tiny_tokenizer(tokenizer_dir))
+    t5 = build(TextEncoder, t5_config or TextEncoderConfig(), device, dtype, seed=1)
+    t5.tokenizer = tok
+    vae = build(VAE, vae_config or VAEConfig(), device, dtype, seed=2)
+    vae.latents_mean, vae.latents_inv_std = vae.latents_mean.float(), vae.latents_inv_std.float()
+    dit_config = dit_config or DiTConfig.worldcanvas_14b()
+    high, low = build(DiT, dit_config, device, dtype, seed=3), build(DiT, dit_config, device, dtype, seed=4)
+    return Models(tokenizer=tok, text_encoder=t5, vae=vae, high=high, low=low, preview=None,
+                  device=torch.device(device), dtype=dtype, paths=None)
+

@@ -2,6 +2,7 @@
 
     export NCCL_NVLS_ENABLE=0   # also forced by wclab.parallel.init_distributed
     for n in 1 2 4 8; do torchrun --nproc-per-node $n bench/parallel_scaling.py --out bench/out/parallel.jsonl; done
+    ... --compile --attention flash4 --warmup 2      # the compiled path with FlashAttention 4
     python bench/parallel_scaling.py --table bench/out/parallel.jsonl     # markdown rows for bench/RESULTS.md
     torchrun --nproc-per-node 2 bench/parallel_scaling.py --tiny          # CPU, gloo, tiny DiT (seconds; CI)
 
@@ -27,7 +28,10 @@ from benchlib import environment, memory, reset_peak, timed  # noqa: E402
 
 from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.models.conditioning import latent_shape  # noqa: E402
+from wclab.models import attention as attention_mod  # noqa: E402
+from wclab.models.attention import BACKENDS  # noqa: E402
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
+from wclab.models.fast import speed_up  # noqa: E402
 from wclab.parallel import ParallelDiT, init_distributed  # noqa: E402
 
 TINY_CONFIG = DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
@@ -66,11 +70,15 @@ def run(args) -> None:
     size = (128, 224, 17, 24) if args.tiny else (args.height, args.width, args.frames, args.text_len)
     torch.manual_seed(0)  # the same random weights on every rank
     model = DiT.from_config(cfg, device=device, dtype=dtype).eval().requires_grad_(False)
+    model.set_attention_backend(args.attention)
+    if args.compile:
+        speed_up(model, backend="eager" if args.tiny else "inductor")
     inputs = make_inputs(cfg, *size, device, dtype)
     split = ParallelDiT(model, mesh)
     record = {"ranks": world, "height": size[0], "width": size[1], "frames": size[2], "text_len": size[3],
               "tokens": int(inputs["bias"].shape[2]), "dtype": str(dtype).removeprefix("torch."),
-              "model": "tiny" if args.tiny else "worldcanvas_14b (random weights)", "env": environment()}
+              "model": "tiny" if args.tiny else "worldcanvas_14b (random weights)", "compile": args.compile,
+              "attention": attention_mod._AUTO if args.attention == "auto" else args.attention, "env": environment()}
     with torch.no_grad():
         reset_peak()
         dist.barrier()
@@ -98,14 +106,15 @@ def table(path: Path) -> str:
     runs = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
                   key=lambda r: r["ranks"])
     base = next((r["unsplit"]["median_s"] for r in runs if "unsplit" in r), None)
-    rows = ["| GPUs | size (HxWxT) | tokens | s / forward (median) | speed-up | peak GiB / GPU | max rel. err |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| GPUs | path | size (HxWxT) | tokens | s / forward (median) | speed-up | peak GiB / GPU | max rel. err |",
+            "|---|---|---|---|---|---|---|---|"]
     if base:
-        rows.append(f"| 1 (unsplit DiT) | | | {base:.3f} | 1.00x | | |")
+        rows.append(f"| 1 (unsplit DiT) | | | | {base:.3f} | 1.00x | | |")
     for r in runs:
         s = r["split"]["median_s"]
         speed_up = f"{base / s:.2f}x" if base else "-"
-        rows.append(f"| {r['ranks']} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
+        path = f"{'compiled' if r.get('compile') else 'eager'}, {r.get('attention', 'auto')}"
+        rows.append(f"| {r['ranks']} | {path} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
                     f"{speed_up} | {r['split_memory'].get('peak_allocated_gib', '-')} | "
                     f"{r.get('check_max_rel_err', '-')} |")
     return "\n".join(rows)
@@ -120,6 +129,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--check", action="store_true", help="compare with the unsplit DiT on rank 0")
+    p.add_argument("--compile", action="store_true", help="wclab.models.fast.speed_up (compiled blocks)")
+    p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend (default: auto)")
     p.add_argument("--tiny", action="store_true", help="tiny random DiT, float32, 128x224x17 (CPU)")
     p.add_argument("--out", default=None, help="append the run as one JSON line")
     p.add_argument("--table", default=None, help="print markdown rows from a JSON-lines file and exit")

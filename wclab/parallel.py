@@ -254,16 +254,80 @@ class ParallelDiT(HookedModule):
         return m.hook_head_out(m.unpatchify(x, e.grid))
 
 
+_GROUPS: dict[tuple[int, ...], dist.ProcessGroup] = {}
+
+
+def _mesh_group(mesh: DeviceMesh) -> dist.ProcessGroup:
+    """One process group over all ranks of ``mesh`` (both dims of a 2-D mesh); only those ranks call this."""
+    ranks = tuple(int(r) for r in mesh.mesh.flatten().tolist())
+    if ranks not in _GROUPS:
+        _GROUPS[ranks] = dist.new_group(list(ranks), use_local_synchronization=True)
+    return _GROUPS[ranks]
+
+
+class ParallelVAE(torch.nn.Module):
+    """`VAE` whose tiled encode and decode spread the tiles over the ranks of ``mesh`` (all its ranks, CFG
+    groups included): rank r runs tiles r, r + P, ... then every tile is broadcast from its rank and all ranks
+    blend them in the same order, so every rank returns the same result as one process, bitwise. Untiled calls
+    run whole on every rank. Same calls and attributes as the wrapped `VAE` otherwise; every rank must call."""
+
+    def __init__(self, vae, mesh: Optional[DeviceMesh] = None):
+        super().__init__()
+        self.vae = vae
+        self.group = _mesh_group(_mesh(mesh))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "vae":
+                raise
+            return getattr(self.vae, name)
+
+    def map_tiles(self, fn, tiles: list[Tensor], desc: str) -> Iterator[Tensor]:
+        """``fn`` of each tile in order (as `VAE.map_tiles`), this rank computing only its share."""
+        rank, size = dist.get_rank(self.group), dist.get_world_size(self.group)
+        mine = {i: fn(t) for i, t in enumerate(tiles) if i % size == rank}
+        meta = [None] * size
+        dist.all_gather_object(meta, {i: (tuple(y.shape), y.dtype) for i, y in mine.items()}, group=self.group)
+        for i in range(len(tiles)):
+            owner = i % size
+            y = mine.pop(i) if owner == rank else torch.empty(meta[owner][i][0], dtype=meta[owner][i][1],
+                                                               device=tiles[i].device)
+            dist.broadcast(y.contiguous(), group_src=owner, group=self.group)
+            yield y
+
+    @contextmanager
+    def _spread(self) -> Iterator[None]:
+        self.vae.map_tiles = self.map_tiles
+        try:
+            yield
+        finally:
+            del self.vae.map_tiles
+
+    def encode(self, video: Tensor, **kwargs) -> Tensor:
+        """`VAE.encode` with its tiles spread over the ranks."""
+        with self._spread():
+            return self.vae.encode(video, **kwargs)
+
+    def decode(self, latents: Tensor, **kwargs) -> Tensor:
+        """`VAE.decode` with its tiles spread over the ranks."""
+        with self._spread():
+            return self.vae.decode(latents, **kwargs)
+
+
 def parallelize_models(models, mesh: Optional[DeviceMesh] = None):
-    """A copy of `wclab.models.loading.Models` whose two experts are `ParallelDiT` (text encoder, VAE and
-    weights shared): ``Session(parallelize_models(models), ...)`` runs sequence-parallel, and CFG-parallel too
-    when ``mesh`` comes from ``make_mesh(cfg=2)``."""
+    """A copy of `wclab.models.loading.Models` whose two experts are `ParallelDiT` and whose VAE is a
+    `ParallelVAE` (text encoder and weights shared): ``Session(parallelize_models(models), ...)`` runs
+    sequence-parallel, and CFG-parallel too when ``mesh`` comes from ``make_mesh(cfg=2)``; tiled VAE work is
+    spread over all ranks (every rank must then call ``session.decode()``)."""
     mesh = _mesh(mesh)
 
     def split(dit):
         return ParallelDiT(dit.model if isinstance(dit, ParallelDiT) else dit, mesh)
 
-    return dataclasses.replace(models, high=split(models.high), low=split(models.low))
+    vae = models.vae.vae if isinstance(models.vae, ParallelVAE) else models.vae
+    return dataclasses.replace(models, high=split(models.high), low=split(models.low), vae=ParallelVAE(vae, mesh))
 
 
 # ---------------------------------------------------------------- launcher
@@ -291,8 +355,9 @@ def _generate(args) -> int:
                 speed_up(expert)
         session = Session(parallelize_models(models, mesh), inputs.scene, args.image, inputs.settings,
                           progress=rank == 0).run()
+        video = session.decode()  # a collective when tiled: every rank decodes its share of the tiles
         if rank == 0:
-            write_outputs(args, session.decode(), session.latents,
+            write_outputs(args, video, session.latents,
                           note=f", {world} ranks as {mesh.shape[0]} CFG x {mesh.shape[1]} sequence")
         dist.barrier()
     finally:

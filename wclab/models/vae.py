@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -220,9 +220,9 @@ class VAE(nn.Module):
         weight = torch.zeros((1, 1, out_frames, out_h, out_w), dtype=x.dtype, device=self.device)
         tiles = [(r, c) for r in tile_spans(cells[0], *_pair(tile_size[0], tile_stride[0]))
                  for c in tile_spans(cells[1], *_pair(tile_size[1], tile_stride[1]))]
-        for (r0, r1), (c0, c1) in tqdm(tiles, desc=desc, leave=False):
-            tile = x[:, :, :, r0 * in_scale:r1 * in_scale, c0 * in_scale:c1 * in_scale]
-            y = fn(tile).to(x.dtype)
+        inputs = [x[:, :, :, r0 * in_scale:r1 * in_scale, c0 * in_scale:c1 * in_scale] for (r0, r1), (c0, c1) in tiles]
+        for ((r0, r1), (c0, c1)), y in zip(tiles, self.map_tiles(fn, inputs, desc)):
+            y = y.to(x.dtype)
             edge = (r0 == 0, r1 >= cells[0], c0 == 0, c1 >= cells[1])
             mask = tile_weight(y.shape[3], y.shape[4], edge, border).to(y)
             ys = slice(r0 * out_scale, r0 * out_scale + y.shape[3])
@@ -230,6 +230,12 @@ class VAE(nn.Module):
             values[:, :, :, ys, xs] += y * mask
             weight[:, :, :, ys, xs] += mask
         return values / weight
+
+    def map_tiles(self, fn, tiles: list[torch.Tensor], desc: str) -> Iterator[torch.Tensor]:
+        """``fn`` of each tile, in order, with a progress bar. The tiled encode/decode blend what this yields;
+        `wclab.parallel.ParallelVAE` swaps it for one that spreads the tiles over ranks."""
+        for tile in tqdm(tiles, desc=desc, leave=False):
+            yield fn(tile)
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
