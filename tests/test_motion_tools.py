@@ -6,6 +6,7 @@ The tool's equal-frames rule stays the default, so the timing default is checked
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,13 @@ def test_event_presets_bad_input(call, match):
 def test_every_preset_is_listed():
     assert CAMERA_PRESETS[0] == "static" and len(CAMERA_PRESETS) == 9
     assert set(SPEED_CURVES) == {"linear", "ease_in", "ease_out", "ease_in_out"}
+
+
+def test_the_readme_motion_snippet_runs(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Motion tools"):]
+    start = section.index("```python") + len("```python")
+    code = section[start: section.index("```\n", start)]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (Motion tools)", "exec"), {})
+    assert (tmp_path / "scene_tracks.npy").exists() and (tmp_path / "scene_visibility.npy").exists()
