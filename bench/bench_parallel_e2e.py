@@ -10,8 +10,8 @@ Every rank loads the checkpoints once (``load_models`` of the released layout, b
 1x1 is the plain single-GPU `Session`); the other ranks wait. Each run is a real generation through `Session`:
 T5 encoding + VAE encode of the start image (``prepare_s``), the denoising steps (``denoise_s``, every step timed;
 the first step of a layout includes compiling its shapes and is reported apart), and the tiled VAE decode
-(``decode_s``; split over the layout's ranks by `wclab.parallel.ParallelVAE`, on rank 0 alone for 1x1). ``--full N:steps`` then runs the faster layout of N GPUs (lower median step time in the scan)
-for that many steps. Each run writes ``<out>/<name>.json`` in bench_e2e.py's report format (``setup.ranks``,
+(``decode_s``; its tiles split over the layout's ranks by `wclab.parallel.ParallelVAE`, on rank 0 alone for 1x1).
+``--full N:steps`` then runs the faster layout of N GPUs (lower median step time in the scan) for that many steps. Each run writes ``<out>/<name>.json`` in bench_e2e.py's report format (``setup.ranks``,
 ``setup.steps``, ``summary.total_s``...) and compares its final latents with the 1x1 run of the same step count
 (when there is one): ``max_rel_err_vs_1gpu`` = max |Δ| / max |reference|, ``mean_rel_err_vs_1gpu`` = mean |Δ| /
 mean |reference|.
@@ -170,9 +170,13 @@ def main() -> int:
         speed_up(models.low)
     from wclab.models.attention import get_attention_backend
 
-    setup = {"checkpoints": "random weights" if args.random else str(args.checkpoints), "dtype": str(dtype), "compile": bool(args.compile),
-             "attention": args.attention or get_attention_backend(), "load_s_rank0": round(load_s, 1),
-             "world": world, "tiled_vae": True}
+    from wclab.models import attention as attention_mod
+
+    backend = args.attention or get_attention_backend()
+    setup = {"checkpoints": "random weights" if args.random else str(args.checkpoints), "dtype": str(dtype),
+             "compile": bool(args.compile), "attention": backend,
+             "self_attention_kernel": attention_mod._AUTO if backend == "auto" else backend,
+             "load_s_rank0": round(load_s, 1), "world": world, "tiled_vae": True, "vae_tiles_split": True}
     if rank == 0:
         print(f"loaded in {load_s:.1f} s on {world} ranks", flush=True)
 

@@ -6,6 +6,11 @@
 #   bash bench/full_scale.sh load OUT         # write + check the released layout, load it three ways
 #   bash bench/full_scale.sh notebooks OUT    # notebooks 01-07, profile "gpu", spread over the GPUs
 #   bash bench/full_scale.sh parallel OUT     # torchrun generation: layouts 1x1 .. 2x2, then 50 steps
+#   bash bench/full_scale.sh fa4              # FlashAttention 4 carried as .fa4/fa4.tar.xz (bench/README.md)
+#   bash bench/full_scale.sh scaling OUT      # one DiT forward on 1, 2, 4 GPUs (compiled; ATTENTION, default flash4)
+#
+# parallel: LAYOUTS, STEPS, FULL pick the runs; ATTENTION=flash4|sdpa|auto the kernel; RANDOM_WEIGHTS=1 builds random
+# weights on each GPU instead of loading CKPT (no checkpoint files needed).
 #
 # CKPT (default: a folder on the largest local file system) holds the checkpoints (~69 GB, + hard links for
 # the WorldCanvas_ref pair).
@@ -17,7 +22,7 @@ if [ -z "${CKPT:-}" ]; then
   [ "$CKPT" = "//wclab_ckpt" ] && CKPT=/wclab_ckpt
 fi
 export WCLAB_CHECKPOINTS=$CKPT
-step=${1:?usage: full_scale.sh setup|load|notebooks|parallel OUT}
+step=${1:?usage: full_scale.sh setup|load|notebooks|parallel|fa4|scaling OUT}
 out=${2:-bench/out/full_scale}
 mkdir -p "$out"
 
@@ -43,9 +48,23 @@ notebooks)
   ;;
 parallel)
   n=$(nvidia-smi -L | wc -l)
-  torchrun --nproc-per-node "$n" bench/bench_parallel_e2e.py --checkpoints "$CKPT" --compile \
-    --layouts "${LAYOUTS:-1x1,1x2,2x1,1x4,2x2}" --steps "${STEPS:-4}" --full "${FULL:-4:50,2:50}" \
-    --out "$out" 2>&1 | grep -v "Warning\|warn(" | tee "$out/parallel.log"
+  if [ "${RANDOM_WEIGHTS:-0}" = 1 ]; then weights=(--random); else weights=(--checkpoints "$CKPT"); fi
+  torchrun --nproc-per-node "$n" bench/bench_parallel_e2e.py "${weights[@]}" --compile \
+    --attention "${ATTENTION:-auto}" --layouts "${LAYOUTS:-1x1,1x2,2x1,1x4,2x2}" --steps "${STEPS:-4}" \
+    --full "${FULL:-4:50,2:50}" --out "$out" 2>&1 | grep -v "Warning\|warn(" | tee "$out/parallel.log"
+  ;;
+fa4)
+  mkdir -p /tmp/site
+  [ -d /tmp/site/flash_attn/cute ] || tar xJf .fa4/fa4.tar.xz -C /tmp/site
+  python3 -c "from wclab.models.attention import available_backends as a; b = a(); print('attention:', b); \
+assert 'flash4' in b, 'flash4 missing'"
+  ;;
+scaling)
+  for n in ${GPUS:-1 2 4}; do
+    torchrun --nproc-per-node "$n" bench/parallel_scaling.py --compile --attention "${ATTENTION:-flash4}" \
+      --warmup 2 --repeat 5 --check --out "$out/scaling.jsonl" 2>&1 | grep -v "Warning\|warn(" | tail -2
+  done
+  python3 bench/parallel_scaling.py --table "$out/scaling.jsonl" | tee "$out/scaling.md"
   ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac

@@ -5,7 +5,8 @@
                                (`reset_speed_up` undoes it)
   sdpa_priority(...)           prefer given SDPA kernels (e.g. cuDNN first) inside a ``with`` block
   quantize_fp8(model)          fast mode: block Linears with float8 (e4m3) weights and per-token float8
-                               activations (``torch._scaled_mm``); halves weight memory, changes outputs slightly
+                               activations (``torch.nn.functional.scaled_mm``); halves weight memory, changes
+                               outputs slightly
   BlockOffload(model, device)  low-VRAM mode: block weights stay in (pinned) CPU memory and are streamed to
                                ``device`` one block ahead of the computation
   StepCache(model)             fast mode: reuse the deep blocks' residual on steps whose early-block output
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -89,10 +91,20 @@ def _quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
+def _fp8_matmul(xq: Tensor, x_scale: Tensor, w: Tensor, w_scale: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """(xq · x_scale) @ (w · w_scale)ᵀ on float8 tensor cores: xq [m, k] float8 with x_scale [m, 1] float32 (per
+    row), w [n, k] float8 with w_scale [1, n] float32 (per output) -> [m, n] ``out_dtype``. The public
+    ``torch.nn.functional.scaled_mm`` (row-wise recipes) where this torch has it, else ``torch._scaled_mm``."""
+    if hasattr(F, "scaled_mm"):
+        rows = F.ScalingType.RowWise
+        return F.scaled_mm(xq, w.t(), x_scale, rows, w_scale, rows, output_dtype=out_dtype)
+    return torch._scaled_mm(xq, w.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=out_dtype)
+
+
 class Fp8Linear(nn.Module):
     """Drop-in for an ``nn.Linear``: weight stored as float8 e4m3 [out, in] with one float32 scale per output
-    row; inputs quantised per token (row) on the fly. On CUDA the product is ``torch._scaled_mm`` (float8 tensor
-    cores, float32 accumulation); elsewhere the same quantised numbers are multiplied in float32 (slow, for tests).
+    row; inputs quantised per token (row) on the fly. On CUDA the product is `_fp8_matmul` (float8 tensor cores,
+    float32 accumulation); elsewhere the same quantised numbers are multiplied in float32 (slow, for tests).
     Output dtype = the original weight's dtype. Inference only."""
 
     def __init__(self, linear: nn.Linear):
@@ -109,12 +121,11 @@ class Fp8Linear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         m = x2.shape[0]
-        if x2.is_cuda and m % 16:  # _scaled_mm wants row counts that are multiples of 16
-            x2 = torch.nn.functional.pad(x2, (0, 0, 0, 16 - m % 16))
+        if x2.is_cuda and m % 16:  # scaled_mm wants row counts that are multiples of 16
+            x2 = F.pad(x2, (0, 0, 0, 16 - m % 16))
         xq, x_scale = _quantize_rows(x2)
         if xq.is_cuda:
-            y = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale,
-                                 out_dtype=self.out_dtype)[:m]
+            y = _fp8_matmul(xq, x_scale, self.weight, self.weight_scale, self.out_dtype)[:m]
         else:
             w = self.weight.float() * self.weight_scale.reshape(-1, 1)
             y = ((xq.float() * x_scale) @ w.t()).to(self.out_dtype)

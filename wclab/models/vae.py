@@ -220,7 +220,8 @@ class VAE(nn.Module):
         weight = torch.zeros((1, 1, out_frames, out_h, out_w), dtype=x.dtype, device=self.device)
         tiles = [(r, c) for r in tile_spans(cells[0], *_pair(tile_size[0], tile_stride[0]))
                  for c in tile_spans(cells[1], *_pair(tile_size[1], tile_stride[1]))]
-        inputs = [x[:, :, :, r0 * in_scale:r1 * in_scale, c0 * in_scale:c1 * in_scale] for (r0, r1), (c0, c1) in tiles]
+        inputs = [x[:, :, :, r0 * in_scale:r1 * in_scale, c0 * in_scale:c1 * in_scale]
+                  for (r0, r1), (c0, c1) in tiles]
         for ((r0, r1), (c0, c1)), y in zip(tiles, self.map_tiles(fn, inputs, desc)):
             y = y.to(x.dtype)
             edge = (r0 == 0, r1 >= cells[0], c0 == 0, c1 >= cells[1])
