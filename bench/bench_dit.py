@@ -221,8 +221,8 @@ def concept_maps_capture(model: DiT, cfg: DiTConfig, device, dtype, n_concepts: 
     ``tokens`` tokens, projected per block (`concept_projections`), and both spaces per block: `ConceptMass` (all
     heads) and the output-space dot products. Returns (hooks, maps): maps[n] = (cross [R, S], output [R, S])."""
     g = torch.Generator().manual_seed(3)
-    concepts = [Concept(f"c{i}", f"c{i}", (0.3 * torch.randn(1, tokens + 2, cfg.text_dim, generator=g)).to(device, dtype),
-                        (0, tokens)) for i in range(n_concepts)]
+    contexts = [0.3 * torch.randn(1, tokens + 2, cfg.text_dim, generator=g) for _ in range(n_concepts)]
+    concepts = [Concept(f"c{i}", f"c{i}", c.to(device, dtype), (0, tokens)) for i, c in enumerate(contexts)]
     sel = concept_selector(concepts).to(device)
     proj, maps, mass = {}, {}, ConceptMass()
 

@@ -149,3 +149,17 @@ def test_bad_concepts_selections_and_requests_raise(base, unbiased):
     with pytest.raises(InspectError, match=r"masks\['m'\]"):
         cm.overlap_curves({"m": torch.ones(5, 8)})
     assert encode_concept(base.models, "a red ball").num_tokens >= 3
+
+
+def test_concept_mass_computation_traces_into_one_graph():
+    """On CUDA ConceptMass runs through torch.compile: its computation must trace without graph breaks."""
+    import torch._dynamo
+
+    from wclab.inspect import concept_maps
+
+    g = torch.Generator().manual_seed(1)
+    q, k, kc = torch.randn(1, 20, 4, 8, generator=g), torch.randn(1, 6, 4, 8, generator=g), torch.randn(1, 3, 4, 8)
+    bias, sel = torch.randn(1, 1, 20, 6, generator=g), torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    torch._dynamo.reset()
+    traced = torch.compile(concept_maps._concept_mass, backend="eager", fullgraph=True, dynamic=False)
+    torch.testing.assert_close(traced(q, k, bias, kc, sel, 2, 7), ConceptMass()(q, k, bias, kc, sel))

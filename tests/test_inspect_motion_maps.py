@@ -95,13 +95,13 @@ def test_visible_query_cells_are_the_objects_token_masks(base):
 
 
 def test_attaching_motion_maps_leaves_the_generation_bitwise_unchanged(base):
-    plain = base.branch().run()
+    plain = base.branch().run(until=1)
     s = base.branch()
     with MotionMaps(s, trajectories=[0, 1]) as maps:
-        s.run()
-        s.branch().run(until=1)  # a branch made inside the block adds nothing
+        s.run(until=1)
+        s.branch().run()  # a branch made inside the block adds nothing
     assert torch.equal(plain.latents, s.latents)
-    assert maps.recorded_steps == [0, 1] and maps.counts == {0: 2 * 4, 1: 2 * 4}
+    assert maps.recorded_steps == [0] and maps.counts == {0: 2 * 4}  # cond forward x 2 blocks x 4 heads
     assert all(tuple(v.shape) == (2 * 5, S) and v.dtype == torch.float32 for v in maps.sums.values())
 
 
@@ -157,3 +157,17 @@ def test_query_row_mass_equals_the_pattern_in_any_chunking():
     mass = QueryRowMass()
     for chunk in (1 << 20, 2 * 5 * 30, 2 * 5 * 30 - 1, 2 * 30):  # both heads; one head; 4 rows; 1 row at a time
         torch.testing.assert_close(mass(q, k, rows, sel, heads=[0, 2], chunk_elements=chunk), expected)
+
+
+def test_query_row_mass_computation_traces_into_one_graph():
+    """On CUDA QueryRowMass runs through torch.compile: its computation must trace without graph breaks."""
+    import torch._dynamo
+
+    from wclab.inspect import motion_maps
+
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(1, 20, 4, 8, generator=g), torch.randn(1, 20, 4, 8, generator=g)
+    rows, sel = torch.tensor([2, 3, 9]), torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    torch._dynamo.reset()
+    traced = torch.compile(motion_maps._query_row_mass, backend="eager", fullgraph=True, dynamic=False)
+    torch.testing.assert_close(traced(q[:, rows], k, sel, 2, 2), QueryRowMass()(q, k, rows, sel))

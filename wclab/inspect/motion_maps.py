@@ -14,8 +14,9 @@ query rows — ``softmax(q_rows·kᵀ/√d)`` over all S keys, q·kᵀ accumulat
 0/1 row→(trajectory, frame) selector. The block's own fused attention still serves every row. No S×S pattern is
 formed and nothing syncs with the host: the state is one float32 ``[T·F', S]`` tensor per step. On CUDA the
 recomputation is ``torch.compile``'d (scale, softmax and head sum fuse); elsewhere it runs eagerly with the same
-float32 numbers. The same hooks work on a bare :class:`wclab.models.dit.DiT` (``model.hooks(self_attention_hooks(...))``),
-which is how ``bench/bench_dit.py`` measures their cost (stage ``capture_motion``).
+float32 numbers. The same hooks work on a bare :class:`wclab.models.dit.DiT`
+(``model.hooks(self_attention_hooks(...))``), which is how ``bench/bench_dit.py`` measures their cost (stages
+``capture_motion`` and ``capture_motion_compiled``).
 
 Cost: the recomputation's float32 logits are written and read a few times, so its time grows with the number of
 query rows (about 26 MB of memory traffic per query row and block at 480×832×81 with 40 heads): select blocks,
@@ -131,6 +132,7 @@ class QueryRowMass:
 
     def __init__(self) -> None:
         self._compiled: Optional[Callable] = None
+        self._head_index: dict = {}  # (heads, device) -> int64 tensor, made once (no host copy per block)
 
     @torch.no_grad()
     def __call__(self, q: Tensor, k: Tensor, rows: Tensor, selector: Tensor, heads: Optional[Sequence[int]] = None,
@@ -138,7 +140,10 @@ class QueryRowMass:
         B, S, H, D = k.shape
         q = q.index_select(1, rows.to(q.device))
         if heads is not None and list(heads) != list(range(H)):
-            index = torch.tensor(list(heads), device=q.device)
+            key = (tuple(heads), str(q.device))
+            if key not in self._head_index:
+                self._head_index[key] = torch.tensor(list(heads), device=q.device)
+            index = self._head_index[key]
             q, k = q.index_select(2, index), k.index_select(2, index)
         h, U = q.shape[2], q.shape[1]
         per_head = B * U * S
