@@ -8,9 +8,12 @@ from wclab.inspect.ablations import (AblationResult, Variant, anchor_variants, b
                                      visibility_variants)
 from wclab.inspect.attention import (AttentionMaps, InspectError, SpanMass, cross_attention_hooks, span_mass,
                                     span_selector)
+from wclab.inspect.concept_maps import (Concept, ConceptMaps, ConceptMass, concept_hooks, concept_projections,
+                                       encode_concept, overlap_curves, plot_overlap_curves)
 from wclab.inspect.display import (expand_latent_frames, heatmap_overlay, mask_overlay, overlay_trajectories,
                                    plot_heatmaps, plot_step_grid, plot_trajectories, save_video, show_video,
                                    show_videos, upsample, video_grid)
+from wclab.inspect.motion_maps import MotionMaps, QueryRowMass, self_attention_hooks, trajectory_token_mask
 from wclab.inspect.metrics import (drawn_frame, lk_tracker, mask_mass_fraction, pairwise_pixel_difference,
                                    pixel_difference, timing_lag, track_trajectories, trajectory_following_error,
                                    trajectory_timing)
@@ -18,7 +21,9 @@ from wclab.inspect.trajectory_latents import (TrajectorySamples, condition_video
                                               sample_trajectories, token_mask_stats, video_crops)
 
 __all__ = [
-    "AblationResult", "AttentionMaps", "InspectError", "SpanMass", "span_mass", "span_selector", "TrajectorySamples",
+    "AblationResult", "AttentionMaps", "MotionMaps", "QueryRowMass", "self_attention_hooks", "trajectory_token_mask",
+    "Concept", "ConceptMaps", "ConceptMass", "concept_hooks", "concept_projections", "encode_concept", "overlap_curves",
+    "plot_overlap_curves", "InspectError", "SpanMass", "span_mass", "span_selector", "TrajectorySamples",
     "Variant",
     "anchor_variants", "base_variant", "beta_variants", "caption_variants", "condition_videos", "cross_attention_hooks",
     "density_variants",
