@@ -23,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def main() -> int:
     scene = synthetic_scene(**size)
     t0 = time.perf_counter()
     if args.random:
-        models = random_models(device, dtype, args.out / f"tokenizer_rank{rank}")
+        models = random_models(device, dtype, Path(tempfile.mkdtemp(prefix="wclab_tokenizer_")))
     else:
         models = load_models(args.checkpoints, device=device, dtype=dtype, preview=False)
     load_s = time.perf_counter() - t0

@@ -10,7 +10,8 @@
 #   bash bench/full_scale.sh scaling OUT      # one DiT forward on 1, 2, 4 GPUs (compiled; ATTENTION, default flash4)
 #
 # parallel: LAYOUTS, STEPS, FULL pick the runs; ATTENTION=flash4|sdpa|auto the kernel; RANDOM_WEIGHTS=1 builds random
-# weights on each GPU instead of loading CKPT (no checkpoint files needed).
+# weights on each GPU instead of loading CKPT (no checkpoint files needed); NPROC ranks (default: every GPU) on
+# PORT. scaling: GPUS="1 2 4" rank counts.
 #
 # CKPT (default: a folder on the largest local file system) holds the checkpoints (~69 GB, + hard links for
 # the WorldCanvas_ref pair).
@@ -47,9 +48,9 @@ notebooks)
   python3 bench/run_notebooks.py --profile gpu --gpus "$gpus" --out "$out" 2>&1 | tee "$out/notebooks.log"
   ;;
 parallel)
-  n=$(nvidia-smi -L | wc -l)
+  n=${NPROC:-$(nvidia-smi -L | wc -l)}
   if [ "${RANDOM_WEIGHTS:-0}" = 1 ]; then weights=(--random); else weights=(--checkpoints "$CKPT"); fi
-  torchrun --nproc-per-node "$n" bench/bench_parallel_e2e.py "${weights[@]}" --compile \
+  torchrun --nproc-per-node "$n" --master-port "${PORT:-29500}" bench/bench_parallel_e2e.py "${weights[@]}" --compile \
     --attention "${ATTENTION:-auto}" --layouts "${LAYOUTS:-1x1,1x2,2x1,1x4,2x2}" --steps "${STEPS:-4}" \
     --full "${FULL:-4:50,2:50}" --out "$out" 2>&1 | grep -v "Warning\|warn(" | tee "$out/parallel.log"
   ;;
@@ -61,7 +62,7 @@ assert 'flash4' in b, 'flash4 missing'"
   ;;
 scaling)
   for n in ${GPUS:-1 2 4}; do
-    torchrun --nproc-per-node "$n" bench/parallel_scaling.py --compile --attention "${ATTENTION:-flash4}" \
+    torchrun --nproc-per-node "$n" --master-port "${PORT:-29501}" bench/parallel_scaling.py --compile --attention "${ATTENTION:-flash4}" \
       --warmup 2 --repeat 5 --check --out "$out/scaling.jsonl" 2>&1 | grep -v "Warning\|warn(" | tail -2
   done
   python3 bench/parallel_scaling.py --table "$out/scaling.jsonl" | tee "$out/scaling.md"
