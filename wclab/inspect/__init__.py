@@ -14,6 +14,7 @@ from wclab.inspect.display import (expand_latent_frames, heatmap_overlay, mask_o
 from wclab.inspect.metrics import (drawn_frame, lk_tracker, mask_mass_fraction, pairwise_pixel_difference,
                                    pixel_difference, timing_lag, track_trajectories, trajectory_following_error,
                                    trajectory_timing)
+from wclab.inspect.patching import Patch, PatchResult, as_patches, patch, patch_sweep, plot_patch_sweep
 from wclab.inspect.trajectory_latents import (TrajectorySamples, condition_videos, latent_path, path_crops,
                                               sample_trajectories, token_mask_stats, video_crops)
 
@@ -23,7 +24,8 @@ __all__ = [
     "anchor_variants", "base_variant", "beta_variants", "caption_variants", "condition_videos", "cross_attention_hooks",
     "density_variants",
     "expand_latent_frames", "heatmap_overlay", "latent_path", "lk_tracker", "mask_mass_fraction", "mask_overlay",
-    "overlay_trajectories", "pairwise_pixel_difference", "path_crops", "pixel_difference", "plot_heatmaps",
+    "overlay_trajectories", "pairwise_pixel_difference", "Patch", "PatchResult", "as_patches", "patch",
+    "patch_sweep", "plot_patch_sweep", "path_crops", "pixel_difference", "plot_heatmaps",
     "plot_step_grid", "plot_trajectories", "run_ablations", "sample_trajectories", "save_video", "show_video",
     "show_videos", "token_mask_stats", "track_trajectories", "trajectory_following_error", "uncaption", "upsample",
     "drawn_frame", "timing_lag", "trajectory_timing",
