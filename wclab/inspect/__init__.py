@@ -1,13 +1,16 @@
-"""Look inside a session: attention maps per object, latents along trajectories, ablations, metrics, display.
+"""Look inside a session: attention maps per object, latents along trajectories, ablations, activation patching,
+when motion is decided, metrics, display.
 
 Data flows one way: a :class:`wclab.sampler.Session` runs; these functions and classes read it (through hooks
-and its recorded history) and never change what it generates.
+and its recorded history) and never change what it generates; activation patching makes new runs (branches)
+and leaves the sessions it is given as they were.
 """
 from wclab.inspect.ablations import (AblationResult, Variant, anchor_variants, base_variant, beta_variants,
                                      caption_variants, density_variants, run_ablations, uncaption,
                                      visibility_variants)
 from wclab.inspect.attention import (AttentionMaps, InspectError, SpanMass, cross_attention_hooks, span_mass,
                                     span_selector)
+from wclab.inspect.decision import decision_timeline, latent_cell_masks, plot_decision_timeline
 from wclab.inspect.display import (expand_latent_frames, heatmap_overlay, mask_overlay, overlay_trajectories,
                                    plot_heatmaps, plot_step_grid, plot_trajectories, save_video, show_video,
                                    show_videos, upsample, video_grid)
@@ -21,7 +24,7 @@ from wclab.inspect.trajectory_latents import (TrajectorySamples, condition_video
 __all__ = [
     "AblationResult", "AttentionMaps", "InspectError", "SpanMass", "span_mass", "span_selector", "TrajectorySamples",
     "Variant",
-    "anchor_variants", "base_variant", "beta_variants", "caption_variants", "condition_videos", "cross_attention_hooks",
+    "anchor_variants", "base_variant", "decision_timeline", "latent_cell_masks", "plot_decision_timeline", "beta_variants", "caption_variants", "condition_videos", "cross_attention_hooks",
     "density_variants",
     "expand_latent_frames", "heatmap_overlay", "latent_path", "lk_tracker", "mask_mass_fraction", "mask_overlay",
     "overlay_trajectories", "pairwise_pixel_difference", "Patch", "PatchResult", "as_patches", "patch",
