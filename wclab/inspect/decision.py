@@ -90,8 +90,8 @@ def plot_decision_timeline(table: pd.DataFrame, value: str = "rms", fields: Opti
                            objects: Optional[Sequence[str]] = None, size: tuple[float, float] = (3.2, 2.2)
                            ) -> plt.Figure:
     """One panel per (field, object) of a :func:`decision_timeline` table: ``value`` ("rms", "norm" or
-    "share") per step inside the object's token mask (solid) and outside it (dashed; for "share", the mask's
-    area as a dotted reference), with the high-noise expert's steps shaded."""
+    "share") per step inside the object's token mask (solid) and outside it (dashed; for "share" instead the
+    mask's area, dotted: the share an even spread would give), with the high-noise expert's steps shaded."""
     if value not in ("rms", "norm", "share"):
         raise InspectError(f"value: expected 'rms', 'norm' or 'share', got {value!r}")
     fields = list(dict.fromkeys(table.field)) if fields is None else list(fields)
@@ -110,11 +110,13 @@ def plot_decision_timeline(table: pd.DataFrame, value: str = "rms", fields: Opti
             for step, expert in zip(steps.step, steps.expert):
                 if expert == "high":
                     ax.axvspan(step - 0.5, step + 0.5, color="0.9", lw=0)
-            for region, style in (("inside", "-o"), ("outside", "--")):
+            regions = (("inside", "-o"),) if value == "share" else (("inside", "-o"), ("outside", "--"))
+            for region, style in regions:
                 g = t[t.region == region]
                 ax.plot(g.step, g[value], style, ms=3, label=region)
             if value == "share":
                 ax.plot(steps.step, steps.area, ":", color="0.4", label="mask area")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_title(f"{field}: object {obj}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(f"{value} of the change")
