@@ -14,6 +14,7 @@ from wclab.inspect.decision import decision_timeline, latent_cell_masks, plot_de
 from wclab.inspect.display import (expand_latent_frames, heatmap_overlay, mask_overlay, overlay_trajectories,
                                    plot_heatmaps, plot_step_grid, plot_trajectories, save_video, show_video,
                                    show_videos, upsample, video_grid)
+from wclab.inspect.motion_maps import MotionMaps, QueryRowMass, self_attention_hooks, trajectory_token_mask
 from wclab.inspect.metrics import (drawn_frame, lk_tracker, mask_mass_fraction, pairwise_pixel_difference,
                                    pixel_difference, timing_lag, track_trajectories, trajectory_following_error,
                                    trajectory_timing)
@@ -22,7 +23,7 @@ from wclab.inspect.trajectory_latents import (TrajectorySamples, condition_video
                                               sample_trajectories, token_mask_stats, video_crops)
 
 __all__ = [
-    "AblationResult", "AttentionMaps", "InspectError", "SpanMass", "span_mass", "span_selector", "TrajectorySamples",
+    "AblationResult", "AttentionMaps", "MotionMaps", "QueryRowMass", "self_attention_hooks", "trajectory_token_mask", "InspectError", "SpanMass", "span_mass", "span_selector", "TrajectorySamples",
     "Variant",
     "anchor_variants", "base_variant", "decision_timeline", "latent_cell_masks", "plot_decision_timeline", "beta_variants", "caption_variants", "condition_videos", "cross_attention_hooks",
     "density_variants",
