@@ -17,6 +17,11 @@ recorded without stopping the others):
   capture_eager     eager float32-RoPE forward + wclab.inspect.AttentionMaps' capture on all blocks (its hooks and
                     reduction on the bare DiT), then a reduction hook on the opt-in cross_attn.hook_probs (the
                     explicit pattern: time, and the maps' check)
+  capture_motion    eager float32-RoPE forward + wclab.inspect.MotionMaps' capture on all blocks and heads for 4
+                    trajectories (`self_attention_hooks` + `QueryRowMass`), with large and small token boxes
+                    (query rows reported); block 0's rows checked against the explicit softmax of one head
+  capture_concept   eager float32-RoPE forward + wclab.inspect.ConceptMaps' capture (3 concepts of 4 tokens, both
+                    spaces) on all blocks
   compiled          fast.speed_up: float32 RoPE + torch.compile per block (+ cuDNN attention first, if faster)
   profile_compiled  kernel shares of the compiled path
   compiled_flash    the compiled path with each installed flash kernel (flash3 / flash4 / flash2) for the
@@ -24,6 +29,7 @@ recorded without stopping the others):
   profile_compiled_flash  kernel shares of that path
   two_experts       a second expert resident on the same GPU; peak memory with both
   capture_compiled  compiled path + the same AttentionMaps capture
+  capture_motion_compiled, capture_concept_compiled   the motion / concept captures on the compiled path
   accuracy          float32 forward of the same weights: every bf16 variant's error against it
   offload           BlockOffload (blocks streamed from pinned CPU memory): peak memory and time
   fp8               quantize_fp8 + compile: time, deviation, memory
@@ -50,6 +56,9 @@ from benchlib import Report, cuda_ms, memory, reset_peak, sync, timed  # noqa: E
 
 from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.inspect.attention import cross_attention_hooks, span_mass, span_selector  # noqa: E402
+from wclab.inspect.concept_maps import (Concept, ConceptMass, concept_hooks, concept_projections,  # noqa: E402
+                                        concept_selector)
+from wclab.inspect.motion_maps import QueryRowMass, self_attention_hooks  # noqa: E402
 from wclab.models import fast  # noqa: E402
 from wclab.models.attention import (AUTO_ORDER, attention, attention_backend, available_backends,  # noqa: E402
                                     set_attention_backend)
@@ -164,6 +173,67 @@ def attention_maps_capture(model: DiT, spans, text_len: int, device) -> tuple[li
         maps[next(calls) % n] = span_mass(q, k, bias, sel)
 
     return cross_attention_hooks([f"blocks.{b}.cross_attn" for b in range(n)], reduce), maps
+
+
+def motion_boxes(grid: tuple[int, int, int], k: int, shrink: int = 1) -> torch.Tensor:
+    """bool [k, S]: `object_token_masks` boxes, each side divided by ``shrink`` (at least one token)."""
+    f, h, w = grid
+    big = object_token_masks(grid, k).reshape(k, f, h, w)
+    if shrink == 1:
+        return big.reshape(k, -1)
+    out = torch.zeros_like(big)
+    bh, bw = max(h // 3 // shrink, 1), max(w // 4 // shrink, 1)
+    for i, t in itertools.product(range(k), range(f)):
+        ys, xs = torch.nonzero(big[i, t], as_tuple=True)
+        out[i, t, int(ys.min()):int(ys.min()) + bh, int(xs.min()):int(xs.min()) + bw] = True
+    return out.reshape(k, -1)
+
+
+def motion_maps_capture(model: DiT, masks: torch.Tensor, grid, device) -> tuple[list, dict, dict]:
+    """`wclab.inspect.MotionMaps`' capture on the bare DiT: its hooks (`self_attention_hooks`) on every block's
+    self-attention and its reduction (`QueryRowMass`, all heads) of the rows in ``masks`` bool [T, S] grouped per
+    (trajectory, latent frame). Returns (hooks, maps, info): maps[n] is block n's float32 [T·F', S] mass from the
+    last forward; info has the rows, selector and query row count."""
+    T, f = masks.shape[0], grid[0]
+    per_frame = _frame_split(masks, f)  # [T·F', S]
+    rows = torch.nonzero(per_frame.any(0)).flatten()
+    sel = per_frame[:, rows].float()
+    rows_d, sel_d = rows.to(device), sel.to(device)
+    n, calls, maps, mass = len(model.blocks), itertools.count(), {}, QueryRowMass()
+
+    def reduce(q, k):
+        maps[next(calls) % n] = mass(q, k, rows_d, sel_d)
+
+    hooks = self_attention_hooks([f"blocks.{b}.self_attn" for b in range(n)], reduce)
+    return hooks, maps, {"rows": rows, "selector": sel, "query_rows": int(len(rows))}
+
+
+def _frame_split(masks: torch.Tensor, f: int) -> torch.Tensor:
+    """bool [T, S] token sets → [T·f, S]: row (t, g) keeps the tokens of latent frame g only."""
+    T, S = masks.shape
+    frames = torch.arange(S) // (S // f)
+    return (masks[:, None, :] & (frames[None, None, :] == torch.arange(f)[None, :, None])).reshape(T * f, S)
+
+
+def concept_maps_capture(model: DiT, cfg: DiTConfig, device, dtype, n_concepts: int = 3, tokens: int = 4
+                         ) -> tuple[list, dict]:
+    """`wclab.inspect.ConceptMaps`' capture on the bare DiT: random T5-like contexts for ``n_concepts`` concepts of
+    ``tokens`` tokens, projected per block (`concept_projections`), and both spaces per block: `ConceptMass` (all
+    heads) and the output-space dot products. Returns (hooks, maps): maps[n] = (cross [R, S], output [R, S])."""
+    g = torch.Generator().manual_seed(3)
+    concepts = [Concept(f"c{i}", f"c{i}", (0.3 * torch.randn(1, tokens + 2, cfg.text_dim, generator=g)).to(device, dtype),
+                        (0, tokens)) for i in range(n_concepts)]
+    sel = concept_selector(concepts).to(device)
+    proj, maps, mass = {}, {}, ConceptMass()
+
+    def reduce(block, q, k, bias, out):
+        if block not in proj:
+            keys, outputs = concept_projections(model, block, concepts)
+            proj[block] = (keys, (sel / sel.sum(0)).T @ outputs)
+        keys, mean_outputs = proj[block]
+        maps[block] = (mass(q, k, bias, keys, sel), (out.float() @ mean_outputs.T).sum(0).T)
+
+    return concept_hooks([f"blocks.{b}.cross_attn" for b in range(len(model.blocks))], reduce), maps
 
 
 # ---------------------------------------------------------------------------------------------- profiling
@@ -422,6 +492,55 @@ def main(argv=None) -> dict:
 
     stage("capture_eager", capture_eager, 60)
 
+    # ------------------------------------------------------------------ motion / concept captures
+    def capture_motion_on(path: str):
+        """MotionMaps' capture of 4 trajectories with large and small boxes, on the eager or compiled path."""
+        base_key, ref_key, ctx = (("t_eager_rope32", "out_rope32", nullcontext) if path == "eager"
+                                  else ("t_compiled", "out_compiled", fast_ctx))
+        model.rope_dtype = torch.float32
+        base, r = st.get(base_key), {}
+        for label, shrink in (("large_boxes", 1), ("small_boxes", 2)):
+            hooks, maps, info = motion_maps_capture(model, motion_boxes(grid, 4, shrink), grid, device)
+            reset_peak()
+            with ctx(), model.hooks(hooks):
+                tm, out = timed(fwd(), args.repeat)
+            rr = result(tm, out, ref_key=ref_key, base_key=None)
+            rr.update(query_rows=info["query_rows"], query_rows_pct=round(100 * info["query_rows"] / S, 1),
+                      blocks_recorded=len(maps))
+            if ref_key in st:
+                rr[f"output_bitwise_equal_to_{ref_key[4:]}"] = bool(torch.equal(out, st[ref_key]))
+            if base:
+                rr["overhead_pct"] = round(100 * (tm["median_s"] / base - 1), 1)
+                rr["added_s"] = round(tm["median_s"] - base, 3)
+            # each query row's probabilities sum to 1 per head: group g's mass sums to heads x its rows
+            expected = cfg.num_heads * info["selector"].sum(1).to(device)
+            rr["block0_row_sum_max_rel_err"] = float(((maps[0].sum(1) - expected).abs() / expected).max())
+            r[label] = rr
+        return r
+
+    def capture_concept_on(path: str):
+        """ConceptMaps' capture (3 concepts, both spaces), on the eager or compiled path."""
+        base_key, ref_key, ctx = (("t_eager_rope32", "out_rope32", nullcontext) if path == "eager"
+                                  else ("t_compiled", "out_compiled", fast_ctx))
+        model.rope_dtype = torch.float32
+        hooks, maps = concept_maps_capture(model, cfg, device, dtype)
+        reset_peak()
+        with ctx(), model.hooks(hooks):
+            tm, out = timed(fwd(), args.repeat)
+        r = result(tm, out, ref_key=ref_key, base_key=None)
+        r["blocks_recorded"] = len(maps)
+        if ref_key in st:
+            r[f"output_bitwise_equal_to_{ref_key[4:]}"] = bool(torch.equal(out, st[ref_key]))
+        base = st.get(base_key)
+        if base:
+            r["overhead_pct"] = round(100 * (tm["median_s"] / base - 1), 1)
+            r["added_s"] = round(tm["median_s"] - base, 3)
+        r["block0_cross_mass_mean"] = [round(float(v), 5) for v in maps[0][0].mean(1) / cfg.num_heads]
+        return r
+
+    stage("capture_motion", lambda: capture_motion_on("eager"), 120)
+    stage("capture_concept", lambda: capture_concept_on("eager"), 50)
+
     # ------------------------------------------------------------------ compiled (eager's bf16 rounding)
     def compiled():
         import torch._dynamo
@@ -523,6 +642,8 @@ def main(argv=None) -> dict:
 
     if "t_compiled" in st:
         stage("capture_compiled", capture_compiled, 100)
+        stage("capture_motion_compiled", lambda: capture_motion_on("compiled"), 150)
+        stage("capture_concept_compiled", lambda: capture_concept_on("compiled"), 80)
 
     # ------------------------------------------------------------------ accuracy against float32
     def accuracy():
@@ -671,6 +792,12 @@ def summary(stages: dict) -> dict:
         "capture_eager_overhead_pct": get("capture_eager", "overhead_pct"),
         "capture_eager_hook_probs_overhead_pct": get("capture_eager", "hook_probs_overhead_pct"),
         "capture_compiled_overhead_pct": get("capture_compiled", "overhead_pct"),
+        **{f"capture_motion{p}_{b}_overhead_pct": get(f"capture_motion{p}", f"{b}_boxes", "overhead_pct")
+           for p in ("", "_compiled") for b in ("large", "small")},
+        "capture_motion_large_query_rows": get("capture_motion", "large_boxes", "query_rows"),
+        "capture_motion_small_query_rows": get("capture_motion", "small_boxes", "query_rows"),
+        "capture_concept_overhead_pct": get("capture_concept", "overhead_pct"),
+        "capture_concept_compiled_overhead_pct": get("capture_concept_compiled", "overhead_pct"),
         "two_experts_peak_gib": get("two_experts", "peak_allocated_gib"),
         "offload_s": get("offload", "median_s"),
         "offload_peak_gib": get("offload", "peak_allocated_gib"),

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-DIT_STAGES = ["kernels", "eager_bias", "eager_nobias", "eager_rope32", "capture_eager", "compiled", "two_experts",
-              "capture_compiled", "accuracy", "offload", "fp8", "step_cache"]
+DIT_STAGES = ["kernels", "eager_bias", "eager_nobias", "eager_rope32", "capture_eager", "capture_motion",
+              "capture_concept", "compiled", "two_experts", "capture_compiled", "capture_motion_compiled",
+              "capture_concept_compiled", "accuracy", "offload", "fp8", "step_cache"]
 
 
 def run(script: str, out: Path, *args: str) -> dict:
@@ -36,6 +37,14 @@ def test_bench_dit_tiny_runs_every_stage_without_errors(tmp_path):
     assert stages["capture_eager"]["attention_maps"]["output_bitwise_equal_to_eager_rope32"] is True
     assert stages["capture_eager"]["block0_maps_max_abs_diff_vs_hook_probs"] < 1e-5
     assert stages["capture_compiled"]["blocks_recorded"] == 2
+    for name in ("capture_motion", "capture_motion_compiled"):
+        for boxes in ("large_boxes", "small_boxes"):
+            r = stages[name][boxes]
+            assert r["blocks_recorded"] == 2 and r["query_rows"] > 0 and r["block0_row_sum_max_rel_err"] < 1e-5
+    assert stages["capture_motion"]["large_boxes"]["output_bitwise_equal_to_rope32"] is True
+    assert stages["capture_concept"]["output_bitwise_equal_to_rope32"] is True
+    assert stages["capture_concept_compiled"]["blocks_recorded"] == 2
+    assert report["summary"]["capture_motion_large_overhead_pct"] is not None
     assert (stages["step_cache"]["computed"], stages["step_cache"]["reused"]) == (4, 4)
     assert report["summary"]["compiled_s"] > 0 and report["env"]["torch"]
 

@@ -10,6 +10,8 @@ from wclab.inspect.ablations import (AblationResult, Variant, anchor_variants, b
                                      visibility_variants)
 from wclab.inspect.attention import (AttentionMaps, InspectError, SpanMass, cross_attention_hooks, span_mass,
                                     span_selector)
+from wclab.inspect.concept_maps import (Concept, ConceptMaps, ConceptMass, concept_hooks, concept_projections,
+                                       encode_concept, overlap_curves, plot_overlap_curves)
 from wclab.inspect.decision import decision_timeline, latent_cell_masks, plot_decision_timeline
 from wclab.inspect.display import (expand_latent_frames, heatmap_overlay, mask_overlay, overlay_trajectories,
                                    plot_heatmaps, plot_step_grid, plot_trajectories, save_video, show_video,
@@ -23,7 +25,9 @@ from wclab.inspect.trajectory_latents import (TrajectorySamples, condition_video
                                               sample_trajectories, token_mask_stats, video_crops)
 
 __all__ = [
-    "AblationResult", "AttentionMaps", "MotionMaps", "QueryRowMass", "self_attention_hooks", "trajectory_token_mask", "InspectError", "SpanMass", "span_mass", "span_selector", "TrajectorySamples",
+    "AblationResult", "AttentionMaps", "MotionMaps", "QueryRowMass", "self_attention_hooks", "trajectory_token_mask",
+    "Concept", "ConceptMaps", "ConceptMass", "concept_hooks", "concept_projections", "encode_concept", "overlap_curves",
+    "plot_overlap_curves", "InspectError", "SpanMass", "span_mass", "span_selector", "TrajectorySamples",
     "Variant",
     "anchor_variants", "base_variant", "decision_timeline", "latent_cell_masks", "plot_decision_timeline", "beta_variants", "caption_variants", "condition_videos", "cross_attention_hooks",
     "density_variants",
