@@ -175,8 +175,8 @@ def test_hook_points_follow_transformerlens_names(model):
     block0 = {n for n in names if n.startswith("blocks.0.")}
     assert block0 == {
         "blocks.0.hook_in", "blocks.0.hook_mod", "blocks.0.hook_ffn_out", "blocks.0.hook_out",
-        *(f"blocks.0.self_attn.hook_{s}" for s in ("q", "k", "v", "out")),
-        *(f"blocks.0.cross_attn.hook_{s}" for s in ("q", "k", "v", "bias", "logits", "probs", "out")),
+        *(f"blocks.0.self_attn.hook_{s}" for s in ("q", "k", "v", "z", "out")),
+        *(f"blocks.0.cross_attn.hook_{s}" for s in ("q", "k", "v", "bias", "logits", "probs", "z", "out")),
     }
     assert {"hook_embed", "hook_head_out"} <= names
     assert len(names) == 2 + 2 * len(block0)

@@ -20,7 +20,8 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 CELL_TIMEOUT = 300  # seconds for one cell: a hang fails the test instead of stalling CI
 # what each notebook shows on the CI profile: (matplotlib figures, inline videos)
-SHOWS = {"01": (1, 2), "02": (2, 6), "03": (3, 8), "04": (5, 2), "05": (2, 1), "06": (2, 1), "07": (2, 0)}
+SHOWS = {"01": (1, 2), "02": (2, 6), "03": (3, 8), "04": (5, 2), "05": (2, 1), "06": (2, 1), "07": (2, 0),
+         "08": (8, 4)}
 
 
 def execute(path: Path, profile: str = "ci", cache: Path | None = None) -> tuple[nbformat.NotebookNode, float]:
@@ -119,8 +120,8 @@ def test_tiny_checkpoints_are_written_once_with_both_variants(tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------------------------------------ notebooks
-def test_the_seven_numbered_notebooks_are_there():
-    assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(1, 8)]
+def test_the_eight_numbered_notebooks_are_there():
+    assert [p.name[:3] for p in PATHS] == [f"{i:02d}_" for i in range(1, 9)]
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])

@@ -14,11 +14,13 @@ Hook points (see `wclab.models.hooks`), N = block index:
   blocks.N.hook_in / hook_out [B, S, dim]       residual stream entering / leaving block N
   blocks.N.hook_mod [B, 6, dim]                 shift/scale/gate (self-attn), shift/scale/gate (ffn)
   blocks.N.self_attn.hook_q, hook_k [B, S, heads, head_dim] (after RMSNorm and RoPE), hook_v same shape
+  blocks.N.self_attn.hook_z [B, S, heads, head_dim] per-head attention output, before the out-projection
   blocks.N.self_attn.hook_out [B, S, dim]       self-attention output before its gate
   blocks.N.cross_attn.hook_q [B, S, heads, head_dim], hook_k / hook_v [B, L, heads, head_dim]
   blocks.N.cross_attn.hook_bias [B, 1, S, L]    only fires when a bias is given
   blocks.N.cross_attn.hook_logits (opt-in) [B, heads, S, L] float32, pre-softmax incl. bias
   blocks.N.cross_attn.hook_probs (opt-in)  [B, heads, S, L] float32
+  blocks.N.cross_attn.hook_z [B, S, heads, head_dim] per-head attention output, before the out-projection
   blocks.N.cross_attn.hook_out [B, S, dim]      cross-attention output added to the residual
   blocks.N.hook_ffn_out [B, S, dim]             feed-forward output before its gate
   hook_head_out [B, out_dim, F, H, W]           final output (flow-matching velocity prediction)
@@ -174,7 +176,7 @@ class SelfAttention(nn.Module):
         self.num_heads = num_heads
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
-        self.hook_q, self.hook_k, self.hook_v, self.hook_out = (HookPoint() for _ in range(4))
+        self.hook_q, self.hook_k, self.hook_v, self.hook_z, self.hook_out = (HookPoint() for _ in range(5))
         self.backend: Optional[str] = None  # attention backend (None: the default, `wclab.models.attention`)
         self.attention = self.local_attention  # (q, k, v) -> out; `wclab.parallel` swaps in a sequence-parallel one
 
@@ -187,7 +189,8 @@ class SelfAttention(nn.Module):
         q = self.hook_q(apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), freqs))
         k = self.hook_k(apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), freqs))
         v = self.hook_v(self.v(x).unflatten(-1, heads))
-        return self.hook_out(self.o(self.attention(q, k, v).flatten(-2)))  # [B, S, dim]
+        z = self.hook_z(self.attention(q, k, v))  # [B, S, heads, head_dim]
+        return self.hook_out(self.o(z.flatten(-2)))  # [B, S, dim]
 
 
 class CrossAttention(nn.Module):
@@ -198,7 +201,7 @@ class CrossAttention(nn.Module):
         self.num_heads = num_heads
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
-        self.hook_q, self.hook_k, self.hook_v, self.hook_bias, self.hook_out = (HookPoint() for _ in range(5))
+        self.hook_q, self.hook_k, self.hook_v, self.hook_bias, self.hook_z, self.hook_out = (HookPoint() for _ in range(6))
         self.hook_logits, self.hook_probs = HookPoint(opt_in=True), HookPoint(opt_in=True)
         self.backend: Optional[str] = None  # attention backend (None: the default, `wclab.models.attention`)
 
@@ -214,7 +217,7 @@ class CrossAttention(nn.Module):
             out = attention_from_probs(self.hook_probs(logits.softmax(-1)), v)
         else:
             out = attention(q, k, v, bias, backend=self.backend)
-        return self.hook_out(self.o(out.flatten(-2)))  # [B, S, dim]
+        return self.hook_out(self.o(self.hook_z(out).flatten(-2)))  # [B, S, dim]; hook_z [B, S, heads, head_dim]
 
 
 class Block(nn.Module):
