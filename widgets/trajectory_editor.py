@@ -1,7 +1,8 @@
 """ipycanvas trajectory editor: a thin view of :class:`EditorState` (replaces the original gradio ``draw_traj.py``).
 
 Canvas layers (bottom to top): start image; committed objects (masks, trajectories with direction arrows and
-a tick every 4 frames); where each object is at the slider's frame; work in progress (mask preview, clicks,
+a tick every 4 frames); where each object is at the slider's frame (a Play button runs the slider: a preview of
+the dots moving over the image); work in progress (mask preview, clicks,
 polyline, pending trajectory) — the top layer receives the mouse and keyboard. Errors show under the canvas.
 The canvas keeps the model's pixel size and is shown ``zoom`` times larger (fitted to a notebook column, at most
 its width), so clicks arrive in exact model pixels. The view renders ``state.summary()`` after every change of
@@ -43,6 +44,8 @@ TICK_EVERY = 4
 FIT_WIDTH = 720
 """Pixels: the canvas opens scaled to about this width (a notebook column), at most ``MAX_ZOOM`` times."""
 MAX_ZOOM = 8.0
+PREVIEW_FPS = 16
+"""Frames per second of the Play preview (Wan's video rate)."""
 
 
 def object_color(obj_id: int, anchor: bool = False) -> str:
@@ -141,6 +144,9 @@ class TrajectoryEditor(W.VBox):
         self.frame = W.IntSlider(value=0, min=0, max=s.frames - 1, description="frame:",
                                  layout=W.Layout(width="420px"))
         self.frame.observe(lambda ch: self._on_frame(ch["new"]), "value")
+        self.play = W.Play(value=0, min=0, max=s.frames - 1, interval=round(1000 / PREVIEW_FPS), show_repeat=True,
+                           description="preview", tooltip="play the dots over the image (frame slider)")
+        W.link((self.play, "value"), (self.frame, "value"))  # the preview moves the frame slider, and back
         self.save_path = W.Text(value="conditions.json", layout=W.Layout(width="240px"))
         # feedback
         self.status = W.HTML()
@@ -167,7 +173,7 @@ class TrajectoryEditor(W.VBox):
             self.feedback.error,
             self.notes,
             self.status,
-            W.HBox([self.st_et, self.frame]),
+            W.HBox([self.st_et, self.play, self.frame]),
             frames_label,
             W.HBox([self.obj_id, self.caption, self.anchor]),
             W.HBox([button("Add trajectory", "commit", "Enter (draw/erase mode)", "primary"),
@@ -302,7 +308,7 @@ class TrajectoryEditor(W.VBox):
             self.polarity.value = "negative" if v["negative_clicks"] else "positive"
             self.st_et.max = s.frames
             self.st_et.value = v["st_et"]
-            self.frame.max = s.frames - 1
+            self.frame.max = self.play.max = s.frames - 1
             self.frame.value = v["frame"]
             self.obj_id.value = v["obj_id"]
             self.anchor.value = v["caption"] == ANCHOR_TEXT
