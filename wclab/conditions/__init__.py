@@ -29,6 +29,7 @@ from wclab.conditions.motion import (
     turn_back,
 )
 from wclab.conditions.scene import ANCHOR_TEXT, Scene, Trajectory
+from wclab.conditions.tracks import Tracks, add_tracks, load_tracks, save_tracks, tracks_from_video
 from wclab.conditions.validate import check_model_size, parse_scene
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "set_caption", "Prompt", "build_prompt", "resize_scene",
     "motion", "SPEED_CURVES", "CAMERA_PRESETS", "default_frames_at", "timed_track", "eased", "spline_path",
     "path_track", "camera_anchors", "enter_from_edge", "leave_through_edge", "pass_behind", "stop_at", "turn_back",
+    "Tracks", "add_tracks", "load_tracks", "save_tracks", "tracks_from_video",
 ]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Optional, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 
 from wclab.conditions import Scene
+from wclab.conditions.tracks import lk_track
 from wclab.inspect.attention import InspectError
 from wclab.inspect.display import as_video, positions
 
@@ -30,28 +30,7 @@ def lk_tracker(video: np.ndarray, queries: np.ndarray, win: int = 15, levels: in
     ``found`` bool ``[Q, N]``; each point is followed forward and backward from its query frame and marked
     lost (found False, position NaN) from the first frame LK fails or leaves the image on.
     """
-    v = as_video(video, "video")
-    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in v]
-    N, H, W = v.shape[:3]
-    Q = len(queries)
-    tracks = np.full((Q, N, 2), np.nan)
-    found = np.zeros((Q, N), bool)
-    params = dict(winSize=(win, win), maxLevel=levels,
-                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
-    for q, (t0, x, y) in enumerate(np.asarray(queries, np.float64)):
-        t0 = int(t0)
-        tracks[q, t0], found[q, t0] = (x, y), True
-        for order in (range(t0 + 1, N), range(t0 - 1, -1, -1)):
-            p = np.array([[[x, y]]], np.float32)
-            prev = t0
-            for t in order:
-                nxt, status, _ = cv2.calcOpticalFlowPyrLK(gray[prev], gray[t], p, None, **params)
-                px, py = nxt[0, 0]
-                if not status[0, 0] or not (0 <= px < W and 0 <= py < H):
-                    break
-                tracks[q, t], found[q, t] = (px, py), True
-                p, prev = nxt, t
-    return tracks, found
+    return lk_track(as_video(video, "video"), queries, win=win, levels=levels)
 
 
 def track_trajectories(video: np.ndarray, scene: Scene, tracker: Optional[Tracker] = None,
