@@ -653,9 +653,10 @@ class EditorState:
     # ------------------------------------------------------------------ motion tools (beyond the drawing tool)
     def reach_frames(self) -> tuple[int, ...]:
         """Frames at which the trajectory being drawn reaches each of its points: the custom timing, else the
-        tool's equal-frames rule; ``()`` with no points, for a spline, or when ``[st, et)`` is too short."""
+        tool's equal-frames rule; ``()`` with no points, for a spline, with a speed curve, or when ``[st, et)`` is
+        too short."""
         d = self.draft
-        if not d.polyline or d.motion.path == "spline":
+        if not d.polyline or d.motion.path == "spline" or d.motion.speed != "linear":
             return ()
         if d.motion.frames_at is not None:
             return d.motion.frames_at
@@ -666,7 +667,8 @@ class EditorState:
 
     def set_timing(self, frames_at: Optional[Sequence[int]]) -> None:
         """Reach clicked point i at frame ``frames_at[i]`` (first = st, strictly increasing, last < et; the last
-        point is held to et - 1); ``None``: back to the tool's equal frames per segment."""
+        point is held to et - 1; the speed curve goes back to linear); ``None``: back to the tool's equal frames
+        per segment."""
         d = self.draft
         if frames_at is None:
             if d.motion.frames_at is not None:
@@ -687,17 +689,24 @@ class EditorState:
             raise EditorError(f"timing: the first point is reached at the first frame ({d.st}) and the last before "
                               f"the end frame ({d.et}, exclusive); got {list(fa)}")
         mo.timed_track(d.polyline, fa, self.frames, et=d.et)  # strictly increasing, else ConditionError
-        default = self.reach_frames() if d.motion.frames_at is None else None
-        motion = replace(d.motion, frames_at=None if fa == default else fa)
+        try:
+            default = tuple(mo.default_frames_at(len(d.polyline), d.st, d.et))
+        except WclabError:
+            default = None
+        motion = replace(d.motion, frames_at=None if fa == default else fa, speed="linear")
         if motion != d.motion:
             self._apply(f"timing: points reached at frames {', '.join(map(str, fa))}", motion=motion)
 
     def set_speed(self, curve: str) -> None:
-        """Re-time the trajectory being drawn with a speed curve (a name in ``SPEED_CURVES``; "linear": none)."""
+        """Re-time the trajectory being drawn with a speed curve (a name in ``SPEED_CURVES``; "linear": none).
+        A speed curve replaces per-point timing (the points are then reached where the curve says)."""
         if curve not in mo.SPEED_CURVES:
             raise EditorError(f"speed: expected one of {list(mo.SPEED_CURVES)}, got {curve!r}")
-        if curve != self.draft.motion.speed:
-            self._apply(f"speed curve: {curve.replace('_', ' ')}", motion=replace(self.draft.motion, speed=curve))
+        m = self.draft.motion
+        if curve != m.speed:
+            off = "; per-point timing off" if m.frames_at is not None and curve != "linear" else ""
+            self._apply(f"speed curve: {curve.replace('_', ' ')}{off}",
+                        motion=replace(m, speed=curve, frames_at=None if curve != "linear" else m.frames_at))
 
     def set_path(self, path: str, tension: Optional[float] = None, by: Optional[str] = None) -> None:
         """Path shape: ``"polyline"`` (the tool's) or ``"spline"`` (Catmull-Rom with ``tension``, sampled ``by``
