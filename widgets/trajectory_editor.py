@@ -159,7 +159,7 @@ class TrajectoryEditor(W.VBox):
         self.tension = W.FloatSlider(value=0.5, min=0.0, max=2.0, step=0.05, description="tension:",
                                      continuous_update=False, layout=W.Layout(width="260px"))
         self.sample_by = W.ToggleButtons(options=list(SAMPLE_BY), description="spline by:",
-                                         style={"button_width": "80px"},
+                                         style={"button_width": "92px"},
                                          tooltips=["equal time per segment", "constant speed"])
         self.speed = W.Dropdown(options=list(SPEED_CURVES), description="speed:", layout=W.Layout(width="220px"))
         self.timing = W.Text(description="reach at:", placeholder="frame of each point, e.g. 0, 6, 16",
