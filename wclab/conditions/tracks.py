@@ -340,7 +340,8 @@ def lk_track(video: np.ndarray, queries: np.ndarray, win: int = 15, levels: int 
     q = np.asarray(queries, np.float64).reshape(-1, 3)
     tracks = np.full((len(q), n, 2), np.nan)
     found = np.zeros((len(q), n), bool)
-    params = dict(winSize=(win, win), maxLevel=levels, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    params = dict(winSize=(win, win), maxLevel=levels,
+                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     for i, (t0, x, y) in enumerate(q):
         t0 = int(t0)
         if not 0 <= t0 < n:
