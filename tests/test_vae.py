@@ -84,7 +84,7 @@ def test_tiled_equals_untiled_when_one_tile_covers_the_frame(golden, vae, untile
     assert torch.equal(vae.decode(golden["vae_latents"], tiled=True, **big), untiled[1])
 
 
-def _local_encode(video):  # per 8x8 block and per frame group, so tiling cannot change the result
+def _local_encode(video, progress=False):  # per 8x8 block and per frame group, so tiling cannot change the result
     first, rest = video[:, :, :1], video[:, :, 1::4]
     pooled = F.avg_pool3d(torch.cat([first, rest], 2), (1, 8, 8))
     return pooled.repeat(1, 6, 1, 1, 1)[:, :16] * torch.linspace(-1, 1, 16).view(1, 16, 1, 1, 1)
@@ -160,6 +160,30 @@ def test_tiled_decode_blends_unclamped_tiles_and_clamps_once(vae, monkeypatch):
     per_tile_clamped = _reference_tiling(latents, lambda z: tile_dependent(z).clamp(-1, 1), *grid[2:])
     assert (expected - per_tile_clamped).abs().max() > 0.5  # the check below can tell the two apart
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_untiled_encode_is_diffusers_encode_run_chunk_by_chunk(golden, vae):
+    video = golden["vae_in_video"]
+    mu = vae.model.encode(video).latent_dist.mean
+    expected = (mu - vae.latents_mean.view(1, -1, 1, 1, 1)) * vae.latents_inv_std.view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(vae.encode(video), expected, atol=0, rtol=0)
+
+
+def test_untiled_encode_and_decode_show_a_progress_bar_over_latent_frames(golden, vae, monkeypatch):
+    import wclab.models.vae as vae_module
+
+    bars = []
+
+    def recording_tqdm(iterable, desc=None, disable=False, **kwargs):
+        items = list(iterable)
+        bars.append((desc, len(items), disable))
+        return items
+
+    monkeypatch.setattr(vae_module, "tqdm", recording_tqdm)
+    video, latents = golden["vae_in_video"], golden["vae_latents"]  # 9 frames = 3 latent frames
+    vae.encode(video)
+    vae.decode(latents)
+    assert bars == [("VAE encoding", 3, False), ("VAE decoding", 3, False)]
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -2,8 +2,9 @@
 
 Opens ``tests/browser_editor.ipynb`` (an editor on a synthetic image with a red box), clicks the box, confirms
 the mask, clicks a three-point trajectory on the canvas, adds it, undoes and redoes it from the keyboard, loads
-it for editing (``s``), drags its last point with the mouse, saves the edit and the JSON; then checks the scene
-the kernel wrote; then draws a second path for the box freehand (one drag) and checks it too. A screenshot goes to ``tests/artifacts/browser_editor.png``
+it for editing (``s``), drags its last point with the mouse, types the frames at which its points are reached in
+the timing control, saves the edit and the JSON; then checks the scene the kernel wrote; then draws a second path
+for the box freehand (one drag) and checks it too; then adds a static camera (one click) and checks its anchors. A screenshot goes to ``tests/artifacts/browser_editor.png``
 for inspection. Skipped when ``/usr/bin/chromium`` or playwright is missing (``.ci/run`` installs both);
 never downloads a browser.
 """
@@ -175,6 +176,10 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
     moved = (400, 60)
     drag(polyline[-1], moved)                         # a real drag moves its last point
     shown("moved point 2")
+    timing = cell.get_by_placeholder("frame of each point, e.g. 0, 6, 16")
+    timing.fill("0, 4, 12")                           # the timing control: reach each point at these frames
+    timing.press("Enter")
+    shown("timing: points reached at frames 0, 4, 12")
     button("Add trajectory")
     shown("saved trajectory 0")
     button("Save JSON")
@@ -190,6 +195,7 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
     # The canvas is shown zoomed; ipycanvas maps clicks back to canvas pixels, within a pixel of the aim.
     np.testing.assert_allclose(track[0], polyline[0], atol=1.0)
     np.testing.assert_allclose(track[-1], moved, atol=1.0)
+    np.testing.assert_allclose(track[[4, 12]], [polyline[1], moved], atol=1.0)  # reached at the frames typed
     assert traj.visibility == (1,) * 17
     mask = traj.mask.decode()
     assert mask[64:144, 96:224].mean() > 0.95 and mask.sum() < 1.1 * 80 * 128
@@ -214,3 +220,12 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
     np.testing.assert_allclose(freehand.track[0], (40, 230), atol=1.0)
     np.testing.assert_allclose(freehand.track[-1], (400, 110), atol=1.0)
     assert len(np.unique(freehand.track.round(), axis=0)) > 8      # a path, not a point
+
+    # A camera preset in one click: static background anchors under a fresh id.
+    button("Static camera")
+    shown("static camera: added 9 background anchors (object 2)")
+    button("Save JSON")
+    shown("saved 11 trajectories")
+    anchors = load_json(out_json).trajectories[2:]
+    assert len(anchors) == 9 and all(t.is_anchor and t.id == 2 for t in anchors)
+    assert all(np.ptp(t.track, axis=0).max() == 0 for t in anchors)

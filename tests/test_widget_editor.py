@@ -870,3 +870,16 @@ def test_a_closed_path_stays_closed_when_edited(state):
     state.commit()
     state.select(0)
     assert state.draft.polyline == ((20.0, 20.0), (100.0, 20.0), (100.0, 100.0), (20.0, 20.0))
+
+
+def test_the_play_preview_runs_the_frame_slider_and_the_dots_follow(editor):
+    from widgets.trajectory_editor import PREVIEW_FPS
+    s = editor.state
+    draw_box_path(s)                                     # (16, 100) -> (80, 100) over frames [0, 17)
+    assert editor.play.max == T - 1 and editor.play.interval == round(1000 / PREVIEW_FPS)
+    editor.play.value = 8                                # a tick of the Play button in the browser
+    assert s.frame == 8 and editor.frame.value == 8
+    assert s.positions_at() == [(0, 48.0, 100.0, True)]  # where the dot is drawn at this frame
+    assert editor.view_summary() == s.summary()
+    s.set_frame(3)                                       # the slider (or a script) moves the preview too
+    assert editor.play.value == 3

@@ -27,14 +27,22 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from wclab.conditions import ANCHOR_TEXT, RLEMask, Scene, Trajectory, load_json
-from wclab.conditions.ops import (active_range, add_trajectory, control_points, erase, make_trajectory,
+from wclab.conditions import motion as mo
+from wclab.conditions.ops import (_tuples, active_range, add_trajectory, erase, make_trajectory,
                                   nearest_track_index, new_scene, polyline_track, set_caption, static_anchor)
+from wclab.conditions.tracks import Tracks, add_tracks, load_tracks, save_tracks, tracks_from_video
 from wclab.errors import WclabError
 from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, FRAMES_PER_LATENT, TOKEN_CELL
 from widgets.images import ImageLike, fit_image
 from widgets.segmenter import Point, Segmenter, default_segmenter
 
 MODES = ("mask", "draw", "erase")
+PATHS = ("polyline", "spline")
+SAMPLE_BY = ("time", "arc_length")
+EVENTS = ("enter", "leave", "pass_behind", "stop", "turn_back")
+"""Event presets for the selected trajectory (:mod:`wclab.conditions.motion`)."""
+CAMERA_AMOUNTS = {"static": 0.0, "pan": 0.25, "zoom": 1.25, "rotate": 10.0}
+"""Default camera amounts: pans a quarter of the image width/height, zooms x1.25, rotations 10 degrees."""
 
 
 class EditorError(WclabError, ValueError):
@@ -45,6 +53,40 @@ def _frozen(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool).copy()
     mask.setflags(write=False)
     return mask
+
+
+@dataclass(frozen=True)
+class Motion:
+    """How the trajectory being drawn moves along its clicked points. The default is the drawing tool's rule:
+    a polyline, equal frames per segment, constant speed within a segment."""
+
+    frames_at: Optional[tuple[int, ...]] = None
+    """Frame at which each clicked point is reached (first = st, strictly increasing, last < et; the last point
+    is held to et - 1). None: the tool's equal-frames rule (:func:`wclab.conditions.motion.default_frames_at`)."""
+    speed: str = "linear"
+    """A speed curve of :data:`wclab.conditions.motion.SPEED_CURVES` that re-times the whole path."""
+    path: str = "polyline"
+    """``"polyline"`` (straight segments, as the tool) or ``"spline"`` (Catmull-Rom through the points)."""
+    tension: float = 0.5
+    """Spline tension (0: straight segments, 0.5: Catmull-Rom)."""
+    by: str = "time"
+    """Spline sampling: ``"time"`` (equal time per segment) or ``"arc_length"`` (constant speed)."""
+
+    @property
+    def is_default(self) -> bool:
+        return self == Motion()
+
+    def describe(self) -> str:
+        parts = [f"spline (tension {self.tension:g}, by {self.by.replace('_', ' ')})" if self.path == "spline"
+                 else "polyline"]
+        if self.frames_at is not None:
+            parts.append(f"points at frames {', '.join(map(str, self.frames_at))}")
+        if self.speed != "linear":
+            parts.append(self.speed.replace("_", " "))
+        return ", ".join(parts)
+
+
+Recipe = tuple  # (polyline, st, et, erased, Motion): what redraws a trajectory in the editor
 
 
 @dataclass(frozen=True)
@@ -73,6 +115,11 @@ class Draft:
     """Index of the selected committed trajectory (target of delete, and of erase when nothing is drawn)."""
     editing: Optional[int] = None
     """Index of the committed trajectory loaded into the draft for editing (``commit`` replaces it)."""
+    motion: Motion = Motion()
+    """Timing, speed curve and path shape of the trajectory being drawn."""
+    drawn: dict = field(default_factory=dict, compare=False, repr=False)
+    """Committed :class:`Trajectory` → the recipe ``(polyline, st, et, erased, Motion)`` it was drawn with here, so
+    editing it again restores its timing and shape (trajectories changed otherwise fall back to their corners)."""
     action: str = field(default="", compare=False)
     """What made this snapshot (undo/redo report it)."""
 
@@ -152,14 +199,14 @@ class EditorState:
         self.undo_stack.append(self.draft)
         del self.undo_stack[:-self.history_limit]
         self.redo_stack.clear()
-        self.draft = replace(self.draft, action=message, **changes)
-        self.message = message
+        self.draft, note = _fit_motion(replace(self.draft, action=message, **changes))
+        self.message = message + note
         self._changed()
 
     def _amend(self, message: str, **changes: Any) -> None:
         """Change the draft without a new undo step (the moves of one drag are one step)."""
-        self.draft = replace(self.draft, action=message, **changes)
-        self.message = message
+        self.draft, note = _fit_motion(replace(self.draft, action=message, **changes))
+        self.message = message + note
         self._changed()
 
     def undo(self) -> None:
@@ -243,7 +290,7 @@ class EditorState:
         if not 0 <= st < et <= self.frames:
             raise EditorError(f"st/et: need 0 <= st < et <= {self.frames} (et is exclusive), got st={st}, et={et}")
         if (st, et) != (self.draft.st, self.draft.et):
-            self._check_buildable(self.draft.polyline, st, et)
+            self._check_buildable(self.draft.polyline, st, et, self.draft.motion)
             self._apply(f"frames [{st}, {et})", st=st, et=et)
 
     def set_object(self, obj_id: int, caption: Optional[str] = None) -> None:
@@ -299,11 +346,16 @@ class EditorState:
 
     def _load_for_editing(self, index: int) -> None:
         t = self.draft.trajectories[index]
-        polyline, st, et, erased = _editable(t)
+        polyline, st, et, erased, motion = self._recipe(t)
         self._apply(f"editing trajectory {index} (object {t.id}): drag its points, change frames or caption, "
                     "then Add trajectory saves it", selected=index, editing=index, mode="draw", clicks=(),
                     mask=_frozen(t.mask.decode()), mask_score=None, mask_rle=t.mask, polyline=polyline,
-                    st=st, et=et, erased=erased, erase_start=None, obj_id=int(t.id), caption=t.text)
+                    st=st, et=et, erased=erased, erase_start=None, obj_id=int(t.id), caption=t.text, motion=motion)
+
+    def _recipe(self, t: Trajectory) -> Recipe:
+        """How ``t`` was drawn here, else its corners and the frames it reaches them (:func:`_editable`)."""
+        recipe = self.draft.drawn.get(t)
+        return recipe if recipe is not None else _editable(t)
 
     def edit_selected(self) -> None:
         """Load the selected trajectory for editing (as selecting it in the list does)."""
@@ -444,7 +496,7 @@ class EditorState:
         if not d.mask_confirmed:
             raise EditorError("no mask: pick the object in mask mode and confirm it first")
         polyline = d.polyline + (p,)
-        self._check_buildable(polyline, d.st, d.et)
+        self._check_buildable(polyline, d.st, d.et, _fit_motion(replace(d, polyline=polyline))[0].motion)
         self._apply(f"polyline: {len(polyline)} points", polyline=polyline)
 
     def _erase_click(self, p: Point) -> None:
@@ -462,8 +514,11 @@ class EditorState:
         if d.polyline:
             self._apply(f"frames {i}..{j} invisible", erased=d.erased + ((i, j),), erase_start=None)
         else:
+            new = erase(target, i, j)
+            recipe = d.drawn.get(target)
+            drawn = d.drawn if recipe is None else {**d.drawn, new: recipe[:3] + (recipe[3] + ((i, j),), recipe[4])}
             self._apply(f"frames {i}..{j} of trajectory {d.selected} invisible",
-                        scene=d.scene.with_trajectory(d.selected, erase(target, i, j)), erase_start=None)
+                        scene=d.scene.with_trajectory(d.selected, new), erase_start=None, drawn=drawn)
 
     # ------------------------------------------------------------------ mask actions
     def confirm_mask(self) -> None:
@@ -511,9 +566,9 @@ class EditorState:
             raise EditorError("no point to remove")
 
     # ------------------------------------------------------------------ trajectories
-    def _check_buildable(self, polyline: tuple[Point, ...], st: int, et: int) -> None:
-        if polyline:
-            polyline_track(polyline, st, et, self.frames)  # raises ConditionError when [st, et) is too short
+    def _check_buildable(self, polyline: tuple[Point, ...], st: int, et: int, motion: Motion) -> None:
+        if polyline:  # raises ConditionError when [st, et) is too short for the tool's rule
+            _motion_track(polyline, st, et, _fit_motion_to(motion, polyline, st, et)[0], self.frames)
 
     def pending(self, with_erased: bool = True) -> Optional[Trajectory]:
         """The trajectory being drawn (None until the mask is confirmed and a point is clicked)."""
@@ -523,9 +578,14 @@ class EditorState:
         text = d.caption or ANCHOR_TEXT
         if len(d.polyline) == 1 and (d.st, d.et) == (0, self.frames):
             traj = static_anchor(d.polyline[0], obj_id=d.obj_id, mask=d.mask_rle, frames=self.frames, text=text)
-        else:
+        elif d.motion.is_default:  # the drawing tool's polyline, exactly
             traj = make_trajectory(list(d.polyline), d.st, d.et, obj_id=d.obj_id, mask=d.mask_rle,
                                    frames=self.frames, text=text)
+        else:
+            track, vis = _motion_track(d.polyline, d.st, d.et, d.motion, self.frames)
+            base = make_trajectory(list(d.polyline[:1]), d.st, d.et, obj_id=d.obj_id, mask=d.mask_rle,
+                                   frames=self.frames, text=text)
+            traj = base.replace(points=_tuples(track, vis > 0, d.obj_id), visibility=tuple(int(v) for v in vis))
         if with_erased:
             for f0, f1 in d.erased:
                 traj = erase(traj, f0, f1)
@@ -542,16 +602,17 @@ class EditorState:
             raise EditorError("empty caption: describe the object, or write None for a camera/background anchor")
         traj = self.pending()
         scene, note = d.scene, ""
+        recipe = (d.polyline, d.st, d.et, d.erased, d.motion)
         if d.editing is not None:
             old_t = scene.trajectories[d.editing]
             if old_t.id == traj.id and old_t.is_anchor == traj.is_anchor:  # same object: save it in place
-                if _editable(old_t) == (d.polyline, d.st, d.et, d.erased) and old_t.mask == d.mask_rle:
+                if self._recipe(old_t) == recipe and old_t.mask == d.mask_rle:
                     traj = old_t.replace(text=traj.text)  # path untouched: keep the track exactly (loaded JSON)
                 if not traj.is_anchor and scene.captions.get(str(traj.id)) != traj.text:
                     scene, note = set_caption(scene, traj.id, traj.text), f"; caption of object {traj.id} changed"
                 self._apply(f"saved trajectory {d.editing} (object {traj.id}){note}",
                             scene=scene.with_trajectory(d.editing, traj), polyline=(), erased=(), erase_start=None,
-                            mode="draw", selected=d.editing, editing=None)
+                            mode="draw", selected=d.editing, editing=None, drawn={**d.drawn, traj: recipe})
                 return traj
             scene = _without(scene, d.editing)  # another id or kind: it becomes a new trajectory at the end
         same_id = scene.trajectories_of(traj.id)
@@ -565,7 +626,7 @@ class EditorState:
         scene = add_trajectory(scene, traj)
         index, what = len(scene.trajectories) - 1, "added"
         self._apply(f"{what} trajectory {index} (object {traj.id}){note}", scene=scene, polyline=(), erased=(),
-                    erase_start=None, mode="draw", selected=index, editing=None)
+                    erase_start=None, mode="draw", selected=index, editing=None, drawn={**d.drawn, traj: recipe})
         return traj
 
     def new_object(self) -> None:
@@ -588,6 +649,184 @@ class EditorState:
             drop = {"editing": d.editing - (d.editing > index)}
         self._apply(f"deleted trajectory {index} (object {d.trajectories[index].id})", scene=scene, selected=None,
                     **drop)
+
+    # ------------------------------------------------------------------ motion tools (beyond the drawing tool)
+    def reach_frames(self) -> tuple[int, ...]:
+        """Frames at which the trajectory being drawn reaches each of its points: the custom timing, else the
+        tool's equal-frames rule; ``()`` with no points, for a spline, with a speed curve, or when ``[st, et)`` is
+        too short."""
+        d = self.draft
+        if not d.polyline or d.motion.path == "spline" or d.motion.speed != "linear":
+            return ()
+        if d.motion.frames_at is not None:
+            return d.motion.frames_at
+        try:
+            return tuple(mo.default_frames_at(len(d.polyline), d.st, d.et))
+        except WclabError:
+            return ()
+
+    def set_timing(self, frames_at: Optional[Sequence[int]]) -> None:
+        """Reach clicked point i at frame ``frames_at[i]`` (first = st, strictly increasing, last < et; the last
+        point is held to et - 1; the speed curve goes back to linear); ``None``: back to the tool's equal frames
+        per segment."""
+        d = self.draft
+        if frames_at is None:
+            if d.motion.frames_at is not None:
+                self._apply("timing: equal frames per segment (the drawing tool's rule)",
+                            motion=replace(d.motion, frames_at=None))
+            return
+        if not d.polyline:
+            raise EditorError("timing: click the trajectory's points first")
+        if d.motion.path == "spline":
+            raise EditorError("timing: per-point frames apply to a polyline; a spline is timed by time or arc length")
+        try:
+            fa = tuple(int(f) for f in frames_at)
+        except (TypeError, ValueError):
+            raise EditorError(f"timing: expected whole frame numbers, got {frames_at!r:.60}") from None
+        if len(fa) != len(d.polyline):
+            raise EditorError(f"timing: expected {len(d.polyline)} frames (one per point), got {len(fa)}")
+        if fa[0] != d.st or fa[-1] >= d.et:
+            raise EditorError(f"timing: the first point is reached at the first frame ({d.st}) and the last before "
+                              f"the end frame ({d.et}, exclusive); got {list(fa)}")
+        mo.timed_track(d.polyline, fa, self.frames, et=d.et)  # strictly increasing, else ConditionError
+        try:
+            default = tuple(mo.default_frames_at(len(d.polyline), d.st, d.et))
+        except WclabError:
+            default = None
+        motion = replace(d.motion, frames_at=None if fa == default else fa, speed="linear")
+        if motion != d.motion:
+            self._apply(f"timing: points reached at frames {', '.join(map(str, fa))}", motion=motion)
+
+    def set_speed(self, curve: str) -> None:
+        """Re-time the trajectory being drawn with a speed curve (a name in ``SPEED_CURVES``; "linear": none).
+        A speed curve replaces per-point timing (the points are then reached where the curve says)."""
+        if curve not in mo.SPEED_CURVES:
+            raise EditorError(f"speed: expected one of {list(mo.SPEED_CURVES)}, got {curve!r}")
+        m = self.draft.motion
+        if curve != m.speed:
+            off = "; per-point timing off" if m.frames_at is not None and curve != "linear" else ""
+            self._apply(f"speed curve: {curve.replace('_', ' ')}{off}",
+                        motion=replace(m, speed=curve, frames_at=None if curve != "linear" else m.frames_at))
+
+    def set_path(self, path: str, tension: Optional[float] = None, by: Optional[str] = None) -> None:
+        """Path shape: ``"polyline"`` (the tool's) or ``"spline"`` (Catmull-Rom with ``tension``, sampled ``by``
+        time or arc length). A spline drops per-point frames."""
+        m = self.draft.motion
+        tension = m.tension if tension is None else tension
+        by = m.by if by is None else by
+        if path not in PATHS:
+            raise EditorError(f"path: expected one of {list(PATHS)}, got {path!r}")
+        if by not in SAMPLE_BY:
+            raise EditorError(f"spline sampling: expected one of {list(SAMPLE_BY)}, got {by!r}")
+        if isinstance(tension, bool) or not isinstance(tension, (int, float, np.number)) or not 0 <= tension <= 2:
+            raise EditorError(f"spline tension: expected a number in [0, 2], got {tension!r}")
+        motion = replace(m, path=path, tension=round(float(tension), 4), by=by,
+                         frames_at=None if path == "spline" else m.frames_at)
+        if motion != m:
+            self._apply(f"path: {motion.describe()}", motion=motion)
+
+    def add_camera(self, kind: str, amount: Optional[float] = None, grid: tuple[int, int] = (3, 3)) -> list[Trajectory]:
+        """Add background anchors (caption "None", a fresh id) that move as the scene would under a camera motion:
+        one of ``CAMERA_PRESETS``; ``amount``: pixels for pans (default a quarter of the image), zoom factor
+        (1.25), degrees for rotations (10). The work in progress is kept."""
+        if kind not in mo.CAMERA_PRESETS:
+            raise EditorError(f"camera: expected one of {list(mo.CAMERA_PRESETS)}, got {kind!r}")
+        family = kind.split("_")[0]
+        if amount is None:
+            amount = CAMERA_AMOUNTS[family]
+            if family == "pan":
+                amount *= self.width if kind in ("pan_left", "pan_right") else self.height
+        d = self.draft
+        obj_id = max([t.id for t in d.trajectories] + [d.obj_id]) + 1
+        anchors = mo.camera_anchors(self.height, self.width, self.frames, kind, amount, grid=grid, obj_id=obj_id)
+        scene = d.scene
+        for a in anchors:
+            scene = add_trajectory(scene, a)
+        unit = {"pan": " px", "zoom": "x", "rotate": " degrees"}.get(family, "")
+        what = "static camera" if kind == "static" else f"camera {kind.replace('_', ' ')} {amount:g}{unit}"
+        self._apply(f"{what}: added {len(anchors)} background anchors (object {obj_id})", scene=scene)
+        return anchors
+
+    def apply_event(self, kind: str, *, edge: str = "left", frames: Optional[int] = None,
+                    frame: Optional[int] = None) -> Trajectory:
+        """Change the selected committed trajectory with an event preset (``EVENTS``): ``enter`` from / ``leave``
+        through ``edge`` spending ``frames`` frames off-image; ``pass_behind``: hidden for ``frames`` frames from
+        ``frame``; ``stop`` / ``turn_back`` at ``frame``. ``frame`` defaults to the frame slider's, ``frames`` to a
+        quarter of the active frames."""
+        d = self.draft
+        if kind not in EVENTS:
+            raise EditorError(f"event: expected one of {list(EVENTS)}, got {kind!r}")
+        if d.selected is None:
+            raise EditorError("event: select a trajectory first")
+        if d.editing is not None:
+            raise EditorError("event: save (Add trajectory) or cancel (Escape) the edit first")
+        index, t = d.selected, d.trajectories[d.selected]
+        st, et = active_range(t)
+        frame = self.frame if frame is None else int(frame)
+        frames = max(1, (et - st) // 4) if frames is None else int(frames)
+        if kind == "enter":
+            new, what = mo.enter_from_edge(t, edge, frames), f"enters from the {edge} edge over {frames} frames"
+        elif kind == "leave":
+            new, what = mo.leave_through_edge(t, edge, frames), f"leaves through the {edge} edge in {frames} frames"
+        elif kind == "pass_behind":
+            f0, f1 = frame, min(frame + frames, et) - 1
+            if not st <= f0 <= f1:
+                raise EditorError(f"pass behind: frame {frame} is outside trajectory {index}'s frames [{st}, {et})")
+            new, what = mo.pass_behind(t, f0, f1), f"passes behind something on frames {f0}..{f1}"
+        elif kind == "stop":
+            new, what = mo.stop_at(t, frame), f"stops at frame {frame}"
+        else:
+            new, what = mo.turn_back(t, frame), f"turns back at frame {frame}"
+        self._apply(f"trajectory {index} (object {t.id}) {what}", scene=d.scene.with_trajectory(index, new))
+        return new
+
+    # ------------------------------------------------------------------ tracks (ATI / Wan-Move arrays)
+    def export_tracks(self, path: Union[str, Path], style: str = "ati", include_anchors: bool = True) -> list[Path]:
+        """Write the committed trajectories as point tracks (``.npy``/``.pth``, ATI or Wan-Move layout, see
+        :func:`wclab.conditions.tracks.save_tracks`); returns the files written."""
+        tracks = Tracks.from_scene(self.to_scene(), include_anchors=include_anchors)
+        files = save_tracks(tracks, path, style=style)
+        self.message = f"saved {tracks.count} tracks ({style}) to {', '.join(map(str, files))}"
+        self._changed()
+        return files
+
+    def import_tracks(self, source: Union[str, Path, Tracks], caption: str = ANCHOR_TEXT,
+                      obj_id: Optional[int] = None) -> None:
+        """Add point tracks (a :class:`Tracks` or an ATI/Wan-Move ``.npy``/``.pth`` file) as trajectories of one
+        object: ``caption`` ("None": background anchors), a fresh id by default, the confirmed mask when there is
+        one, else a small square around each track's first point. Tracks are resampled to the scene's frames."""
+        tracks = source if isinstance(source, Tracks) else load_tracks(source)
+        caption = " ".join(str(caption).split())
+        if not caption:
+            raise EditorError("import tracks: give a caption, or None for background anchors")
+        d = self.draft
+        if obj_id is None:
+            obj_id = max([t.id for t in d.trajectories] + [d.obj_id]) + 1
+        if caption == ANCHOR_TEXT and str(obj_id) in d.scene.captions:
+            raise EditorError(f"object id {obj_id} has a caption; give the anchors an id of their own")
+        if caption != ANCHOR_TEXT and any(t.is_anchor for t in d.scene.trajectories_of(obj_id)):
+            raise EditorError(f"object id {obj_id} is a camera/background anchor's; give this object an id of its own")
+        masks = d.mask_rle if d.mask_rle is not None else [
+            _square_mask(self.height, self.width, tracks.points[:, j]) for j in range(tracks.count)]
+        scene = add_tracks(d.scene, tracks, masks, caption, [obj_id] * tracks.count, resample=True)
+        where = "" if isinstance(source, Tracks) else f" from {source}"
+        resampled = f", resampled {tracks.frames} -> {self.frames} frames" if tracks.frames != self.frames else ""
+        self._apply(f"imported {tracks.count} tracks{where} as object {obj_id}{resampled}", scene=scene)
+
+    def tracks_from_video(self, video: np.ndarray, points: Sequence[Point], caption: str = ANCHOR_TEXT,
+                          obj_id: Optional[int] = None) -> Tracks:
+        """Follow ``points`` (x, y pixels of the video's first frame) through a driving video uint8 ``[T, H, W, 3]``
+        (OpenCV Lucas-Kanade, lost points invisible) and add them as trajectories (:meth:`import_tracks`). The
+        video is expected at the scene's size; its frames are resampled to the scene's."""
+        v = np.asarray(video)
+        if v.ndim != 4 or v.shape[1:3] != (self.height, self.width):
+            raise EditorError(f"driving video: expected [T, {self.height}, {self.width}, 3] (the scene's size), "
+                              f"got {list(v.shape)}")
+        tracks = tracks_from_video(v, points)
+        self.import_tracks(tracks, caption=caption, obj_id=obj_id)
+        self.message = f"{self.message} (tracked in a {v.shape[0]}-frame video)"
+        self._changed()
+        return tracks
 
     # ------------------------------------------------------------------ scripting
     def add_object(self, mask_points: Sequence[Point], path: Sequence[Point], caption: str, *,
@@ -690,7 +929,10 @@ class EditorState:
                            f" · mask: {self.mask_status()} · trajectories: {len(d.trajectories)}"
                            f"{f' · editing: {d.editing}' if d.editing is not None else ''}"
                            f" · undo: {len(self.undo_stack)}"),
-                "message": self.message, "hint": self.hint(), "notes": tuple(self.notes())}
+                "message": self.message, "hint": self.hint(), "notes": tuple(self.notes()),
+                "path": d.motion.path, "tension": d.motion.tension, "by": d.motion.by, "speed": d.motion.speed,
+                "reach_frames": self.reach_frames(),
+                "timing": "custom" if d.motion.frames_at is not None else "equal frames per segment"}
 
     # ------------------------------------------------------------------ views for drawing
     def positions_at(self, frame: Optional[int] = None) -> list[tuple[int, float, float, bool]]:
@@ -726,14 +968,66 @@ class EditorState:
         return True
 
 
-def _editable(t: Trajectory) -> tuple[tuple[Point, ...], int, int, tuple[tuple[int, int], ...]]:
-    """``(polyline, st, et, erased)`` that redraw ``t`` in the editor: its corner points (the clicked polyline
-    for a tool-drawn track), active frames and invisible stretches."""
+def _editable(t: Trajectory, tol: float = 1e-6) -> Recipe:
+    """``(polyline, st, et, erased, motion)`` that redraw ``t`` in the editor: its corner points (the clicked
+    polyline for a tool-drawn track; as :func:`wclab.conditions.ops.control_points`), active frames, invisible
+    stretches, and the frames it reaches each corner (``Motion()`` when that is the tool's equal-frames rule)."""
     st, et = active_range(t)
-    polyline = tuple((float(x), float(y)) for x, y in control_points(t))
+    p = t.track[st:et]
+    scale = tol * max(1.0, float(np.abs(p).max()))
+    bend = np.abs(p[:-2] - 2 * p[1:-1] + p[2:]).max(axis=1) > scale if len(p) > 2 else np.zeros(0, bool)
+    idx = np.flatnonzero(np.concatenate([[True], bend, [True]])[: len(p)])
+    distinct = np.concatenate([[True], np.abs(np.diff(p[idx], axis=0)).max(axis=1) > scale])
+    idx = idx[distinct]
+    polyline = tuple((float(x), float(y)) for x, y in p[idx])
+    frames_at = tuple(int(st + i) for i in idx)
+    try:
+        default = tuple(mo.default_frames_at(len(idx), st, et))
+    except WclabError:
+        default = None
+    motion = Motion() if frames_at == default or len(idx) == 1 else Motion(frames_at=frames_at)
     hidden = np.flatnonzero(np.asarray(t.vis[st:et]) <= 0) + st
     runs = np.split(hidden, np.flatnonzero(np.diff(hidden) > 1) + 1) if len(hidden) else []
-    return polyline, st, et, tuple((int(r[0]), int(r[-1])) for r in runs)
+    return polyline, st, et, tuple((int(r[0]), int(r[-1])) for r in runs), motion
+
+
+def _square_mask(height: int, width: int, track: np.ndarray, half: int = 4) -> np.ndarray:
+    """``bool [H, W]``: a ``2 half + 1`` px square around the first real point of ``track`` ``[T, 2]``."""
+    active = np.flatnonzero(~np.all(track == -1, axis=1))
+    x, y = (np.asarray(track[active[0]]) if len(active) else np.zeros(2)).astype(int)
+    x, y = int(np.clip(x, 0, width - 1)), int(np.clip(y, 0, height - 1))
+    m = np.zeros((height, width), bool)
+    m[max(y - half, 0):y + half + 1, max(x - half, 0):x + half + 1] = True
+    return m
+
+
+def _fit_motion_to(motion: Motion, polyline: tuple, st: int, et: int) -> tuple[Motion, bool]:
+    """``motion`` without per-point frames that no longer fit the points or ``[st, et)``; True if it dropped them."""
+    fa = motion.frames_at
+    if fa is None or (len(fa) == len(polyline) and fa[0] == st and fa[-1] < et):
+        return motion, False
+    return replace(motion, frames_at=None), True
+
+
+def _fit_motion(d: Draft) -> tuple[Draft, str]:
+    motion, dropped = _fit_motion_to(d.motion, d.polyline, d.st, d.et)
+    if not dropped:
+        return d, ""
+    return replace(d, motion=motion), ("; timing back to equal frames per segment" if d.polyline else "")
+
+
+def _motion_track(polyline: Sequence[Point], st: int, et: int, motion: Motion, frames: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(track float64 [T, 2], vis int64 [T])`` of a path drawn with ``motion`` (:mod:`wclab.conditions.motion`)."""
+    if motion.path == "spline":
+        track, vis = mo.path_track(mo.spline_path(polyline, motion.tension), st, et, frames, by=motion.by)
+    elif motion.frames_at is not None:
+        track, vis = mo.timed_track(polyline, motion.frames_at, frames, et=et)
+    else:
+        track, vis = polyline_track(polyline, st, et, frames)
+    if motion.speed != "linear":
+        track, vis = mo.eased(track, vis, motion.speed)
+    return track, vis
 
 
 def _without(scene: Scene, index: int) -> Scene:

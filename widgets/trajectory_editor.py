@@ -1,7 +1,8 @@
 """ipycanvas trajectory editor: a thin view of :class:`EditorState` (replaces the original gradio ``draw_traj.py``).
 
 Canvas layers (bottom to top): start image; committed objects (masks, trajectories with direction arrows and
-a tick every 4 frames); where each object is at the slider's frame; work in progress (mask preview, clicks,
+a tick every 4 frames); where each object is at the slider's frame (a Play button runs the slider: a preview of
+the dots moving over the image); work in progress (mask preview, clicks,
 polyline, pending trajectory) — the top layer receives the mouse and keyboard. Errors show under the canvas.
 The canvas keeps the model's pixel size and is shown ``zoom`` times larger (fitted to a notebook column, at most
 its width), so clicks arrive in exact model pixels. The view renders ``state.summary()`` after every change of
@@ -28,7 +29,8 @@ from PIL import Image
 from wclab.colors import ANCHOR_HEX, OBJECT_PALETTE, object_hex
 from wclab.conditions import ANCHOR_TEXT, Scene, Trajectory, load_json
 from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH
-from widgets.editor_state import MODES, SHORTCUTS, EditorState
+from wclab.conditions.motion import CAMERA_PRESETS, EDGES, SPEED_CURVES
+from widgets.editor_state import MODES, PATHS, SAMPLE_BY, SHORTCUTS, EditorError, EditorState
 from widgets.feedback import Feedback
 from widgets.images import ImageLike
 from widgets.segmenter import Segmenter, default_segmenter
@@ -43,6 +45,8 @@ TICK_EVERY = 4
 FIT_WIDTH = 720
 """Pixels: the canvas opens scaled to about this width (a notebook column), at most ``MAX_ZOOM`` times."""
 MAX_ZOOM = 8.0
+PREVIEW_FPS = 16
+"""Frames per second of the Play preview (Wan's video rate)."""
 
 
 def object_color(obj_id: int, anchor: bool = False) -> str:
@@ -100,11 +104,15 @@ class TrajectoryEditor(W.VBox):
             lambda key, shift, ctrl, meta: self._act(lambda: self.state.on_key(key, shift, ctrl, meta)))
         self.canvas.on_client_ready(self.redraw)
 
-        def button(label: str, method: str, tip: str = "", style: str = "") -> W.Button:
-            """A button calling ``self.state.<method>()`` (or ``self.<method>()`` for widget-level actions)."""
+        def button(label: str, method: Union[str, Callable[[], object]], tip: str = "", style: str = "") -> W.Button:
+            """A button calling ``self.state.<method>()`` (or ``self.<method>()`` for widget-level actions, or
+            ``method()`` when it is a callable)."""
             b = W.Button(description=label, tooltip=tip, button_style=style, layout=W.Layout(width="auto"))
-            target = (lambda: getattr(self, method)()) if method.startswith("_") else \
-                (lambda: getattr(self.state, method)())
+            if callable(method):
+                target = method
+            else:
+                target = (lambda: getattr(self, method)()) if method.startswith("_") else \
+                    (lambda: getattr(self.state, method)())
             b.on_click(lambda _: self._act(target))
             self.buttons[label] = b
             return b
@@ -141,7 +149,34 @@ class TrajectoryEditor(W.VBox):
         self.frame = W.IntSlider(value=0, min=0, max=s.frames - 1, description="frame:",
                                  layout=W.Layout(width="420px"))
         self.frame.observe(lambda ch: self._on_frame(ch["new"]), "value")
+        self.play = W.Play(value=0, min=0, max=s.frames - 1, interval=round(1000 / PREVIEW_FPS), show_repeat=True,
+                           description="preview", tooltip="play the dots over the image (frame slider)")
+        W.link((self.play, "value"), (self.frame, "value"))  # the preview moves the frame slider, and back
         self.save_path = W.Text(value="conditions.json", layout=W.Layout(width="240px"))
+        # motion tools
+        self.path_kind = W.ToggleButtons(options=list(PATHS), description="path:", style={"button_width": "72px"},
+                                         tooltips=["straight segments (the drawing tool's)", "Catmull-Rom spline"])
+        self.tension = W.FloatSlider(value=0.5, min=0.0, max=2.0, step=0.05, description="tension:",
+                                     continuous_update=False, layout=W.Layout(width="260px"))
+        self.sample_by = W.ToggleButtons(options=list(SAMPLE_BY), description="spline by:",
+                                         style={"button_width": "92px"},
+                                         tooltips=["equal time per segment", "constant speed"])
+        self.speed = W.Dropdown(options=list(SPEED_CURVES), description="speed:", layout=W.Layout(width="220px"))
+        self.timing = W.Text(description="reach at:", placeholder="frame of each point, e.g. 0, 6, 16",
+                             continuous_update=False, layout=W.Layout(width="320px"))
+        self.timing_kind = W.HTML()
+        for control in (self.path_kind, self.tension, self.sample_by):
+            control.observe(lambda ch: self._on_control(lambda: self.state.set_path(
+                self.path_kind.value, self.tension.value, self.sample_by.value)), "value")
+        self.speed.observe(lambda ch: self._on_control(lambda: self.state.set_speed(ch["new"])), "value")
+        self.timing.observe(lambda ch: self._on_control(self._push_timing), "value")
+        self.camera_amount = W.Text(placeholder="default", description="amount:", layout=W.Layout(width="170px"),
+                                    tooltip="pixels (pan), factor (zoom), degrees (rotate)")
+        self.edge = W.Dropdown(options=list(EDGES), description="edge:", layout=W.Layout(width="170px"))
+        self.event_frames = W.Text(placeholder="auto", description="frames:", layout=W.Layout(width="150px"),
+                                   tooltip="frames off-image (enter/leave) or hidden (pass behind)")
+        self.tracks_path = W.Text(value="tracks.pth", layout=W.Layout(width="200px"))
+        self.tracks_style = W.ToggleButtons(options=["ati", "wanmove"], style={"button_width": "72px"})
         # feedback
         self.status = W.HTML()
         self.hint = W.HTML()
@@ -167,7 +202,7 @@ class TrajectoryEditor(W.VBox):
             self.feedback.error,
             self.notes,
             self.status,
-            W.HBox([self.st_et, self.frame]),
+            W.HBox([self.st_et, self.play, self.frame]),
             frames_label,
             W.HBox([self.obj_id, self.caption, self.anchor]),
             W.HBox([button("Add trajectory", "commit", "Enter (draw/erase mode)", "primary"),
@@ -177,6 +212,30 @@ class TrajectoryEditor(W.VBox):
                     button("Undo", "undo", "z / Ctrl+Z"),
                     button("Redo", "redo", "y / Ctrl+Shift+Z"), button("Delete selected", "delete", "Delete")]),
             W.HBox([self.trajectories]),
+            W.HTML("<b>motion tools</b> <small>(the drawing tool's polyline with equal frames per segment is the "
+                   "default; these change the trajectory being drawn)</small>"),
+            W.HBox([self.path_kind, self.tension, self.sample_by]),
+            W.HBox([self.timing, button("Equal frames", lambda: self.state.set_timing(None),
+                                        "the drawing tool's timing"), self.timing_kind, self.speed]),
+            W.HBox([W.HTML("camera:")] + [
+                button(k.replace("_", " ").capitalize() if k != "static" else "Static camera",
+                       (lambda k=k: self.state.add_camera(k, self._number(self.camera_amount, float))),
+                       "add background anchors that move so") for k in CAMERA_PRESETS] + [self.camera_amount],
+                   layout=W.Layout(flex_flow="row wrap")),
+            W.HBox([W.HTML("event (selected):")] + [
+                button(label, (lambda k=k: self.state.apply_event(
+                    k, edge=self.edge.value, frames=self._number(self.event_frames, int))), tip)
+                for label, k, tip in [("Enter from edge", "enter", "comes in through the edge"),
+                                      ("Leave through edge", "leave", "goes out through the edge"),
+                                      ("Pass behind", "pass_behind", "hidden from the slider's frame"),
+                                      ("Stop here", "stop", "stays put from the slider's frame"),
+                                      ("Turn back here", "turn_back", "retraces its path from the slider's frame")]]
+                + [self.edge, self.event_frames], layout=W.Layout(flex_flow="row wrap")),
+            W.HBox([self.tracks_path, self.tracks_style,
+                    button("Export tracks", lambda: self.state.export_tracks(self.tracks_path.value.strip(),
+                                                                             self.tracks_style.value)),
+                    button("Import tracks", lambda: self.state.import_tracks(self.tracks_path.value.strip()),
+                           "as background anchors of a new id (ATI or Wan-Move .npy/.pth)")]),
             W.HBox([self.save_path, button("Save JSON", "_save_json")]),
             shortcuts,
             self.feedback.details,
@@ -235,7 +294,11 @@ class TrajectoryEditor(W.VBox):
                 "selected": self.trajectories.value,
                 "trajectories": tuple(label for label, _ in self.trajectories.options[1:]),
                 "status": status, "message": message, "hint": text(self.hint.value).removeprefix("→ "),
-                "notes": tuple(n.removeprefix("⚠ ") for n in notes.split("\n") if n)}
+                "notes": tuple(n.removeprefix("⚠ ") for n in notes.split("\n") if n),
+                "path": self.path_kind.value, "tension": self.tension.value, "by": self.sample_by.value,
+                "speed": self.speed.value,
+                "reach_frames": tuple(int(f) for f in self.timing.value.split(",") if f.strip()),
+                "timing": text(self.timing_kind.value).strip("()")}
 
     def _on_mouse_down(self, x: float, y: float) -> None:
         if self.state.draft.mode == "mask":  # SAM may take a while (the first click embeds the image)
@@ -257,6 +320,28 @@ class TrajectoryEditor(W.VBox):
     def _on_frame(self, frame: int) -> None:
         if not self._syncing:
             self.state.set_frame(frame)
+
+    def _push_timing(self) -> None:
+        text = self.timing.value.strip()
+        if not text:
+            self.state.set_timing(None)
+            return
+        try:
+            frames = [int(f) for f in re.split(r"[,\s]+", text) if f]
+        except ValueError:
+            raise EditorError(f"reach at: expected frame numbers separated by commas, got {text!r}") from None
+        self.state.set_timing(frames)
+
+    @staticmethod
+    def _number(field: W.Text, kind: type):
+        """The number in a text field (None when empty: the default)."""
+        text = field.value.strip()
+        if not text:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise EditorError(f"{field.description.rstrip(':')}: expected a number, got {text!r}") from None
 
     def _push_object(self) -> None:
         caption = ANCHOR_TEXT if self.anchor.value else self.caption.value
@@ -302,7 +387,7 @@ class TrajectoryEditor(W.VBox):
             self.polarity.value = "negative" if v["negative_clicks"] else "positive"
             self.st_et.max = s.frames
             self.st_et.value = v["st_et"]
-            self.frame.max = s.frames - 1
+            self.frame.max = self.play.max = s.frames - 1
             self.frame.value = v["frame"]
             self.obj_id.value = v["obj_id"]
             self.anchor.value = v["caption"] == ANCHOR_TEXT
@@ -310,10 +395,16 @@ class TrajectoryEditor(W.VBox):
             self.caption.disabled = self.anchor.value
             self.trajectories.options = [("—", None)] + [(label, i) for i, label in enumerate(v["trajectories"])]
             self.trajectories.value = v["selected"]
+            self.path_kind.value, self.tension.value, self.sample_by.value = v["path"], v["tension"], v["by"]
+            self.speed.value = v["speed"]
+            self.timing.value = ", ".join(map(str, v["reach_frames"]))
+            self.timing.disabled = not v["reach_frames"]
+            self.tension.disabled = self.sample_by.disabled = v["path"] != "spline"
         finally:
             self._syncing = False
         self.status.value = f"<small>{html.escape(v['status'])}</small><br>{html.escape(v['message'])}"
         self.hint.value = f"<b>→ {html.escape(v['hint'])}</b>"
+        self.timing_kind.value = f"<small>({html.escape(v['timing'])})</small>"
         self.notes.value = "<br>".join(f"<span style='color:#b26a00'>⚠ {html.escape(n)}</span>" for n in v["notes"])
 
     # ------------------------------------------------------------------ drawing

@@ -136,6 +136,7 @@ class VAE(nn.Module):
         self.config = config
         self.model = config.build().eval().requires_grad_(False)
         self._decoder_convs = _causal_convs(self.model.decoder)
+        self._encoder_convs = _causal_convs(self.model.encoder)
         self.register_buffer("latents_mean", torch.tensor(LATENTS_MEAN), persistent=False)
         self.register_buffer("latents_inv_std", 1.0 / torch.tensor(LATENTS_STD), persistent=False)
 
@@ -187,9 +188,17 @@ class VAE(nn.Module):
         return self.model.post_quant_conv.weight.dtype
 
     # ------------------------------------------------------------------ one tile (or the whole frame)
-    def _encode_one(self, video: torch.Tensor) -> torch.Tensor:
-        """[1, 3, T, H, W] -> normalised latents [1, z, F', H/8, W/8] (model dtype)."""
-        mu = self.model.encode(video.to(self.device, self.dtype)).latent_dist.mean
+    def _encode_one(self, video: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """[1, 3, T, H, W] -> normalised latents [1, z, F', H/8, W/8] (model dtype). Runs the encoder one
+        latent frame at a time (the first video frame, then groups of 4) like diffusers' ``_encode`` does, with a
+        cache of its own: one slot per causal convolution. ``progress``: a bar over the latent frames."""
+        x = video.to(self.device, self.dtype)
+        cache: list = [None] * self._encoder_convs
+        chunks = [x[:, :, :1]] + [x[:, :, 1 + FRAMES_PER_LATENT * i:1 + FRAMES_PER_LATENT * (i + 1)]
+                                  for i in range((x.shape[2] - 1) // FRAMES_PER_LATENT)]
+        out = [self.model.encoder(chunk, feat_cache=cache, feat_idx=[0])
+               for chunk in tqdm(chunks, desc="VAE encoding", leave=False, disable=not progress)]
+        mu = self.model.quant_conv(torch.cat(out, dim=2))[:, :self.config.z_dim]  # the posterior's mean
         shape = (1, -1, 1, 1, 1)
         return (mu - self.latents_mean.to(mu).view(shape)) * self.latents_inv_std.to(mu).view(shape)
 
@@ -253,7 +262,7 @@ class VAE(nn.Module):
                 z = self._tiled(v, self._encode_one, self.config.z_dim, latent_frames(t),
                                 (h // VAE_STRIDE, w // VAE_STRIDE), tile_size, tile_stride, up=False, desc="VAE encoding")
             else:
-                z = self._encode_one(v).to(video.dtype)
+                z = self._encode_one(v, progress=True).to(video.dtype)
             out.append(z)
         return torch.cat(out)
 
