@@ -6,7 +6,8 @@
 #   bash bench/full_scale.sh load OUT         # write + check the released layout, load it three ways
 #   bash bench/full_scale.sh notebooks OUT    # notebooks 01-07, profile "gpu", spread over the GPUs
 #   bash bench/full_scale.sh parallel OUT     # torchrun generation: layouts 1x1 .. 2x2, then 50 steps
-#   bash bench/full_scale.sh fa4              # FlashAttention 4 carried as .fa4/fa4.tar.xz (bench/README.md)
+#   bash bench/full_scale.sh fa4              # FlashAttention 4 carried in .fa4/ (fa4.tar.xz, bench/README.md), with
+#                                             # the other wheels / .tar.xz archives it holds (ftfy, a slim diffusers)
 #   bash bench/full_scale.sh scaling OUT      # one DiT forward on 1, 2, 4 GPUs (compiled; ATTENTION, default flash4)
 #
 # parallel: LAYOUTS, STEPS, FULL pick the runs; ATTENTION=flash4|sdpa|auto the kernel; RANDOM_WEIGHTS=1 builds random
@@ -56,7 +57,10 @@ parallel)
   ;;
 fa4)
   mkdir -p /tmp/site
-  [ -d /tmp/site/flash_attn/cute ] || tar xJf .fa4/fa4.tar.xz -C /tmp/site
+  if ls .fa4/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .fa4/*.whl
+  fi
+  for a in .fa4/*.tar.xz; do tar xJf "$a" -C /tmp/site; done
   python3 -c "from wclab.models.attention import available_backends as a; b = a(); print('attention:', b); \
 assert 'flash4' in b, 'flash4 missing'"
   ;;
