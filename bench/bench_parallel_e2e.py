@@ -14,7 +14,7 @@ the first step of a layout includes compiling its shapes and is reported apart),
 ``--full N:steps`` then runs the faster layout of N GPUs (lower median step time in the scan) for that many steps. Each run writes ``<out>/<name>.json`` in bench_e2e.py's report format (``setup.ranks``,
 ``setup.steps``, ``summary.total_s``...) and compares its final latents with the 1x1 run of the same step count
 (when there is one): ``max_rel_err_vs_1gpu`` = max |Δ| / max |reference|, ``mean_rel_err_vs_1gpu`` = mean |Δ| /
-mean |reference|.
+mean |reference|, ``decoded_video_equal_to_1gpu`` (uint8 frames; expected whenever the latents are bitwise equal).
 """
 from __future__ import annotations
 
@@ -69,13 +69,14 @@ def generate(models, scene, size: dict, steps: int, mesh) -> dict:
         sync()
         step_s.append(time.perf_counter() - t)
     t = time.perf_counter()
+    video = None
     if mesh is not None or rank == 0:  # parallel: every rank decodes its share of the tiles
-        session.decode()
+        video = session.decode()
         sync()
     decode_s = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / GiB if torch.cuda.is_available() else 0.0
     return dict(prepare_s=prepare_s, step_s=step_s, decode_s=decode_s, peak_gib=peak,
-                latents=session.latents.float().cpu())
+                latents=session.latents.float().cpu(), video=video)
 
 
 def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: int, reference, out: Path,
@@ -111,14 +112,15 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
         "step_s": [round(s, 3) for s in steps_s],
     }
     if reference is not None:
-        ref = reference
+        ref = reference["latents"]
         diff = (result["latents"] - ref).abs()
+        report["summary"]["decoded_video_equal_to_1gpu"] = bool((result["video"] == reference["video"]).all())
         report["summary"]["max_rel_err_vs_1gpu"] = float(diff.max() / ref.abs().max())
         report["summary"]["mean_rel_err_vs_1gpu"] = float(diff.mean() / ref.abs().mean())
         report["summary"]["bitwise_equal_to_1gpu"] = bool(torch.equal(result["latents"], ref))
     (out / f"{name}.json").write_text(json.dumps(report, indent=1))
     print(f"{name}: {json.dumps(report['summary'])}", flush=True)
-    return {"report": report, "latents": result["latents"]}
+    return {"report": report, "reference": {"latents": result["latents"], "video": result["video"]}}
 
 
 def main() -> int:
@@ -191,7 +193,7 @@ def main() -> int:
         if rank == 0:
             results[(cfg, seq)] = r["report"]["summary"]["step_median_s"]
             if (cfg, seq) == (1, 1):
-                reference[args.steps] = r["latents"]
+                reference[args.steps] = r["reference"]
     for spec in [s for s in args.full.split(",") if s]:
         n, steps = (int(v) for v in spec.split(":"))
         choice = [None]

@@ -97,6 +97,7 @@ def test_parallel_e2e_bench_scans_layouts_and_compares_with_one_process(tmp_path
     seq_split = json.loads((out / "scan_1x2_2steps.json").read_text())
     assert cfg_split["setup"]["ranks"] == 2 and cfg_split["setup"]["steps"] == 2
     assert cfg_split["summary"]["bitwise_equal_to_1gpu"] is True
+    assert cfg_split["summary"]["decoded_video_equal_to_1gpu"] is True  # tiles split over the 2 CFG ranks
     assert seq_split["summary"]["max_rel_err_vs_1gpu"] < 1e-5
     assert cfg_split["summary"]["total_s"] > 0 and len(cfg_split["step_s"]) == 2
     full = list(out.glob("full_*_2steps.json"))

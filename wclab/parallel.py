@@ -254,17 +254,6 @@ class ParallelDiT(HookedModule):
         return m.hook_head_out(m.unpatchify(x, e.grid))
 
 
-_GROUPS: dict[tuple[int, ...], dist.ProcessGroup] = {}
-
-
-def _mesh_group(mesh: DeviceMesh) -> dist.ProcessGroup:
-    """One process group over all ranks of ``mesh`` (both dims of a 2-D mesh); only those ranks call this."""
-    ranks = tuple(int(r) for r in mesh.mesh.flatten().tolist())
-    if ranks not in _GROUPS:
-        _GROUPS[ranks] = dist.new_group(list(ranks), use_local_synchronization=True)
-    return _GROUPS[ranks]
-
-
 class ParallelVAE(torch.nn.Module):
     """`VAE` whose tiled encode and decode spread the tiles over the ranks of ``mesh`` (all its ranks, CFG
     groups included): rank r runs tiles r, r + P, ... then every tile is broadcast from its rank and all ranks
@@ -274,7 +263,7 @@ class ParallelVAE(torch.nn.Module):
     def __init__(self, vae, mesh: Optional[DeviceMesh] = None):
         super().__init__()
         self.vae = vae
-        self.group = _mesh_group(_mesh(mesh))
+        self.seq_mesh, self.cfg_mesh = _split_mesh(_mesh(mesh))
 
     def __getattr__(self, name: str):
         try:
@@ -285,16 +274,28 @@ class ParallelVAE(torch.nn.Module):
             return getattr(self.vae, name)
 
     def map_tiles(self, fn, tiles: list[Tensor], desc: str) -> Iterator[Tensor]:
-        """``fn`` of each tile in order (as `VAE.map_tiles`), this rank computing only its share."""
-        rank, size = dist.get_rank(self.group), dist.get_world_size(self.group)
-        mine = {i: fn(t) for i, t in enumerate(tiles) if i % size == rank}
-        meta = [None] * size
-        dist.all_gather_object(meta, {i: (tuple(y.shape), y.dtype) for i, y in mine.items()}, group=self.group)
+        """``fn`` of each tile in order (as `VAE.map_tiles`), this rank computing only its share. Tile i belongs
+        to rank (i mod P) of the mesh in row-major order; it travels over the mesh's own groups (the owner's CFG
+        group, then every sequence group), so no process group is created."""
+        seq, cfg = self.seq_mesh, self.cfg_mesh
+        seq_rank, seq_size = seq.get_local_rank(), seq.size()
+        cfg_rank, cfg_size = (cfg.get_local_rank(), cfg.size()) if cfg is not None else (0, 1)
+        me, size = cfg_rank * seq_size + seq_rank, cfg_size * seq_size
+        mine = {i: fn(t) for i, t in enumerate(tiles) if i % size == me}
+        meta = {i: (tuple(y.shape), y.dtype) for i, y in mine.items()}  # tile -> (shape, dtype), from every rank
+        for mesh in (seq, cfg):
+            if mesh is not None:
+                parts = [None] * mesh.size()
+                dist.all_gather_object(parts, meta, group=mesh.get_group())
+                meta = {k: v for part in parts for k, v in part.items()}
         for i in range(len(tiles)):
-            owner = i % size
-            y = mine.pop(i) if owner == rank else torch.empty(meta[owner][i][0], dtype=meta[owner][i][1],
-                                                               device=tiles[i].device)
-            dist.broadcast(y.contiguous(), group_src=owner, group=self.group)
+            owner_cfg, owner_seq = divmod(i % size, seq_size)
+            shape, dtype = meta[i]
+            y = mine.pop(i) if i in mine else torch.empty(shape, dtype=dtype, device=tiles[i].device)
+            y = y.contiguous()
+            if cfg is not None and seq_rank == owner_seq:  # the owner's column: across the CFG groups
+                dist.broadcast(y, group_src=owner_cfg, group=cfg.get_group())
+            dist.broadcast(y, group_src=owner_seq, group=seq.get_group())  # then along every sequence group
             yield y
 
     @contextmanager
