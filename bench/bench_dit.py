@@ -733,7 +733,7 @@ def main(argv=None) -> dict:
         def loop(cache: bool):
             x = inp["x"].clone()
             sigmas = torch.linspace(0.95, 0.75, n + 1).tolist()
-            c = fast.StepCache(model, threshold=float("inf"), max_reuse=1) if cache else None
+            c = fast.StepCache(model, fast.FixedCache(every=2)) if cache else None
             times = []
             try:
                 with fast_ctx():
@@ -757,7 +757,7 @@ def main(argv=None) -> dict:
                 "plain_mean_s": round(sum(t_plain) / n, 4), "cached_mean_s": round(sum(t_cached) / n, 4),
                 "cached_s": [round(t, 3) for t in t_cached], "computed": computed, "reused": reused,
                 "latents_error_vs_plain": fast.relative_error(cached, plain),
-                "policy": "first_blocks=1, threshold=inf, max_reuse=1 (every other forward reuses)"}
+                "policy": "FixedCache(every=2), first_blocks=1 (every other forward reuses)"}
 
     stage("step_cache", step_cache, 45)
 

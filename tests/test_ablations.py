@@ -18,8 +18,9 @@ from wclab.conditions import load_json, ops
 from wclab.encode import encode_conditions
 from wclab.inspect import (InspectError, Variant, anchor_variants, base_variant, beta_variants, caption_variants,
                            density_variants, lk_tracker, mask_mass_fraction, pairwise_pixel_difference,
-                           pixel_difference, run_ablations, track_trajectories, trajectory_following_error,
-                           uncaption, visibility_variants)
+                           pixel_difference, run_ablations, sampling_variants, track_trajectories,
+                           trajectory_following_error, uncaption, visibility_variants)
+from wclab.models import fast
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,53 @@ def test_bias_off_lowers_attention_inside_the_masks(result):
 def test_comparison_grid_holds_every_variant(result):
     assert all(v.shape == (5, 128, 224, 3) for v in result.videos.values())
     assert result.grid.shape == (5, 2 * 128 + 2, 3 * 224 + 4, 3)
+
+
+def test_sampling_variants_compare_motion_timing_in_the_ablation_table(scene):
+    """Exact vs step-distilled vs step-cached sampling of one scene: each variant gets a row with how late its
+    objects are (mean_lag: behind the drawing; lag_vs_first: behind the exact run) and per-frame timing rows."""
+    variants = sampling_variants(scene, distilled=True, caches={"cached": fast.FixedCache(2)})
+    assert [v.name for v in variants] == ["exact", "distilled", "cached"]
+    assert variants[1].settings == {"steps": 4, "shift": 5.0, "cfg": 1.0, "step_list": (1000, 750, 500, 250)}
+    result = run_ablations(tiny_base_session(), variants, decode="preview", progress=False, timing=True)
+    table = result.table.set_index("variant")
+    assert {"mean_lag", "lag_vs_first"} <= set(table.columns)
+    timing = result.timing
+    assert set(timing.variant) == {"exact", "distilled", "cached"}
+    frames = 5  # preview: one frame per latent frame
+    assert len(timing) == 3 * len(scene.trajectories) * frames
+    exact = timing[timing.variant == "exact"]
+    np.testing.assert_array_equal(exact.lag_vs_reference.dropna(), 0.0)
+    assert exact.drawn_frame.notna().any()
+    captioned = timing[(timing.variant == "distilled") & ~timing.anchor]
+    assert table.loc["distilled", "lag_vs_first"] == pytest.approx(captioned.lag_vs_reference.mean(), nan_ok=True)
+    assert table.loc["distilled", "pixel_diff"] > 0  # 4 steps without CFG: another video
+
+
+def test_a_variants_around_context_is_held_while_it_runs(scene):
+    seen = []
+
+    class Around:
+        def __init__(self, session):
+            self.session = session
+
+        def __enter__(self):
+            seen.append(("enter", self.session.step_index))
+
+        def __exit__(self, *exc):
+            seen.append(("exit", self.session.step_index))
+
+    run_ablations(tiny_base_session(), [Variant("around", scene, around=Around)], decode="preview",
+                  tracking=False, progress=False)
+    assert seen == [("enter", 0), ("exit", 2)]
+    session = tiny_base_session().branch()
+    (cached,) = sampling_variants(scene, distilled=False, caches={"c": fast.EasyCache()})[1:]
+    with cached.around(session) as caches:
+        assert [c.policy for c in caches] == [fast.EasyCache()] * 2
+        assert session.models.high.forward == caches[0].forward
+    assert "forward" not in vars(session.models.high)
+    with pytest.raises(InspectError, match="caches"):
+        sampling_variants(scene, caches={"c": {"threshold": 0.1}})
 
 
 def test_bad_runs_raise(scene):

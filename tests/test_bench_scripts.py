@@ -59,6 +59,29 @@ def test_bench_e2e_tiny_runs_all_steps_and_both_decodes(tmp_path):
     assert report["summary"]["total_s (compile excluded)"] > 0
 
 
+@pytest.mark.slow
+def test_bench_e2e_tiny_reports_few_step_and_cached_runs_against_a_reference_run(tmp_path):
+    """An adaptive-cache run generates its exact reference in the same process and saves its own result; a
+    4-step distilled run with a fixed cache compares with that saved result."""
+    saved = tmp_path / "saved"
+    cached = run("bench_e2e.py", tmp_path / "easy.json", "--steps", "8", "--cache", "adaptive",
+                 "--cache-threshold", "1e9", "--reference-steps", "8", "--save-reference", str(saved))
+    assert cached["setup"]["step_cache"]["policy"] == "EasyCache" and cached["setup"]["steps"] == 8
+    denoise = cached["stages"]["denoise"]
+    assert denoise["forwards_reused"] > 0 and denoise["forwards_computed"] + denoise["forwards_reused"] == 16
+    assert cached["stages"]["reference"]["in_process"] and cached["stages"]["reference"]["steps"] == 8
+    deviation = cached["summary"]["deviation_vs_exact"]
+    assert 0 < deviation["latents"]["mean_rel"] < 1 and 0 < deviation["video"]["mean_rel"] < 1
+
+    few = run("bench_e2e.py", tmp_path / "few.json", "--distilled", "--cache", "fixed", "--reference", str(saved))
+    assert (few["setup"]["steps"], few["setup"]["cfg"], few["setup"]["step_list"]) == (4, 1.0, [1000, 750, 500, 250])
+    assert few["stages"]["denoise"]["forwards_per_step"] == 1
+    assert few["stages"]["denoise"]["reused_steps"] == [1, 3]  # every other step of each expert
+    assert few["stages"]["reference"]["steps"] == 8 and few["stages"]["reference"]["step_cache"]["policy"] == "EasyCache"
+    assert few["summary"]["deviation_vs_exact"]["latents"]["max_rel"] > 0
+    assert few["summary"]["steps"] == 4 and few["summary"]["total_s (compile excluded)"] > 0
+
+
 def test_steady_denoise_counts_the_compiling_first_step_as_a_full_step():
     sys.path.insert(0, str(BENCH))
     from bench_e2e import steady_denoise

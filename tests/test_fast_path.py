@@ -145,7 +145,7 @@ def test_step_cache_reuses_every_other_forward_per_context_and_detaches_cleanly(
     model, (x, t, ctx, bias) = make_model(), make_inputs()
     neg = torch.randn_like(ctx)
     ref, ref_neg = model(x, t, ctx, bias), model(x, t, neg, None)
-    with fast.StepCache(model, threshold=float("inf"), max_reuse=1) as cache:
+    with fast.StepCache(model, fast.FixedCache(every=2)) as cache:
         assert torch.equal(model(x, t, ctx, bias), ref) and torch.equal(model(x, t, neg, None), ref_neg)
         # same inputs again: block 1..N-1 skipped, last residual added back (equal up to one float32 rounding)
         torch.testing.assert_close(model(x, t, ctx, bias), ref, rtol=1e-5, atol=1e-5)
@@ -167,7 +167,7 @@ def test_step_cache_keeps_residuals_per_session_branch_and_cfg_branch():
     a, b = base.branch(), base.branch()
     b.set_latents(torch.randn(a.latents.shape, generator=torch.Generator().manual_seed(3)))
     plain_a, plain_b = a.predict(), b.predict()  # step 0: the high expert, cond and uncond
-    with fast.StepCache(a.models.high, threshold=float("inf"), max_reuse=1) as cache:
+    with fast.StepCache(a.models.high, fast.FixedCache(every=2)) as cache:
         cached_a = a.predict()
         cached_b = b.predict()  # same context tensors as a, other latents: computed, not a's residual
         assert (cache.computed, cache.reused) == (4, 0)

@@ -20,7 +20,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 CELL_TIMEOUT = 300  # seconds for one cell: a hang fails the test instead of stalling CI
 # what each notebook shows on the CI profile: (matplotlib figures, inline videos)
-SHOWS = {"01": (1, 2), "02": (2, 6), "03": (3, 8), "04": (5, 2), "05": (2, 1), "06": (2, 1), "07": (2, 0),
+SHOWS = {"01": (1, 2), "02": (2, 6), "03": (3, 8), "04": (5, 2), "05": (3, 1), "06": (2, 1), "07": (2, 0),
          "08": (8, 4)}
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 from wclab.conditions import load_json
 from wclab.inspect.display import positions
-from wclab.inspect.metrics import drawn_frame, timing_lag, trajectory_timing
+from wclab.inspect.metrics import drawn_frame, timing_comparison, timing_lag, trajectory_timing
 
 BALL = 0  # examples/ci/ball.json: trajectory 0 moves right on every frame until frame 7, then stops
 
@@ -64,3 +64,23 @@ def test_timing_lag_reports_each_run_against_the_reference(scene):
     assert 0.9 < table.loc["distilled", "lag_vs_reference"] <= 1.5  # 1.5 frames late while moving, less at the ends
     with pytest.raises(Exception, match="reference 'none'"):
         timing_lag(videos, scene, tracker, reference="none")
+
+
+def test_timing_comparison_gives_the_lag_between_two_runs_frame_by_frame(scene):
+    def tracker(video, queries):
+        return delayed_tracker(scene, video[0, 0, 0, 0] / 10)(video, queries)
+
+    videos = {name: np.full((scene.frames, scene.height, scene.width, 3), tenths, np.uint8)
+              for name, tenths in (("exact", 10), ("late", 30))}  # 1 and 3 frames behind the drawing
+    table = timing_comparison(videos, scene, tracker)
+    assert list(table.columns) == ["run", "trajectory", "id", "anchor", "frame", "drawn_frame", "lag",
+                                   "lag_vs_reference"]
+    ball = table[(table.trajectory == BALL) & table.frame.between(3, 7)]
+    np.testing.assert_allclose(ball[ball.run == "exact"].lag_vs_reference, 0.0)
+    np.testing.assert_allclose(ball[ball.run == "late"].lag_vs_reference, 2.0, atol=1e-6)
+    np.testing.assert_allclose(ball[ball.run == "late"].lag, 3.0, atol=1e-6)
+    again = timing_comparison(videos, {"exact": scene, "late": scene}, tracker, reference="late")
+    late = again[(again.trajectory == BALL) & again.frame.between(3, 7)]
+    np.testing.assert_allclose(late[late.run == "exact"].lag_vs_reference, -2.0, atol=1e-6)
+    with pytest.raises(Exception, match="no scene"):
+        timing_comparison(videos, {"exact": scene}, tracker)

@@ -1,10 +1,13 @@
-"""Ablations: variants of a base scene (trajectory density, visibility, anchors, β, captions) generated with
-the same start noise, compared in one table and one grid video.
+"""Ablations: variants of a base scene (trajectory density, visibility, anchors, β, captions) or of how it is
+sampled (step-distilled schedule, step caches) generated with the same start noise, compared in one table and one
+grid video.
 
 >>> variants = [base_variant(scene), *beta_variants(scene, (1.0,)), *density_variants(scene, (4,))]
 >>> result = run_ablations(Session(models, scene, image, Settings(steps=50, seed=0)), variants)
 >>> result.table                      # one row per variant: errors, attention overlap, pixel difference
 >>> show_video(result.grid)
+>>> modes = sampling_variants(scene, distilled=True, caches={"cache": fast.FixedCache(2)})
+>>> run_ablations(session, modes, timing=True).table   # mean_lag / lag_vs_first: objects arriving late?
 
 Variant builders apply :mod:`wclab.conditions.ops` edits to the trajectories of the chosen captioned objects
 (default: all captioned objects) and return new scenes; the base scene is never changed.
@@ -12,8 +15,9 @@ Variant builders apply :mod:`wclab.conditions.ops` edits to the trajectories of 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, ContextManager, Iterable, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -24,21 +28,26 @@ from wclab.conditions.scene import ANCHOR_TEXT
 from wclab.encode.bias import BETA
 from wclab.inspect.attention import AttentionMaps, InspectError
 from wclab.inspect.display import video_grid
-from wclab.inspect.metrics import pairwise_pixel_difference, pixel_difference, trajectory_following_error
-from wclab.sampler import UPDATABLE_SETTINGS, Session
+from wclab.inspect.metrics import (pairwise_pixel_difference, pixel_difference, timing_comparison,
+                                   trajectory_following_error)
+from wclab.models import fast
+from wclab.sampler import UPDATABLE_SETTINGS, Session, Settings
 
 ObjId = Union[int, str]
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One generation of an ablation: a scene plus settings changes (e.g. ``{"beta": 1.0}``)."""
+    """One generation of an ablation: a scene plus settings changes (e.g. ``{"beta": 1.0}``); ``around``, if
+    given, is called with the variant's session and the context manager it returns is held while that session
+    runs (e.g. a step cache on the experts: ``lambda s: fast.step_caches(s.models, fast.EasyCache())``)."""
 
     name: str
     scene: Scene
     settings: Mapping[str, Any] = field(default_factory=dict)
     kind: str = "base"
     description: str = ""
+    around: Optional[Callable[[Session], ContextManager]] = None
 
 
 def _ids(scene: Scene, objects: Optional[Iterable[ObjId]]) -> list[str]:
@@ -132,12 +141,35 @@ def caption_variants(scene: Scene, objects: Optional[Iterable[ObjId]] = None) ->
             for i in _ids(scene, objects)]
 
 
+def sampling_variants(scene: Scene, distilled: bool = True, caches: Optional[Mapping[str, fast.CachePolicy]] = None
+                      ) -> list[Variant]:
+    """The scene sampled several ways, for timing comparisons: "exact" (the session's own settings, every
+    forward computed), "distilled" (:meth:`Settings.step_distilled`: 4 steps, CFG 1; load the distillation LoRA
+    into the models for the real thing) and one variant per ``caches`` entry (name → `fast.FixedCache` /
+    `fast.FirstBlockCache` / `fast.EasyCache` on both experts, the session's settings otherwise)."""
+    preset = Settings.step_distilled()
+    out = [Variant("exact", scene, {}, "sampling", "every forward computed")]
+    if distilled:
+        changes = {k: getattr(preset, k) for k in ("steps", "shift", "cfg", "step_list")}
+        out.append(Variant("distilled", scene, changes, "sampling",
+                           f"{preset.steps} steps at timesteps {list(preset.step_list)}, CFG {preset.cfg:g}"))
+    for name, policy in (caches or {}).items():
+        if not isinstance(policy, fast.POLICIES):
+            raise InspectError(f"caches[{name!r}]: expected a fast.FixedCache / FirstBlockCache / EasyCache, got "
+                               f"{type(policy).__name__}")
+        out.append(Variant(name, scene, {}, "sampling", repr(policy),
+                           around=lambda s, policy=policy: fast.step_caches(s.models, policy)))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ running
 @dataclass
 class AblationResult:
     """table: one row per variant (see :func:`run_ablations`); videos: name → uint8 ``[N, H, W, 3]``; grid:
     the videos side by side; tracking: per variant and trajectory (:func:`trajectory_following_error`);
     attention: per variant and object (fraction of attention mass in the token mask, and the mask's area);
+    timing: with ``timing=True``, per variant, trajectory and frame (:func:`timing_comparison` against the first
+    variant: columns variant, trajectory, id, anchor, frame, drawn_frame, lag, lag_vs_reference, in frames);
     sessions: the finished sessions when asked to keep them."""
 
     table: pd.DataFrame
@@ -146,6 +178,7 @@ class AblationResult:
     tracking: pd.DataFrame
     attention: pd.DataFrame
     sessions: dict[str, Any] = field(default_factory=dict, repr=False)
+    timing: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def pixel_differences(self) -> pd.DataFrame:
         """Mean |Δ| (0..255 levels) between every pair of variant videos."""
@@ -168,8 +201,8 @@ def _variant_session(base, v: Variant, record: Optional[str]):
 
 def run_ablations(session, variants: Sequence[Variant], decode: Literal["vae", "preview"] = "vae",
                   attention: Optional[Mapping[str, Any]] = None, tracking: bool = True,
-                  keep_sessions: bool = False, columns: Optional[int] = None, progress: bool = True
-                  ) -> AblationResult:
+                  keep_sessions: bool = False, columns: Optional[int] = None, progress: bool = True,
+                  timing: bool = False) -> AblationResult:
     """Generate every variant from ``session`` (a prepared, not yet stepped :class:`wclab.sampler.Session`)
     and compare them.
 
@@ -180,7 +213,10 @@ def run_ablations(session, variants: Sequence[Variant], decode: Literal["vae", "
     Table columns: variant, kind, description, settings, follow_error / anchor_error (mean tracking error in
     pixels of captioned / anchor trajectories), lost (fraction of visible frames where the tracker lost the
     point), attention_in_mask / mask_area (mean over objects), pixel_diff (mean |Δ| in 0..255 levels vs the
-    first variant), seconds.
+    first variant), seconds; with ``timing``: mean_lag (frames the captioned objects are behind their drawn
+    schedule, mean over trajectories and frames) and lag_vs_first (frames behind the first variant's objects on
+    the same frames; e.g. > 0 for a distilled run whose objects arrive late), per frame in ``result.timing``.
+    A variant's ``around`` (e.g. a step cache) is held while it runs.
     """
     if session.step_index != 0:
         raise InspectError(f"run_ablations needs a session that has not stepped yet (it is at step "
@@ -196,7 +232,7 @@ def run_ablations(session, variants: Sequence[Variant], decode: Literal["vae", "
     for v in tqdm(variants, desc="ablations", disable=not progress):
         start = time.perf_counter()
         s = _variant_session(session, v, None if keep_sessions else "none")
-        with AttentionMaps(s, **dict(attention or {})) as maps:
+        with (v.around(s) if v.around else nullcontext()), AttentionMaps(s, **dict(attention or {})) as maps:
             s.run()
         videos[v.name] = s.decode() if decode == "vae" else s.preview(s.latents)
         overlap, area = maps.overlap_with_token_masks(), maps.mask_area_fraction()
@@ -214,6 +250,13 @@ def run_ablations(session, variants: Sequence[Variant], decode: Literal["vae", "
         rows.append(row)
         if keep_sessions:
             sessions[v.name] = s
-    return AblationResult(table=pd.DataFrame(rows), videos=videos, grid=video_grid(videos, columns=columns),
+    table = pd.DataFrame(rows)
+    per_frame = pd.DataFrame()
+    if timing:
+        per_frame = timing_comparison(videos, {v.name: v.scene for v in variants}).rename(columns={"run": "variant"})
+        captioned = per_frame[~per_frame.anchor.astype(bool)].groupby("variant", sort=False)
+        table["mean_lag"] = table.variant.map(captioned.lag.mean())
+        table["lag_vs_first"] = table.variant.map(captioned.lag_vs_reference.mean())
+    return AblationResult(table=table, videos=videos, grid=video_grid(videos, columns=columns),
                           tracking=pd.concat(tracks, ignore_index=True) if tracks else pd.DataFrame(),
-                          attention=pd.DataFrame(attn), sessions=sessions)
+                          attention=pd.DataFrame(attn), sessions=sessions, timing=per_frame)

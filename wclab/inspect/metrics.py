@@ -9,7 +9,7 @@ from the query frame; any ``tracker(video, queries) -> (tracks, found)`` can be 
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -155,6 +155,39 @@ def timing_lag(videos: Mapping[str, np.ndarray], scene: Scene, tracker: Optional
     base = table[table.run == reference].set_index("trajectory").mean_lag
     table["lag_vs_reference"] = table.mean_lag - table.trajectory.map(base)
     return table
+
+
+def timing_comparison(videos: Mapping[str, np.ndarray], scene: Union[Scene, Mapping[str, Scene]],
+                      tracker: Optional[Tracker] = None, reference: Optional[str] = None) -> pd.DataFrame:
+    """Frame-by-frame motion timing of several runs (e.g. exact vs distilled, cache off vs on): for each run,
+    trajectory and frame of the videos (uint8 ``[N, H, W, 3]``, N = T or F'), where the tracked point is along
+    the drawn path (``drawn_frame``, :func:`trajectory_timing`, frames), its ``lag`` behind the drawing, and
+    ``lag_vs_reference`` = the reference run's drawn_frame minus this run's on the same frame (frames; positive:
+    this run is behind the reference; NaN where either point is lost or hidden). ``scene``: one scene for all
+    runs, or one per run (each run is tracked along its own drawn paths). Reference: the first run by default.
+    Rows: run, trajectory, id, anchor, frame, drawn_frame, lag, lag_vs_reference."""
+    names = list(videos)
+    if not names:
+        raise InspectError("timing_comparison: no videos given")
+    reference = names[0] if reference is None else reference
+    if reference not in videos:
+        raise InspectError(f"timing_comparison: reference {reference!r} is not one of {names}")
+    scenes = {n: scene for n in names} if isinstance(scene, Scene) else dict(scene)
+    missing = [n for n in names if n not in scenes]
+    if missing:
+        raise InspectError(f"timing_comparison: no scene for run(s) {missing}")
+    timing = {n: trajectory_timing(videos[n], scenes[n], tracker) for n in names}
+    ref = timing[reference].set_index(["trajectory", "frame"]).drawn_frame
+    out = []
+    for n in names:
+        t = timing[n].copy()
+        if t.empty:
+            continue
+        keys = pd.MultiIndex.from_frame(t[["trajectory", "frame"]])
+        t["lag_vs_reference"] = ref.reindex(keys).to_numpy() - t.drawn_frame.to_numpy()
+        out.append(t.assign(run=n))
+    columns = ["run", "trajectory", "id", "anchor", "frame", "drawn_frame", "lag", "lag_vs_reference"]
+    return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
 
 
 def mask_mass_fraction(heat: torch.Tensor, mask: torch.Tensor) -> float:

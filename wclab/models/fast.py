@@ -9,8 +9,9 @@
                                outputs slightly
   BlockOffload(model, device)  low-VRAM mode: block weights stay in (pinned) CPU memory and are streamed to
                                ``device`` one block ahead of the computation
-  StepCache(model)             fast mode: reuse the deep blocks' residual on steps whose early-block output
-                               barely changed (outputs change; opt-in)
+  StepCache(model, policy)     fast mode: skip blocks on steps where the computation barely changes, by a
+                               policy: FixedCache(every=2), FirstBlockCache (default), EasyCache (adaptive,
+                               training-free); `step_caches(models, policy)` covers both experts
   relative_error(a, b)         max / mean / L2 relative differences, for reporting a fast path's deviation
 
 Per-object cross-attention maps (with or without these fast paths) are `wclab.inspect.AttentionMaps`.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
 import torch
@@ -258,66 +260,229 @@ class BlockOffload:
 
 
 # ---------------------------------------------------------------------------------------------- step caching
-class StepCache:
-    """Fast mode (changes outputs): skip most blocks on denoising steps where the input barely changed.
+@dataclass(frozen=True)
+class FixedCache:
+    """Fixed alternation: of every ``every`` forwards of a stream, the first runs all blocks and the next
+    ``every - 1`` run only the first blocks and add the deep blocks' residual stored by it. ``FixedCache(2)``
+    (every other forward reused) is the pre-policy ``StepCache(threshold=inf, max_reuse=1)``."""
 
-    Each forward runs the first ``first_blocks`` blocks, then compares their output with the one stored at the
-    last fully computed forward of the same stream: mean|Δ| / mean|stored| < ``threshold`` and fewer than
-    ``max_reuse`` reuses in a row -> the remaining blocks are skipped and the residual they added last time is
-    added instead (First-Block-Cache / TeaCache-style). A stream is one (session, CFG branch) pair when a
-    `wclab.sampler.Session` runs the forward (from its `HookContext`): a session's branches never share
-    residuals, even though they share text-embedding tensors, and a stream's state goes when its session is
-    garbage-collected. A bare model call is keyed by its ``context`` tensor (storage and shape).
-    ``threshold=inf, max_reuse=1`` reuses every other forward of each branch. Hook points of skipped blocks do
-    not fire. ``computed`` / ``reused`` count forwards; ``remove()`` (or leaving the ``with``) detaches it.
-    While attached, the model's ``forward`` is :meth:`forward` (an instance attribute), which runs the DiT's
-    public parts: `DiT.embed`, the blocks, the head.
+    every: int = 2
+
+    def __post_init__(self):
+        if not (isinstance(self.every, int) and self.every >= 1):
+            raise FastPathError(f"FixedCache: every must be an int >= 1, got {self.every!r}")
+
+
+@dataclass(frozen=True)
+class FirstBlockCache:
+    """Reuse the deep blocks' residual while the first blocks' output changed little: mean|Δ| / mean|stored|
+    < ``threshold`` since the stream's last computed forward, at most ``max_reuse`` times in a row
+    (First-Block Cache, as in ParaAttention; the default policy of ``StepCache(model)``)."""
+
+    threshold: float = 0.05
+    max_reuse: int = 1
+
+    def __post_init__(self):
+        if not self.threshold >= 0:
+            raise FastPathError(f"FirstBlockCache: threshold must be >= 0, got {self.threshold!r}")
+        if not (isinstance(self.max_reuse, int) and self.max_reuse >= 0):
+            raise FastPathError(f"FirstBlockCache: max_reuse must be an int >= 0, got {self.max_reuse!r}")
+
+
+@dataclass(frozen=True)
+class EasyCache:
+    """Training-free runtime-adaptive caching after EasyCache (Zhou et al., "Less is Enough: Training-Free Video
+    Diffusion Acceleration via Runtime-Adaptive Caching", 2025; github.com/H-EmbodVis/EasyCache).
+
+    A skipped forward runs no block at all: it returns its input latents plus the transformation ``out - in``
+    stored at the stream's last computed forward (``in`` = the first ``out_dim`` input channels, the noisy
+    latents of `wclab.sampler.Session.model_input`). Whether to skip is decided from the input alone. At each
+    computed forward after the first the transformation rate ``k = mean|out - out'| / mean|in - in'|`` between
+    it and the previous computed forward is updated; on the following forwards the predicted relative output
+    change ``k · mean|in - in_prev| / mean|out'|`` (``in_prev``: the previous forward's input, ``out'``: the
+    last computed output) is accumulated, and the forward is skipped while the sum stays below ``threshold``;
+    once it reaches it the forward is computed and the sum restarts at 0. The first ``warmup`` forwards of a
+    stream (the reference's ``ret_steps``) and, with ``compute_last``, each expert's last step are always
+    computed, as is any forward before ``k`` is known (two computed forwards). ``threshold=0`` computes every
+    forward (exact); larger thresholds skip more. The reference scripts use 0.05 (I2V) and 0.06 (T2V).
+
+    Differences from the reference implementation: each (session, CFG branch) stream decides for itself (the
+    reference decides on the conditional branch and lets the unconditional one follow), and a stream starts
+    afresh when its expert changes (the reference's Wan2.2 script keeps one state across the high→low switch),
+    so the low-noise expert never reuses, nor predicts from, the high-noise expert's outputs.
     """
 
-    def __init__(self, model: DiT, first_blocks: int = 1, threshold: float = 0.05, max_reuse: int = 1):
+    threshold: float = 0.05
+    warmup: int = 2
+    compute_last: bool = True
+
+    def __post_init__(self):
+        if not self.threshold >= 0:
+            raise FastPathError(f"EasyCache: threshold must be >= 0, got {self.threshold!r}")
+        if not (isinstance(self.warmup, int) and self.warmup >= 1):
+            raise FastPathError(f"EasyCache: warmup must be an int >= 1, got {self.warmup!r}")
+
+
+CachePolicy = Union[FixedCache, FirstBlockCache, EasyCache]
+POLICIES = (FixedCache, FirstBlockCache, EasyCache)
+
+
+@dataclass(frozen=True)
+class CacheEvent:
+    """One forward under a `StepCache`: its stream key, step / expert / CFG branch (None for a bare model call),
+    whether it was ``reused``, the policy's change ``estimate`` (FirstBlockCache: the first blocks' relative
+    change; EasyCache: the accumulated predicted change; NaN where none was computed) and ``source``: the
+    ``(step, expert)`` of the computed forward whose residual a reused forward added (None when computed)."""
+
+    stream: tuple
+    step: Optional[int]
+    expert: Optional[str]
+    branch: Optional[str]
+    reused: bool
+    estimate: float
+    source: Optional[tuple] = None
+
+
+@dataclass
+class _Stream:
+    """What a `StepCache` remembers of one stream since its last reset (tensors are the model's)."""
+
+    expert: Optional[str] = None
+    forwards: int = 0  # forwards since the reset
+    streak: int = 0  # reuses in a row
+    residual: Optional[Tensor] = None  # block caches: deep-block residual [B, S, dim]; EasyCache: out - in
+    source: Optional[tuple] = None  # (step, expert) of the forward that stored ``residual``
+    first: Optional[Tensor] = None  # FirstBlockCache: the first blocks' output at the last computed forward
+    prev_input: Optional[Tensor] = None  # EasyCache: input latents of the previous forward [B, out_dim, F, h, w]
+    computed_input: Optional[Tensor] = None  # EasyCache: input / output of the last computed forward
+    computed_output: Optional[Tensor] = None
+    k: Optional[float] = None  # EasyCache: transformation rate
+    accumulated: float = 0.0  # EasyCache: accumulated predicted relative output change
+
+
+def _mean_abs(x: Tensor) -> float:
+    return float(x.abs().float().mean())
+
+
+class StepCache:
+    """Fast mode (changes outputs): skip blocks on denoising steps where the computation would barely change.
+
+    ``policy`` decides which forwards are skipped (see each class): `FixedCache` (every k-th forward computed),
+    `FirstBlockCache` (default; the first ``first_blocks`` blocks always run, the rest are skipped while their
+    output barely changed) and `EasyCache` (adaptive, training-free: whole forwards skipped while the predicted
+    accumulated output change stays below a threshold). The older keywords ``threshold`` / ``max_reuse`` still
+    make a ``FirstBlockCache(threshold, max_reuse)``.
+
+    State is kept per stream: one (session, CFG branch) pair when a `wclab.sampler.Session` runs the forward
+    (from its `HookContext`), so a session's branches never share residuals, even though they share
+    text-embedding tensors, and a stream's state goes when its session is garbage-collected. A bare model call
+    is keyed by its ``context`` tensor (storage and shape). A stream starts afresh whenever its expert changes
+    (the high→low switch, or a model shared by both experts), so nothing computed by one expert is reused by the
+    other. Hook points of skipped blocks (EasyCache: of the whole model) do not fire. ``computed`` / ``reused`` count forwards, ``events`` lists
+    every forward (`CacheEvent`); ``remove()`` (or leaving the ``with``) detaches it. While attached, the
+    model's ``forward`` is :meth:`forward` (an instance attribute), which runs the DiT's public parts:
+    `DiT.embed`, the blocks, the head.
+    """
+
+    def __init__(self, model: DiT, policy: Optional[CachePolicy] = None, first_blocks: int = 1,
+                 threshold: Optional[float] = None, max_reuse: Optional[int] = None):
+        if policy is None:
+            policy = FirstBlockCache(0.05 if threshold is None else threshold, 1 if max_reuse is None else max_reuse)
+        elif threshold is not None or max_reuse is not None:
+            raise FastPathError("StepCache: give either policy or threshold/max_reuse, not both")
+        if not isinstance(policy, POLICIES):
+            raise FastPathError(f"StepCache: policy must be one of {[p.__name__ for p in POLICIES]}, "
+                                f"got {type(policy).__name__}")
         if not 0 < first_blocks < len(model.blocks):
             raise FastPathError(f"StepCache: first_blocks must be in 1..{len(model.blocks) - 1}, got {first_blocks}")
-        if max_reuse < 0:
-            raise FastPathError(f"StepCache: max_reuse must be >= 0, got {max_reuse}")
-        self.model, self.first, self.threshold, self.max_reuse = model, first_blocks, threshold, max_reuse
+        self.model, self.policy, self.first = model, policy, first_blocks
         self.computed = self.reused = 0
-        self.state: dict[tuple, dict] = {}  # stream key -> {"first": Tensor, "residual": Tensor, "streak": int}
+        self.events: list[CacheEvent] = []
+        self.state: dict[tuple, _Stream] = {}  # stream key -> its state
         model.forward = self.forward
 
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        """`DiT.forward` with the deep blocks skipped when the first blocks' output barely changed."""
-        model = self.model
+        """`DiT.forward` (``x`` [B, in_dim, F, h, w] -> [B, out_dim, F, h, w]) with blocks skipped as the policy
+        says."""
+        ctx = current_hook_context()
+        key, st = self._stream(context, ctx)
+        if ctx is not None and ctx.expert != st.expert:  # a new expert: nothing of the old one is used
+            st = self.state[key] = _Stream(expert=ctx.expert)
+        if isinstance(self.policy, EasyCache):
+            out, reused, estimate, source = self._easycache(st, x, timestep, context, bias, ctx)
+        else:
+            out, reused, estimate, source = self._block_cache(st, x, timestep, context, bias, ctx)
+        st.forwards += 1
+        self.reused += reused
+        self.computed += not reused
+        self.events.append(CacheEvent(key, None if ctx is None else ctx.step, None if ctx is None else ctx.expert,
+                                      None if ctx is None else ctx.branch, reused, estimate, source))
+        return out
+
+    def _block_cache(self, st: _Stream, x, timestep, context, bias, ctx):
+        """FixedCache / FirstBlockCache: the first blocks always run; the rest maybe skipped."""
+        model, policy = self.model, self.policy
         e = model.embed(x, timestep, context, bias)
-        st = self._stream(context)
         h = e.tokens
         for block in model.blocks[:self.first]:
             h = block(h, e.context, e.t_mod, e.freqs, e.bias)
         first = h
-        if "first" in st and st["streak"] < self.max_reuse and self._change(first, st["first"]) < self.threshold:
-            st["streak"] += 1
-            self.reused += 1
-            h = first + st["residual"]
+        estimate, reuse = float("nan"), False
+        if st.residual is not None:
+            if isinstance(policy, FixedCache):
+                reuse = st.streak < policy.every - 1
+            elif st.streak < policy.max_reuse:
+                estimate = _mean_abs(first - st.first) / max(_mean_abs(st.first), 1e-12)
+                reuse = estimate < policy.threshold
+        source = st.source if reuse else None
+        if reuse:
+            st.streak += 1
+            h = first + st.residual
         else:
             for block in model.blocks[self.first:]:
                 h = block(h, e.context, e.t_mod, e.freqs, e.bias)
-            st.update(first=first, residual=h - first, streak=0)
-            self.computed += 1
-        return model.hook_head_out(model.unpatchify(model.head(h, e.t), e.grid))
+            st.first, st.residual, st.streak = first, h - first, 0
+            st.source = None if ctx is None else (ctx.step, ctx.expert)
+        return model.hook_head_out(model.unpatchify(model.head(h, e.t), e.grid)), reuse, estimate, source
 
-    def _stream(self, context: Tensor) -> dict:
-        """The state of the forward's stream: (session, CFG branch) from the hook context, else the context tensor."""
-        ctx = current_hook_context()
+    def _easycache(self, st: _Stream, x, timestep, context, bias, ctx):
+        """EasyCache: decide from the input latents, skip the whole model or run it and update k."""
+        policy, model = self.policy, self.model
+        raw = x[:, :model.cfg.out_dim].detach().clone()  # the noisy latents [B, out_dim, F, h, w]
+        estimate, reuse = float("nan"), False
+        must = st.forwards < policy.warmup or (policy.compute_last and ctx is not None and _last_of_expert(ctx))
+        if must:
+            st.accumulated = 0.0
+        elif st.k is not None and st.prev_input is not None and st.residual is not None:
+            change = _mean_abs(raw - st.prev_input) / max(_mean_abs(st.computed_output), 1e-12)
+            st.accumulated += st.k * change
+            estimate = st.accumulated
+            reuse = st.accumulated < policy.threshold
+            if not reuse:
+                st.accumulated = 0.0
+        st.prev_input = raw
+        if reuse:
+            st.streak += 1
+            return (raw + st.residual).to(x.dtype), True, estimate, st.source
+        out = type(model).forward(model, x, timestep, context, bias)  # the class's, not this cache's
+        if st.computed_output is not None:
+            d_in = _mean_abs(raw - st.computed_input)
+            st.k = _mean_abs(out - st.computed_output) / d_in if d_in > 0 else None
+        st.computed_input, st.computed_output, st.residual, st.streak = raw, out.detach(), (out - raw).detach(), 0
+        st.source = None if ctx is None else (ctx.step, ctx.expert)
+        return out, False, estimate, None
+
+    def _stream(self, context: Tensor, ctx) -> tuple[tuple, _Stream]:
+        """The forward's stream key and state: (session, CFG branch) from the hook context, else the context
+        tensor."""
         if ctx is None or ctx.session is None:
-            return self.state.setdefault(("context", context.data_ptr(), tuple(context.shape)), {"streak": 0})
+            key = ("context", context.data_ptr(), tuple(context.shape))
+            return key, self.state.setdefault(key, _Stream())
         key = ("session", id(ctx.session), ctx.branch)
         if key not in self.state:  # dropped when the session goes, before its id can be reused
-            self.state[key] = {"streak": 0}
+            self.state[key] = _Stream(expert=ctx.expert)
             weakref.finalize(ctx.session, self.state.pop, key, None)
-        return self.state[key]
-
-    @staticmethod
-    def _change(now: Tensor, before: Tensor) -> float:
-        return float((now - before).abs().float().mean() / before.abs().float().mean().clamp(min=1e-12))
+        return key, self.state[key]
 
     def remove(self) -> None:
         vars(self.model).pop("forward", None)  # back to DiT.forward
@@ -328,6 +493,30 @@ class StepCache:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def _last_of_expert(ctx) -> bool:
+    """Whether the forward's step is the last its expert runs in the session (duck-typed: the session's
+    scheduler timesteps and boundary)."""
+    session = ctx.session
+    if session is None or not hasattr(session, "scheduler"):
+        return False
+    steps = session.scheduler.timesteps
+    nxt = ctx.step + 1
+    return nxt >= len(steps) or session.scheduler.expert_for(float(steps[nxt]), session.settings.boundary) != ctx.expert
+
+
+@contextmanager
+def step_caches(models, policy: Optional[CachePolicy] = None, first_blocks: int = 1) -> Iterator[list[StepCache]]:
+    """A `StepCache` with ``policy`` on each distinct expert of ``models`` (``models.high``, ``models.low``)
+    while the block runs; yields the caches (one when both experts are one model)."""
+    dits = [models.high] if models.low is models.high else [models.high, models.low]
+    caches = [StepCache(d, policy, first_blocks) for d in dits]
+    try:
+        yield caches
+    finally:
+        for c in caches:
+            c.remove()
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -345,4 +534,5 @@ def relative_error(out: Tensor, ref: Tensor) -> dict[str, float]:
 
 
 __all__ = ["speed_up", "reset_speed_up", "sdpa_priority", "Fp8Linear", "FP8_LINEARS", "quantize_fp8",
-           "BlockOffload", "StepCache", "relative_error", "FastPathError"]
+           "BlockOffload", "StepCache", "FixedCache", "FirstBlockCache", "EasyCache", "CachePolicy", "CacheEvent",
+           "step_caches", "relative_error", "FastPathError"]
