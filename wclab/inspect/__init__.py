@@ -18,14 +18,9 @@ from wclab.inspect.display import (expand_latent_frames, heatmap_overlay, mask_o
                                    show_videos, upsample, video_grid)
 from wclab.inspect.motion_maps import MotionMaps, QueryRowMass, self_attention_hooks, trajectory_token_mask
 from wclab.inspect.metrics import (drawn_frame, lk_tracker, mask_mass_fraction, pairwise_pixel_difference,
-<<<<<<< HEAD
-                                   pixel_difference, timing_lag, track_trajectories, trajectory_following_error,
-                                   trajectory_timing)
-from wclab.inspect.patching import Patch, PatchResult, as_patches, patch, patch_sweep, plot_patch_sweep
-=======
                                    pixel_difference, timing_comparison, timing_lag, track_trajectories,
                                    trajectory_following_error, trajectory_timing)
->>>>>>> m16cache
+from wclab.inspect.patching import Patch, PatchResult, as_patches, patch, patch_sweep, plot_patch_sweep
 from wclab.inspect.trajectory_latents import (TrajectorySamples, condition_videos, latent_path, path_crops,
                                               sample_trajectories, token_mask_stats, video_crops)
 
