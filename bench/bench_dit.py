@@ -712,7 +712,7 @@ def main(argv=None) -> dict:
         st["fp8"] = True
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        r = {"allocated_after_quantize_gib": memory().get("allocated_gib")}
+        r = {"allocated_after_quantize_gib": memory().get("allocated_gib"), "fp8_matmul": fast.FP8_MATMUL}
         fast.speed_up(model, backend=backend)
         reset_peak()
         with fast_ctx():

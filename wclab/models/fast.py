@@ -93,6 +93,10 @@ def _quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
+FP8_MATMUL = "torch.nn.functional.scaled_mm" if hasattr(F, "scaled_mm") else "torch._scaled_mm"
+"""The float8 GEMM `Fp8Linear` uses on CUDA with this torch (benchmarks record it)."""
+
+
 def _fp8_matmul(xq: Tensor, x_scale: Tensor, w: Tensor, w_scale: Tensor, out_dtype: torch.dtype) -> Tensor:
     """(xq · x_scale) @ (w · w_scale)ᵀ on float8 tensor cores: xq [m, k] float8 with x_scale [m, 1] float32 (per
     row), w [n, k] float8 with w_scale [1, n] float32 (per output) -> [m, n] ``out_dtype``. The public
