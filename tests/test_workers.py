@@ -77,6 +77,18 @@ def scenarios(base) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- the driver (rank 0, like a notebook kernel)
 
+def MIRRORED(folder: Path) -> dict:
+    """`load_models` options the workers must mirror: fp8 experts and a LoRA (a PEFT pair on blocks.1.ffn.0 of the
+    high expert, written to ``folder``)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(7)
+    path = folder / "lora_peft.safetensors"
+    save_file({"transformer.blocks.1.ffn.0.lora_A.weight": torch.randn(4, 128, generator=g),
+               "transformer.blocks.1.ffn.0.lora_B.weight": 0.1 * torch.randn(256, 4, generator=g)}, str(path))
+    return dict(experts="fp8", lora={"high": [(path, 0.5)]})
+
+
 def kill_a_worker_mid_forward(workers, session) -> tuple:
     """Kill the first worker from inside a hook during a step: (the WorkerError's text or None, seconds taken)."""
     from wclab.workers import WorkerError
@@ -99,6 +111,7 @@ def kill_a_worker_mid_forward(workers, session) -> tuple:
 def drive(out_dir: Path) -> None:
     from safetensors.torch import save_file
 
+    from wclab.models.fast import quantize_fp8
     from wclab.models.loading import load_models
     from wclab.workers import WorkerError, start_workers
 
@@ -127,6 +140,18 @@ def drive(out_dir: Path) -> None:
         facts["alive_after_hook_error"] = workers.alive
     facts["t"].append(("closed", time.monotonic()))
     facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
+    # load_models' fp8 placement and LoRA files are mirrored by the workers; a change made after loading is caught
+    mirrored = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False, **MIRRORED(out_dir))
+    with start_workers(mirrored, 2, progress=False, timeout=60) as workers:
+        s = base_session(workers.models)
+        s.step()
+        res["mirrored_step0_latents"] = s.latents
+    edited = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False)
+    quantize_fp8(edited.low)
+    try:
+        start_workers(edited, 2, progress=False, timeout=60).close()
+    except WorkerError as err:
+        facts["edited_error"] = str(err)
     # a new group in the same process (from the closed group's models: their experts are unwrapped), whose
     # worker is killed in the middle of a forward: a clear error at once, no hang; later calls say so too
     workers = start_workers(workers.models, 2, progress=False, timeout=20)
@@ -179,10 +204,17 @@ def driven(launched, single):
 
 
 @pytest.fixture(scope="module")
-def single() -> dict[str, torch.Tensor]:
+def single(tmp_path_factory) -> dict[str, torch.Tensor]:
     from conftest import fixture_models
+    from wclab.models.loading import load_models
 
-    return scenarios(base_session(fixture_models()))  # the driver's weights (loaded once per test process)
+    res = scenarios(base_session(fixture_models()))  # the driver's weights (loaded once per test process)
+    mirrored = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False,
+                           **MIRRORED(tmp_path_factory.mktemp("lora")))
+    s = base_session(mirrored)
+    s.step()
+    res["mirrored_step0_latents"] = s.latents
+    return res
 
 
 # ---------------------------------------------------------------- tests
@@ -228,6 +260,17 @@ def test_a_raising_hook_leaves_the_workers_in_step(driven, single):
     res, facts = driven
     assert facts["hook_error"] == "boom" and facts["alive_after_hook_error"]
     torch.testing.assert_close(res["after_hook_error_latents"], single["branch_parent_latents"], **PARITY)
+
+
+def test_workers_mirror_the_fp8_placement_and_loras_load_models_applied(driven, single):
+    res, _ = driven
+    torch.testing.assert_close(res["mirrored_step0_latents"], single["mirrored_step0_latents"], **PARITY)
+
+
+def test_experts_changed_after_loading_are_refused_with_what_to_do(driven):
+    _, facts = driven
+    assert "differ from the notebook's" in facts["edited_error"]
+    assert "quantize_fp8" in facts["edited_error"] and "load_models" in facts["edited_error"]
 
 
 def test_close_leaves_no_worker_process(driven):

@@ -31,8 +31,9 @@ the next command as long as the notebook lives); the default group (NCCL/gloo, `
 `WorkerError` naming the worker, its exit code and its traceback; start new workers after that.
 
 Limits: inference only (no autograd through the workers); one group per process; workers load the experts from
-files, so weights edited in the notebook are not mirrored (a weight checksum at start-up catches edits made
-before); each hooked point costs one all-gather of its tensor per forward (plus an 8-byte flag broadcast); a
+files as `load_models` did (its ``experts=`` placement, e.g. "fp8", and its ``lora=`` files are mirrored), so
+weights edited in the notebook after loading are not (a checksum of weights and buffers at start-up catches
+edits made before); each hooked point costs one all-gather of its tensor per forward (plus an 8-byte flag broadcast); a
 hook's replacement must keep the tensor's shape. Tested on CPU with gloo (tests/test_workers.py); on GPUs run
 ``python tests/test_workers.py --cuda OUT``.
 """
@@ -393,9 +394,9 @@ def start_workers(models: "Models", processes: Optional[int] = None, *,
     """Start ``processes - 1`` worker processes that join this one (rank 0) in running each expert's forward.
 
     models: the notebook's `Models` (from `wclab.models.loading.load_models`, on ``devices[0]``); each worker
-    loads both experts from ``models.paths`` in ``models.dtype`` (weights changed in memory here are not seen;
-    a checksum comparison after loading catches it). processes: ranks including this one (default: every
-    visible GPU). devices: one per rank (default: the models' GPU, then the other GPUs in order; on CPU all
+    loads both experts from ``models.paths`` in ``models.dtype`` with ``models.placement`` and ``models.lora``
+    (weights changed in memory afterwards are not seen; a checksum comparison after loading catches it).
+    processes: ranks including this one (default: every visible GPU). devices: one per rank (default: the models' GPU, then the other GPUs in order; on CPU all
     "cpu"). Backend: NCCL on CUDA, gloo on CPU. timeout: seconds any collective of a forward may wait (a
     worker stuck longer raises instead of hanging); load_timeout: seconds for the workers to start and load.
     Returns a `Workers`; pass ``workers.models`` to `Session` and ``close()`` it when done.
@@ -429,7 +430,7 @@ def start_workers(models: "Models", processes: Optional[int] = None, *,
                           wait_for_workers=False)
     ctx = torch.multiprocessing.get_context("spawn")
     spec = dict(port=store.port, world=world, backend=backend, paths=models.paths, dtype=models.dtype,
-                timeout_s=timeout)
+                placement=models.placement, lora=models.lora, timeout_s=timeout)
     procs = [ctx.Process(target=_worker_main, args=(rank, str(devs[rank]), spec), daemon=True,
                          name=f"wclab-worker-{rank}") for rank in range(1, world)]
     for p in procs:
@@ -477,9 +478,20 @@ def _wait(store, procs, devs, counter: str, total: int, timeout_s: float, bar) -
         time.sleep(POLL_S)
 
 
+def _tensor_sum(t: Tensor) -> Tensor:
+    """float64 sum of a parameter or buffer of any dtype (float8 weights, complex RoPE tables included)."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.dtype not in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        t = t.float()
+    return t.sum(dtype=torch.float64)
+
+
 def _checksum(high: DiT, low: DiT, device: torch.device) -> Tensor:
-    """float64 [2]: the sum of every weight of each expert (a cheap "same weights" test across ranks)."""
-    return torch.stack([sum(p.detach().sum(dtype=torch.float64) for p in m.parameters()) for m in (high, low)]
+    """float64 [2]: the sum of every weight and buffer of each expert (a cheap "same weights" test across ranks;
+    buffers hold float8 weights after `quantize_fp8`)."""
+    return torch.stack([sum(_tensor_sum(t).cpu() for t in (*m.parameters(), *m.buffers())) for m in (high, low)]
                        ).to(device)
 
 
@@ -492,8 +504,9 @@ def _compare_checksums(high: DiT, low: DiT, device: torch.device, world: int) ->
     bad = [r for r, s in enumerate(gathered) if not torch.allclose(s, ref, rtol=1e-9, atol=0.0)]
     if bad:
         raise WorkerError(f"the experts on worker(s) {bad} differ from the notebook's (weight sums "
-                          f"{[s.tolist() for s in gathered]}): workers load models.paths, so weights changed in "
-                          "memory in the notebook are not mirrored; reload the models before start_workers")
+                          f"{[s.tolist() for s in gathered]}): workers load models.paths as load_models did "
+                          "(its experts= placement and lora= files are mirrored), but weights changed in memory "
+                          "afterwards (load_lora, quantize_fp8, edits) are not; pass them to load_models instead")
 
 
 def workers_if_several_gpus(models: "Models", **kwargs: Any) -> Optional[Workers]:
@@ -524,10 +537,12 @@ def _worker_main(rank: int, device: str, spec: dict) -> None:
         store.add(f"{KEY}/up", 1)
         dist.init_process_group(spec["backend"], store=store, rank=rank, world_size=spec["world"], timeout=timeout)
         control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
+        from wclab.models.loading import load_expert
+
         paths, experts = spec["paths"], {}
-        for name in ("high", "low"):
-            experts[name] = DiT.from_checkpoint(getattr(paths, name), num_heads=paths.num_heads, device=dev,
-                                                dtype=spec["dtype"])
+        for name in ("high", "low"):  # as the notebook's load_models did: same placement, same LoRAs
+            experts[name] = load_expert(getattr(paths, name), paths.num_heads, dev, spec["dtype"], spec["placement"],
+                                        spec["lora"].get(name, ()))
             store.add(f"{KEY}/loaded", 1)
         _serve(rank, dev, experts, control)
     except BaseException:

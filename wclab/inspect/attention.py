@@ -63,7 +63,52 @@ class _Target:
     word_index: int = -1  # position among the caption's words
 
 
-class AttentionMaps:
+class HookRecorder:
+    """What the running-sum recorders (`AttentionMaps`, `wclab.inspect.ConceptMaps`, `wclab.inspect.MotionMaps`)
+    share: the selected experts, CFG branches, blocks, heads and steps of one session (each checked, None = all),
+    its token grid ``(F', h/2, w/2)``, and hooks (`_hooks`, defined by each recorder) attached while inside
+    ``with`` that record only forwards of that session itself (not of its branches) on the selected CFG branches
+    and steps (`_wanted`)."""
+
+    def __init__(self, session, experts: Iterable[str], branches: Union[Branch, Iterable[Branch]],
+                 blocks: Optional[Iterable[int]], heads: Optional[Iterable[int]], steps: Optional[Iterable[int]],
+                 experts_field: str = "experts"):
+        self.session = session
+        self.experts = _checked(experts, ["high", "low"], experts_field, str)
+        self.branches = _checked([branches] if isinstance(branches, str) else branches, ["cond", "uncond"],
+                                 "branches", str)
+        cfg = session.dit(self.experts[0]).cfg
+        self.blocks = _checked(blocks, list(range(cfg.num_layers)), "blocks", int)
+        self.heads = _checked(heads, list(range(cfg.num_heads)), "heads", int)
+        self.steps = None if steps is None else set(_checked(steps, list(range(session.num_steps)), "steps", int))
+        self.grid = session.dit(self.experts[0]).token_grid(session.latents.shape)  # (F', h/2, w/2)
+        self._stack: Optional[ExitStack] = None
+
+    def _hooks(self) -> list:
+        """The ``(hook name, function)`` pairs this recorder attaches."""
+        raise NotImplementedError
+
+    def __enter__(self):
+        if self._stack is not None:
+            raise InspectError(f"these {type(self).__name__} are already attached")
+        self._stack = ExitStack()
+        self._stack.enter_context(self.session.hooks(self._hooks()))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def _wanted(self) -> bool:
+        """Whether the forward running now is one to record: this session's (not a branch's), on a selected
+        CFG branch and step (its `HookContext`)."""
+        ctx = current_hook_context()
+        return (ctx is not None and ctx.session is self.session and ctx.branch in self.branches
+                and (self.steps is None or ctx.step in self.steps))
+
+
+class AttentionMaps(HookRecorder):
     """Cross-attention mass from video tokens onto each object's caption (and words), per step.
 
     >>> with AttentionMaps(session, blocks=range(10, 30), steps=range(0, 10)) as maps:
@@ -80,19 +125,11 @@ class AttentionMaps:
                  words: Union[bool, Iterable[Union[int, str]]] = False, blocks: Optional[Iterable[int]] = None,
                  heads: Optional[Iterable[int]] = None, steps: Optional[Iterable[int]] = None,
                  experts: Iterable[str] = ("high", "low"), branches: Union[Branch, Iterable[Branch]] = "cond"):
-        self.session = session
+        super().__init__(session, experts, branches, blocks, heads, steps)
         order = session.conditions.caption_order
         self.objects = _checked(objects, list(order), "objects", str)
         word_ids = self.objects if words is True else [] if words is False else _checked(words, self.objects,
                                                                                          "words", str)
-        self.experts = _checked(experts, ["high", "low"], "experts", str)
-        self.branches = _checked([branches] if isinstance(branches, str) else branches, ["cond", "uncond"],
-                                 "branches", str)
-        cfg = session.dit(self.experts[0]).cfg
-        self.blocks = _checked(blocks, list(range(cfg.num_layers)), "blocks", int)
-        self.heads = _checked(heads, list(range(cfg.num_heads)), "heads", int)
-        self.steps = None if steps is None else set(_checked(steps, list(range(session.num_steps)), "steps", int))
-        self.grid = session.dit(self.experts[0]).token_grid(session.latents.shape)  # (F', h/2, w/2)
 
         self.targets = [_Target(i) for i in self.objects]
         prompt, tokenizer = session.conditions.prompt, session.models.tokenizer
@@ -105,28 +142,10 @@ class AttentionMaps:
         self.counts: dict[int, int] = {}  # step -> number of (forward, block, head) terms in the sum
         self._selector_cache: dict = {}
         self._span_mass = SpanMass()
-        self._stack: Optional[ExitStack] = None
 
-    # ------------------------------------------------------------------------------------------- attaching
-    def __enter__(self) -> "AttentionMaps":
-        if self._stack is not None:
-            raise InspectError("these AttentionMaps are already attached")
+    def _hooks(self) -> list:
         modules = [f"{e}.blocks.{b}.cross_attn" for e in self.experts for b in self.blocks]
-        self._stack = ExitStack()
-        self._stack.enter_context(self.session.hooks(cross_attention_hooks(modules, self._accumulate, self._wanted)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
-
-    def _wanted(self) -> bool:
-        """Whether the forward running now is one to record: this session's (not a branch's), on a selected
-        CFG branch and step (its `HookContext`)."""
-        ctx = current_hook_context()
-        return (ctx is not None and ctx.session is self.session and ctx.branch in self.branches
-                and (self.steps is None or ctx.step in self.steps))
+        return cross_attention_hooks(modules, self._accumulate, self._wanted)
 
     def _selector(self, ctx: HookContext, text_len: int, device) -> Tensor:
         """float32 [L, R]: 1 where text token l belongs to target r on the forward's CFG branch."""

@@ -32,7 +32,6 @@ step at 480×832×81).
 from __future__ import annotations
 
 import warnings
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Mapping, Optional, Sequence, Union
 
@@ -43,7 +42,7 @@ from torch import Tensor
 
 from wclab.encode import caption_spans
 from wclab.errors import WclabError
-from wclab.inspect.attention import CHUNK_ELEMENTS, InspectError, _checked, _qk_logits
+from wclab.inspect.attention import CHUNK_ELEMENTS, HookRecorder, InspectError, _checked, _qk_logits
 from wclab.models.hooks import current_hook_context
 
 Space = Literal["cross", "output"]
@@ -199,7 +198,7 @@ def concept_selector(concepts: Sequence[Concept]) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------- the maps
-class ConceptMaps:
+class ConceptMaps(HookRecorder):
     """Maps of arbitrary words or phrases in the cross-attention ("cross") and output ("output") spaces, per step
     and block (see the module docstring for the definitions).
 
@@ -220,7 +219,7 @@ class ConceptMaps:
                  steps: Optional[Iterable[int]] = None, experts: Iterable[str] = ("high", "low"),
                  branches: Union[str, Iterable[str]] = "cond", spaces: Union[Space, Iterable[Space]] = SPACES,
                  chunk_elements: int = CHUNK_ELEMENTS):
-        self.session = session
+        super().__init__(session, experts, branches, blocks, heads, steps)
         if isinstance(concepts, str):
             concepts = [concepts]
         items = list(concepts.items()) if isinstance(concepts, Mapping) else [(t, t) for t in concepts]
@@ -233,15 +232,7 @@ class ConceptMaps:
         if bad:
             raise InspectError(f"concepts: expected non-empty texts, got {bad[0]!r:.80}")
         self.names = names
-        self.experts = _checked(experts, ["high", "low"], "experts", str)
-        self.branches = _checked([branches] if isinstance(branches, str) else branches, ["cond", "uncond"],
-                                 "branches", str)
         self.spaces = _checked([spaces] if isinstance(spaces, str) else spaces, list(SPACES), "spaces", str)
-        cfg = session.dit(self.experts[0]).cfg
-        self.blocks = _checked(blocks, list(range(cfg.num_layers)), "blocks", int)
-        self.heads = _checked(heads, list(range(cfg.num_heads)), "heads", int)
-        self.steps = None if steps is None else set(_checked(steps, list(range(session.num_steps)), "steps", int))
-        self.grid = session.dit(self.experts[0]).token_grid(session.latents.shape)  # (F', h/2, w/2)
         self.chunk_elements = chunk_elements
         self.concepts = [encode_concept(session.models, text, name) for name, (_, text) in zip(names, items)]
         self.selector = concept_selector(self.concepts)  # [C, R]
@@ -251,26 +242,10 @@ class ConceptMaps:
         self.step_experts: dict[int, str] = {}
         self._projections: dict = {}
         self._mass = ConceptMass()
-        self._stack: Optional[ExitStack] = None
 
-    # ------------------------------------------------------------------------------------------- attaching
-    def __enter__(self) -> "ConceptMaps":
-        if self._stack is not None:
-            raise InspectError("these ConceptMaps are already attached")
+    def _hooks(self) -> list:
         modules = [f"{e}.blocks.{b}.cross_attn" for e in self.experts for b in self.blocks]
-        self._stack = ExitStack()
-        self._stack.enter_context(self.session.hooks(concept_hooks(modules, self._accumulate, self._wanted)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
-
-    def _wanted(self) -> bool:
-        ctx = current_hook_context()
-        return (ctx is not None and ctx.session is self.session and ctx.branch in self.branches
-                and (self.steps is None or ctx.step in self.steps))
+        return concept_hooks(modules, self._accumulate, self._wanted)
 
     def _project(self, expert: str, block: int, device) -> tuple[Tensor, Tensor, Tensor]:
         """(concept keys, per-concept mean outputs ``[R, dim]`` float32, selector) on ``device``, cached."""

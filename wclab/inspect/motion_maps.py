@@ -26,7 +26,6 @@ token slice; motion maps need the whole sequence and raise there.
 from __future__ import annotations
 
 import warnings
-from contextlib import ExitStack
 from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import numpy as np
@@ -37,7 +36,7 @@ from torch import Tensor
 from wclab.conditions import Scene
 from wclab.encode.channels import (ENTERING_TOKEN_HALF_SIZE, TOKEN_VIS_THRESHOLD, boxes_to_cells, group_means,
                                    mask_reach)
-from wclab.inspect.attention import CHUNK_ELEMENTS, InspectError, _checked, _qk_logits
+from wclab.inspect.attention import CHUNK_ELEMENTS, HookRecorder, InspectError, _checked, _qk_logits
 from wclab.models.hooks import current_hook_context
 from wclab.inspect.display import expand_latent_frames, heatmap_overlay, overlay_trajectories, show_video
 from wclab.sizes import FRAMES_PER_LATENT, TOKEN_CELL, latent_frames
@@ -181,7 +180,7 @@ def _query_row_mass(q: Tensor, k: Tensor, sel: Tensor, head_chunk: int, row_chun
 
 
 # ------------------------------------------------------------------------------------------- the maps
-class MotionMaps:
+class MotionMaps(HookRecorder):
     """Self-attention from each trajectory's path tokens onto every latent frame, averaged over blocks, heads,
     steps and experts (running sums, one float32 ``[T·F', S]`` per step).
 
@@ -201,22 +200,14 @@ class MotionMaps:
                  heads: Optional[Iterable[int]] = None, steps: Optional[Iterable[int]] = None,
                  expert: Union[None, str, Iterable[str]] = None, branches: Union[str, Iterable[str]] = "cond",
                  queries: Drawn = "visible", chunk_elements: int = CHUNK_ELEMENTS):
-        self.session = session
+        experts = ["high", "low"] if expert is None else [expert] if isinstance(expert, str) else expert
+        super().__init__(session, experts, branches, blocks, heads, steps, experts_field="expert")
         scene = session.scene
         n = len(scene.trajectories)
         self.trajectories = _checked(trajectories, list(range(n)), "trajectories", int)
-        experts = ["high", "low"] if expert is None else [expert] if isinstance(expert, str) else expert
-        self.experts = _checked(experts, ["high", "low"], "expert", str)
-        self.branches = _checked([branches] if isinstance(branches, str) else branches, ["cond", "uncond"],
-                                 "branches", str)
         if queries not in ("visible", "path"):
             raise InspectError(f"queries: expected 'visible' or 'path', got {queries!r}")
         self.queries = queries
-        cfg = session.dit(self.experts[0]).cfg
-        self.blocks = _checked(blocks, list(range(cfg.num_layers)), "blocks", int)
-        self.heads = _checked(heads, list(range(cfg.num_heads)), "heads", int)
-        self.steps = None if steps is None else set(_checked(steps, list(range(session.num_steps)), "steps", int))
-        self.grid = session.dit(self.experts[0]).token_grid(session.latents.shape)  # (F', h/2, w/2)
         self.chunk_elements = chunk_elements
 
         F = self.grid[0]
@@ -236,26 +227,13 @@ class MotionMaps:
         self.counts: dict[int, int] = {}  # step -> (forward, block, head) terms in the sum
         self._device_cache: dict = {}
         self._mass = QueryRowMass()
-        self._stack: Optional[ExitStack] = None
 
-    # ------------------------------------------------------------------------------------------- attaching
-    def __enter__(self) -> "MotionMaps":
-        if self._stack is not None:
-            raise InspectError("these MotionMaps are already attached")
+    def _hooks(self) -> list:
         modules = [f"{e}.blocks.{b}.self_attn" for e in self.experts for b in self.blocks]
-        self._stack = ExitStack()
-        self._stack.enter_context(self.session.hooks(self_attention_hooks(modules, self._accumulate, self._wanted)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+        return self_attention_hooks(modules, self._accumulate, self._wanted)
 
     def _wanted(self) -> bool:
-        ctx = current_hook_context()
-        return (ctx is not None and ctx.session is self.session and ctx.branch in self.branches
-                and (self.steps is None or ctx.step in self.steps) and self.rows.numel() > 0)
+        return super()._wanted() and self.rows.numel() > 0
 
     def _accumulate(self, q: Tensor, k: Tensor) -> None:
         S = int(np.prod(self.grid))

@@ -11,7 +11,7 @@ Explicit ``t5=``, ``vae=``, ``high=``, ``low=``, ``tokenizer=`` paths override t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Sequence, Union
 
@@ -136,6 +136,10 @@ class Models:
     device: torch.device
     dtype: torch.dtype
     paths: CheckpointPaths
+    placement: str = "resident"
+    """How `load_models` placed the experts (its ``experts`` argument): "resident", "offload" or "fp8"."""
+    lora: dict = field(default_factory=dict)
+    """The LoRA files `load_models` merged: ``{"high": [(path, strength), ...], "low": [...]}``."""
 
     def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> Models:
         """Move (and/or cast) the text encoder, VAE and both experts in place; returns self."""
@@ -183,7 +187,8 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
     lora = dict(lora or {})
     if set(lora) - {"high", "low"}:
         raise CheckpointError(f"lora: keys must be 'high' and/or 'low', got {sorted(lora)}")
-    experts = [_load_expert(getattr(paths, e), paths.num_heads, device, dtype, experts, lora.get(e, ()))
+    placement = experts
+    experts = [load_expert(getattr(paths, e), paths.num_heads, device, dtype, placement, lora.get(e, ()))
                for e in ("high", "low")]
     for name, expert in zip(("high", "low"), experts):
         if expert.cfg.text_dim != text_encoder.config.dim:
@@ -191,10 +196,10 @@ def load_models(checkpoint_dir: Optional[PathLike] = None, *, variant: str = "Wo
                                   f"T5 output dim {text_encoder.config.dim} of {paths.t5}")
     return Models(tokenizer=tok, text_encoder=text_encoder, vae=vae_model, high=experts[0], low=experts[1],
                   preview=make_preview(vae_model) if preview else None, device=torch.device(device), dtype=dtype,
-                  paths=paths)
+                  paths=paths, placement=placement, lora={e: list(v) for e, v in lora.items()})
 
 
-def _load_expert(path: Path, num_heads: Optional[int], device: Union[str, torch.device], dtype: torch.dtype,
+def load_expert(path: Path, num_heads: Optional[int], device: Union[str, torch.device], dtype: torch.dtype,
                  placement: ExpertPlacement, loras: Sequence[tuple[PathLike, float]] = ()) -> DiT:
     """One DiT expert read from ``path``, with ``loras`` merged, placed as `load_models`' ``experts`` says."""
     dit = DiT.from_checkpoint(path, num_heads=num_heads, device="cpu" if placement == "offload" else device,
@@ -216,4 +221,5 @@ def make_preview(vae: VAE, seed: int = 0) -> LatentPreview:
     return LatentPreview.fit(vae, latents)
 
 
-__all__ = ["CheckpointPaths", "Models", "load_models", "resolve_paths", "make_preview", "default_checkpoint_dir"]
+__all__ = ["CheckpointPaths", "Models", "load_models", "load_expert", "resolve_paths", "make_preview",
+           "default_checkpoint_dir"]
