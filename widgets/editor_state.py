@@ -936,7 +936,8 @@ class EditorState:
             notes.append(f"{lost} lost before the end (invisible from there)")
         first, last = len(d.trajectories), len(scene.trajectories) - 1
         added = f"trajectory {first}" if first == last else f"trajectories {first}..{last}"
-        self._apply(f"tracked {tracks.count} points: added {added} as object {obj_id} ({what}); {', '.join(notes)}",
+        self._apply(f"tracked {tracks.count} point{'s' if tracks.count > 1 else ''}: added {added} as object "
+                    f"{obj_id} ({what}); {', '.join(notes)}",
                     scene=scene, video=None, video_points=(), selected=len(d.trajectories))
         return tracks
 
