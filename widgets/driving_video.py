@@ -25,7 +25,7 @@ VideoLike = Union[str, Path, np.ndarray]
 
 
 def read_video(path: Union[str, Path]) -> np.ndarray:
-    """``uint8 [T, H, W, 3]`` frames of a video file (mediapy with imageio-ffmpeg's bundled ffmpeg), or of a
+    """``uint8 [T, H, W, 3]`` frames of a video file (imageio-ffmpeg, the ffmpeg mediapy uses here), or of a
     ``.npy`` array of that shape."""
     path = Path(path)
     if not path.is_file():
@@ -35,18 +35,19 @@ def read_video(path: Union[str, Path]) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise ImageError(f"{path}: cannot read as a .npy array ({e})") from None
-    import mediapy
+    import imageio_ffmpeg  # mediapy.read_video passes -vsync, which the bundled ffmpeg 9 no longer accepts
 
     try:
-        import imageio_ffmpeg
-        mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())
-    except ImportError:  # mediapy then looks for ffmpeg on the PATH
-        pass
-    try:
-        frames = mediapy.read_video(str(path))
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        meta = next(reader)
+        w, h = meta["size"]
+        frames = [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]
     except Exception as e:  # noqa: BLE001 — ffmpeg reports unreadable files in several ways
-        raise ImageError(f"{path}: cannot read as a video ({type(e).__name__}: {e})") from None
-    return np.asarray(frames)[..., :3]
+        raise ImageError(f"{path}: cannot read as a video ({type(e).__name__}: {str(e).splitlines()[0]:.200})") \
+            from None
+    if not frames:
+        raise ImageError(f"{path}: the video has no frames")
+    return np.stack(frames)
 
 
 @dataclass(frozen=True, eq=False)

@@ -319,8 +319,8 @@ class TrajectoryEditor(W.VBox):
                 "timing": text(self.timing_kind.value).strip("()"), "video": text(self.video_info.value)}
 
     def _on_mouse_down(self, x: float, y: float) -> None:
-        if self.state.draft.mode == "mask" and not self.state.draft.driving:  # SAM may take a while (the first
-            # click embeds the image)
+        # SAM may take a while (the first click embeds the image)
+        if self.state.draft.mode == "mask" and not self.state.draft.driving:
             self.status.value += " &nbsp; <i>segmenting…</i>"
         self._act(lambda: self.state.press(x, y))
 
