@@ -216,3 +216,15 @@ def test_a_video_file_loads_from_the_path_field(tmp_path):
     assert "no such video file" in editor.feedback.message and not editor.state.draft.driving
     with pytest.raises(ImageError, match="expected uint8"):
         DrivingVideo.load(np.zeros((2, 8, 8, 3), np.float32), H, W)
+
+
+def test_a_point_lost_in_the_video_is_invisible_from_there_and_the_message_says_so(state):
+    video = square_video(T, H, W, x0=40, y0=40, size=32, step=2)
+    video[9:, 30:90, 40:120] = 20                    # the square vanishes from frame 9 on
+    state.load_driving_video(video)
+    state.on_click(56, 56)
+    state.track_video()
+    t, = state.draft.trajectories
+    assert t.is_anchor and "1 lost before the end (invisible from there)" in state.message
+    assert t.visibility[:9] == (1,) * 9 and t.visibility[-1] == 0
+    np.testing.assert_allclose(t.track[-1], t.track[np.flatnonzero(t.vis)[-1]])  # held where last seen
