@@ -26,6 +26,19 @@ TEXT_ITEMS = ["color_map", "description_global", "description_motion_raw", "desc
 xs, ys = st.integers(-3, W + 3), st.integers(-3, H + 3)
 
 
+def driving_video(frames: int, height: int, width: int) -> np.ndarray:
+    """A textured square moving right by a twentieth of the width per frame."""
+    rng = np.random.default_rng(frames)
+    v = np.full((frames, height, width, 3), 30, np.uint8)
+    side, step = height // 3, max(1, width // 20)
+    for t in range(frames):
+        v[t, side:2 * side, step * t:step * t + side] = rng.integers(60, 255, (side, side, 3))
+    return v
+
+
+VIDEOS = {"scene size": driving_video(T, H, W), "larger, fewer frames": driving_video(5, 2 * H, 3 * W)}
+
+
 class Editing(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
@@ -152,6 +165,35 @@ class Editing(RuleBasedStateMachine):
     def event(self, kind, edge, frames):
         self.act(lambda: self.s.apply_event(kind, edge=edge, frames=frames))
 
+    # ------------------------------------------------------------------ driving video
+    @rule(which=st.sampled_from(list(VIDEOS)))
+    def load_video(self, which):
+        self.act(lambda: self.s.load_driving_video(VIDEOS[which], source=which))
+
+    @rule(which=st.sampled_from(list(VIDEOS)), points=st.lists(st.tuples(xs, ys), min_size=1, max_size=3),
+          caption=st.sampled_from(["", "a cat", ANCHOR_TEXT]))
+    def tracked_points(self, which, points, caption):  # the whole flow in a row, so sequences reach tracked objects
+        def flow():
+            s = self.s
+            if not s.draft.driving:
+                s.load_driving_video(VIDEOS[which], source=which)
+            for p in points:
+                s.on_click(*p)
+            s.set_object(s.draft.obj_id, caption)
+            s.track_video()
+        try:
+            flow()
+        except WclabError:
+            pass
+
+    @rule()
+    def track_video(self):
+        self.act(self.s.track_video)
+
+    @rule()
+    def cancel_video(self):
+        self.act(self.s.cancel_video)
+
     # ------------------------------------------------------------------ what must always hold
     @invariant()
     def the_view_shows_the_state(self):
@@ -176,6 +218,9 @@ class Editing(RuleBasedStateMachine):
         assert 0 <= d.st < d.et <= T and 0 <= s.frame < T
         assert d.selected is None or 0 <= d.selected < len(d.trajectories)
         assert d.mode != "draw" or d.mask_confirmed
+        assert ("driving video:" in v["status"]) == d.driving == bool(v["video"])
+        assert d.driving or not d.video_points
+        assert all(0 <= x <= W - 1 and 0 <= y <= H - 1 for x, y in d.video_points)
         if v["reach_frames"]:  # where the trajectory being drawn is at those frames: its clicked points
             track = s.pending(with_erased=False).track if d.mask_confirmed else None
             if track is not None:

@@ -4,7 +4,9 @@ Opens ``tests/browser_editor.ipynb`` (an editor on a synthetic image with a red 
 the mask, clicks a three-point trajectory on the canvas, adds it, undoes and redoes it from the keyboard, loads
 it for editing (``s``), drags its last point with the mouse, types the frames at which its points are reached in
 the timing control, saves the edit and the JSON; then checks the scene the kernel wrote; then draws a second path
-for the box freehand (one drag) and checks it too; then adds a static camera (one click) and checks its anchors. A screenshot goes to ``tests/artifacts/browser_editor.png``
+for the box freehand (one drag) and checks it too; then adds a static camera (one click) and checks its anchors;
+then loads a driving video from code (the notebook's second cell), clicks a point on its first frame, presses
+Track and checks the tracked trajectory. A screenshot goes to ``tests/artifacts/browser_editor.png``
 for inspection. Skipped when ``/usr/bin/chromium`` or playwright is missing (``.ci/run`` installs both);
 never downloads a browser.
 """
@@ -229,3 +231,21 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
     anchors = load_json(out_json).trajectories[2:]
     assert len(anchors) == 9 and all(t.is_anchor and t.id == 2 for t in anchors)
     assert all(np.ptp(t.track, axis=0).max() == 0 for t in anchors)
+
+    # A driving video loaded from code (the notebook's second cell): click the square on its first frame, Track.
+    second = page.locator(".jp-Notebook .jp-Cell").nth(1)
+    second.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    shown("Driving video: click the points to follow")
+    click(300, 170)                                   # the square's centre on the video's first frame
+    shown("driving video: 1 points")
+    cell.locator(".jp-OutputArea-output").first.screenshot(path=str(ARTIFACTS / "browser_editor_video.png"))
+    button("Track")
+    shown("tracked 1 point: added trajectory 11 as object 3")
+    button("Save JSON")
+    shown("saved 12 trajectories")
+    scene = load_json(out_json)
+    tracked = scene.trajectories[11]
+    assert tracked.id == 3 and scene.captions == {"1": "a red box slides to the right", "3": "a textured square"}
+    np.testing.assert_allclose(tracked.track[0], (300, 170), atol=1.0)
+    np.testing.assert_allclose(tracked.track[-1], (332, 170), atol=1.5)  # 8 frames x 4 px, resampled 9 -> 17

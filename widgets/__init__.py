@@ -11,10 +11,11 @@ driven without a browser.
 """
 from widgets.composer import Composer
 from widgets.composer_state import ComposerState
+from widgets.driving_video import DrivingVideo, read_video
 from widgets.editor_state import Draft, EditorError, EditorState
 from widgets.images import fit_image
 from widgets.segmenter import FallbackSegmenter, SamSegmenter, Segmenter, default_segmenter
 from widgets.trajectory_editor import TrajectoryEditor
 
-__all__ = ["Composer", "ComposerState", "Draft", "EditorError", "EditorState", "FallbackSegmenter",
-           "SamSegmenter", "Segmenter", "TrajectoryEditor", "default_segmenter", "fit_image"]
+__all__ = ["Composer", "ComposerState", "Draft", "DrivingVideo", "EditorError", "EditorState", "FallbackSegmenter",
+           "SamSegmenter", "Segmenter", "TrajectoryEditor", "default_segmenter", "fit_image", "read_video"]

@@ -33,6 +33,7 @@ from wclab.conditions.ops import (_tuples, active_range, add_trajectory, erase, 
 from wclab.conditions.tracks import Tracks, add_tracks, load_tracks, save_tracks, tracks_from_video
 from wclab.errors import WclabError
 from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, FRAMES_PER_LATENT, TOKEN_CELL
+from widgets.driving_video import DrivingVideo, VideoLike
 from widgets.images import ImageLike, fit_image
 from widgets.segmenter import Point, Segmenter, default_segmenter
 
@@ -117,6 +118,10 @@ class Draft:
     """Index of the committed trajectory loaded into the draft for editing (``commit`` replaces it)."""
     motion: Motion = Motion()
     """Timing, speed curve and path shape of the trajectory being drawn."""
+    video: Optional[DrivingVideo] = field(default=None, compare=False, repr=False)
+    """The driving video whose first frame is shown (driving video mode) — None in the normal view."""
+    video_points: tuple[Point, ...] = ()
+    """Points clicked on the driving video's first frame (scene pixels), in order: the points to track."""
     drawn: dict = field(default_factory=dict, compare=False, repr=False)
     """Committed :class:`Trajectory` → the recipe ``(polyline, st, et, erased, Motion)`` it was drawn with here, so
     editing it again restores its timing and shape (trajectories changed otherwise fall back to their corners)."""
@@ -130,6 +135,11 @@ class Draft:
     @property
     def mask_confirmed(self) -> bool:
         return self.mask_rle is not None
+
+    @property
+    def driving(self) -> bool:
+        """True in driving video mode (the canvas shows the video's first frame; clicks add points to track)."""
+        return self.video is not None
 
     @property
     def positive(self) -> list[Point]:
@@ -274,6 +284,7 @@ class EditorState:
 
     # ------------------------------------------------------------------ settings
     def set_mode(self, mode: str) -> None:
+        self._outside_video("changing mode")
         if mode not in MODES:
             raise EditorError(f"mode: expected one of {list(MODES)}, got {mode!r}")
         d = self.draft
@@ -286,6 +297,7 @@ class EditorState:
 
     def set_st_et(self, st: int, et: int) -> None:
         """Frames ``[st, et)`` of the trajectory being drawn (``0 <= st < et <= T``)."""
+        self._outside_video("changing frames")
         st, et = int(st), int(et)
         if not 0 <= st < et <= self.frames:
             raise EditorError(f"st/et: need 0 <= st < et <= {self.frames} (et is exclusive), got st={st}, et={et}")
@@ -326,6 +338,7 @@ class EditorState:
         (drag points, change st/et or the caption, then ``commit`` saves it in place). While a new trajectory
         is being drawn, selecting only marks the trajectory (for delete / draw again). ``None``: deselect (and
         drop an unsaved edit)."""
+        self._outside_video("selecting")
         d = self.draft
         if index is not None and (isinstance(index, bool) or not isinstance(index, (int, np.integer))
                                   or not 0 <= index < len(d.trajectories)):
@@ -359,6 +372,7 @@ class EditorState:
 
     def edit_selected(self) -> None:
         """Load the selected trajectory for editing (as selecting it in the list does)."""
+        self._outside_video("editing")
         d = self.draft
         if d.selected is None:
             raise EditorError("nothing selected: pick a trajectory in the list first")
@@ -373,7 +387,9 @@ class EditorState:
         x = float(np.clip(x, 0, self.width - 1))
         y = float(np.clip(y, 0, self.height - 1))
         mode = self.draft.mode
-        if mode == "mask":
+        if self.draft.driving:
+            self._video_click((x, y))
+        elif mode == "mask":
             self._mask_click((x, y), self.negative_clicks if negative is None else bool(negative))
         elif mode == "draw":
             self._draw_click((x, y))
@@ -392,6 +408,9 @@ class EditorState:
         y = float(np.clip(y, 0, self.height - 1))
         self._drag = None
         d = self.draft
+        if d.driving:
+            self.on_click(x, y)
+            return
         if d.mode == "draw" and d.polyline:
             dist = [np.hypot(px - x, py - y) for px, py in d.polyline]
             k = int(np.argmin(dist))
@@ -522,6 +541,7 @@ class EditorState:
 
     # ------------------------------------------------------------------ mask actions
     def confirm_mask(self) -> None:
+        self._outside_video("confirming a mask")
         d = self.draft
         if d.mask is None:
             raise EditorError("no mask: click on the object (mask mode) before confirming")
@@ -532,12 +552,14 @@ class EditorState:
 
     def use_whole_image(self) -> None:
         """Confirm a mask covering the whole image (for camera/background anchors without SAM)."""
+        self._outside_video("a whole-image mask")
         mask = _frozen(np.ones((self.height, self.width), bool))
         self._apply("whole-image mask confirmed", mode="draw", clicks=(), mask=mask,
                     mask_score=None, mask_rle=RLEMask.full(self.height, self.width))
 
     def reuse_selected(self) -> None:
         """Draw another trajectory for the selected trajectory's object: take its mask, id and caption."""
+        self._outside_video("drawing again")
         d = self.draft
         if d.selected is None:
             raise EditorError("nothing selected: select a trajectory whose object to draw again")
@@ -548,13 +570,18 @@ class EditorState:
 
     def clear_points(self) -> None:
         """Forget the mask clicks and mask (the confirmed mask too)."""
+        self._outside_video("clearing mask points")
         self._apply("mask points cleared", mode="mask", clicks=(), mask=None, mask_score=None,
                     mask_rle=None, polyline=(), erased=(), erase_start=None, editing=None)
 
     def backspace(self) -> None:
         """Remove the last point: of the polyline (draw), the erase start (erase), or the mask clicks (mask)."""
         d = self.draft
-        if d.mode == "erase" and d.erase_start is not None:
+        if d.driving:
+            if not d.video_points:
+                raise EditorError("no point to remove: click the points to track on the video's first frame")
+            self._apply(f"driving video: {len(d.video_points) - 1} points", video_points=d.video_points[:-1])
+        elif d.mode == "erase" and d.erase_start is not None:
             self._apply("erase start removed", erase_start=None)
         elif d.mode in ("draw", "erase") and d.polyline:
             self._apply(f"polyline: {len(d.polyline) - 1} points", polyline=d.polyline[:-1],
@@ -593,6 +620,7 @@ class EditorState:
 
     def commit(self) -> Trajectory:
         """Add the trajectory being drawn under the current object id and caption."""
+        self._outside_video("adding a trajectory")
         d = self.draft
         if not d.mask_confirmed:
             raise EditorError("no mask: pick the object in mask mode and confirm it first")
@@ -631,6 +659,7 @@ class EditorState:
 
     def new_object(self) -> None:
         """Start the next object: clear the mask and drawing, pick a fresh id."""
+        self._outside_video("a new object")
         d = self.draft
         next_id = max([t.id for t in d.trajectories] + [d.obj_id]) + 1
         self._apply(f"new object {next_id}: click on it", mode="mask", clicks=(), mask=None,
@@ -639,6 +668,7 @@ class EditorState:
 
     def delete(self, index: Optional[int] = None) -> None:
         """Delete a committed trajectory (the selected one by default); captions of ids left with none go too."""
+        self._outside_video("deleting")
         d = self.draft
         index = d.selected if index is None else index
         if index is None or not 0 <= index < len(d.trajectories):
@@ -669,6 +699,7 @@ class EditorState:
         """Reach clicked point i at frame ``frames_at[i]`` (first = st, strictly increasing, last < et; the last
         point is held to et - 1; the speed curve goes back to linear); ``None``: back to the tool's equal frames
         per segment."""
+        self._outside_video("timing")
         d = self.draft
         if frames_at is None:
             if d.motion.frames_at is not None:
@@ -700,6 +731,7 @@ class EditorState:
     def set_speed(self, curve: str) -> None:
         """Re-time the trajectory being drawn with a speed curve (a name in ``SPEED_CURVES``; "linear": none).
         A speed curve replaces per-point timing (the points are then reached where the curve says)."""
+        self._outside_video("speed curves")
         if curve not in mo.SPEED_CURVES:
             raise EditorError(f"speed: expected one of {list(mo.SPEED_CURVES)}, got {curve!r}")
         m = self.draft.motion
@@ -711,6 +743,7 @@ class EditorState:
     def set_path(self, path: str, tension: Optional[float] = None, by: Optional[str] = None) -> None:
         """Path shape: ``"polyline"`` (the tool's) or ``"spline"`` (Catmull-Rom with ``tension``, sampled ``by``
         time or arc length). A spline drops per-point frames."""
+        self._outside_video("path shapes")
         m = self.draft.motion
         tension = m.tension if tension is None else tension
         by = m.by if by is None else by
@@ -729,6 +762,7 @@ class EditorState:
         """Add background anchors (caption "None", a fresh id) that move as the scene would under a camera motion:
         one of ``CAMERA_PRESETS``; ``amount``: pixels for pans (default a quarter of the image), zoom factor
         (1.25), degrees for rotations (10). The work in progress is kept."""
+        self._outside_video("camera presets")
         if kind not in mo.CAMERA_PRESETS:
             raise EditorError(f"camera: expected one of {list(mo.CAMERA_PRESETS)}, got {kind!r}")
         family = kind.split("_")[0]
@@ -753,6 +787,7 @@ class EditorState:
         through ``edge`` spending ``frames`` frames off-image; ``pass_behind``: hidden for ``frames`` frames from
         ``frame``; ``stop`` / ``turn_back`` at ``frame``. ``frame`` defaults to the frame slider's, ``frames`` to a
         quarter of the active frames."""
+        self._outside_video("event presets")
         d = self.draft
         if kind not in EVENTS:
             raise EditorError(f"event: expected one of {list(EVENTS)}, got {kind!r}")
@@ -795,6 +830,7 @@ class EditorState:
         """Add point tracks (a :class:`Tracks` or an ATI/Wan-Move ``.npy``/``.pth`` file) as trajectories of one
         object: ``caption`` ("None": background anchors), a fresh id by default, the confirmed mask when there is
         one, else a small square around each track's first point. Tracks are resampled to the scene's frames."""
+        self._outside_video("importing tracks")
         tracks = source if isinstance(source, Tracks) else load_tracks(source)
         caption = " ".join(str(caption).split())
         if not caption:
@@ -818,6 +854,7 @@ class EditorState:
         """Follow ``points`` (x, y pixels of the video's first frame) through a driving video uint8 ``[T, H, W, 3]``
         (OpenCV Lucas-Kanade, lost points invisible) and add them as trajectories (:meth:`import_tracks`). The
         video is expected at the scene's size; its frames are resampled to the scene's."""
+        self._outside_video("scripted tracking")
         v = np.asarray(video)
         if v.ndim != 4 or v.shape[1:3] != (self.height, self.width):
             raise EditorError(f"driving video: expected [T, {self.height}, {self.width}, 3] (the scene's size), "
@@ -826,6 +863,82 @@ class EditorState:
         self.import_tracks(tracks, caption=caption, obj_id=obj_id)
         self.message = f"{self.message} (tracked in a {v.shape[0]}-frame video)"
         self._changed()
+        return tracks
+
+    # ------------------------------------------------------------------ driving video mode
+    def _outside_video(self, what: str) -> None:
+        """Refuse an action of the normal view in driving video mode (there: clicks, Backspace, object id and
+        caption, Track, Cancel, undo/redo and the frame slider)."""
+        if self.draft.driving:
+            raise EditorError(f"driving video mode: Track (Enter) or Cancel (Escape) first ({what} is for the "
+                              "normal view)")
+
+    def load_driving_video(self, video: VideoLike, source: str = "") -> None:
+        """Enter driving video mode with ``video`` (a video file path, a ``.npy``, or uint8 ``[Tv, h, w, 3]``): the
+        canvas shows its first frame fitted to the scene (as the start image; :mod:`widgets.driving_video` gives
+        the exact map between scene and video pixels); clicks then add the points to track; ``track_video`` adds
+        them as trajectories, ``cancel_video`` leaves without changes. One undo step; the drawing in progress is
+        kept for when the mode ends."""
+        if self.image is None:
+            raise EditorError("no image: load the start image first (the tracks are drawn on it)")
+        if self.draft.editing is not None:
+            raise EditorError("a trajectory is being edited: save it (Add trajectory) or cancel (Escape) first")
+        v = DrivingVideo.load(video, self.height, self.width, source=source)
+        self._drag = None
+        self._apply(f"driving video {v.describe()}: click the points to track", video=v, video_points=())
+
+    def _video_click(self, p: Point) -> None:
+        points = self.draft.video_points + (p,)
+        self._apply(f"driving video: point {len(points)} at ({p[0]:.0f}, {p[1]:.0f})", video_points=points)
+
+    def cancel_video(self) -> None:
+        """Leave driving video mode without changing the scene (one undo step: undo comes back to the points)."""
+        d = self.draft
+        if not d.driving:
+            raise EditorError("no driving video: load one first")
+        self._apply(f"driving video closed, nothing added ({len(d.video_points)} points dropped)", video=None,
+                    video_points=())
+
+    def video_object(self) -> tuple[int, str]:
+        """``(object id, caption)`` the tracks of the driving video will get: the caption field's value (empty:
+        ``"None"``, background anchors) under the current object id — or a fresh id when that id already holds
+        trajectories of another caption or kind (tracking never changes an object already drawn)."""
+        d = self.draft
+        caption = d.caption or ANCHOR_TEXT
+        anchor = caption == ANCHOR_TEXT
+        same = d.scene.trajectories_of(d.obj_id)
+        clash = any(t.is_anchor != anchor or (not anchor and t.text != caption) for t in same)
+        if clash:
+            return max([t.id for t in d.trajectories] + [d.obj_id]) + 1, caption
+        return d.obj_id, caption
+
+    def track_video(self, fb_threshold: float = 1.0) -> Tracks:
+        """Follow the clicked points through the driving video (OpenCV pyramidal Lucas-Kanade at the video's own
+        size, forward-backward check ``fb_threshold`` video pixels; a lost point stays where it was last seen,
+        invisible) and add one trajectory per point — a 9 × 9 px mask around its first point, the caption field's
+        value (:meth:`video_object`; empty: background anchors) — resampled in time to the scene's frames when the
+        video has another frame count. Leaves the mode with the new trajectories selected (the first) and shown;
+        one undo step removes them all. Returns the tracks (scene pixels, the video's frames)."""
+        d = self.draft
+        if not d.driving:
+            raise EditorError("no driving video: load one first")
+        if not d.video_points:
+            raise EditorError("no points: click the points to track on the video's first frame")
+        tracks = d.video.track(d.video_points, fb_threshold=fb_threshold)
+        obj_id, caption = self.video_object()
+        masks = [_square_mask(self.height, self.width, tracks.points[:, j]) for j in range(tracks.count)]
+        scene = add_tracks(d.scene, tracks, masks, caption, [obj_id] * tracks.count, resample=True)
+        lost = int((~tracks.visibility[-1]).sum())
+        what = "background anchors" if caption == ANCHOR_TEXT else f"\"{caption[:40]}\""
+        notes = [f"{d.video.count} video frames resampled to the scene's {self.frames}"
+                 if tracks.frames != self.frames else f"{self.frames} frames"]
+        if lost:
+            notes.append(f"{lost} lost before the end (invisible from there)")
+        first, last = len(d.trajectories), len(scene.trajectories) - 1
+        added = f"trajectory {first}" if first == last else f"trajectories {first}..{last}"
+        self._apply(f"tracked {tracks.count} point{'s' if tracks.count > 1 else ''}: added {added} as object "
+                    f"{obj_id} ({what}); {', '.join(notes)}",
+                    scene=scene, video=None, video_points=(), selected=len(d.trajectories))
         return tracks
 
     # ------------------------------------------------------------------ scripting
@@ -837,6 +950,7 @@ class EditorState:
         overwrites an object drawn by hand; ``path`` of one point over all frames is a static anchor/object.
 
         Refuses while a trajectory is being drawn or edited (it would be thrown away)."""
+        self._outside_video("scripting an object")
         d = self.draft
         if d.polyline or d.editing is not None:
             raise EditorError("a trajectory is being drawn or edited: add it (Add trajectory) or clear it (Escape) "
@@ -872,6 +986,15 @@ class EditorState:
     def hint(self) -> str:
         """One line: what to do next, in the current state."""
         d = self.draft
+        if d.driving:
+            if not d.video_points:
+                return ("Driving video: click the points to follow on its first frame, then Track (Enter); Cancel "
+                        "(Escape) leaves without changes.")
+            obj_id, caption = self.video_object()
+            what = (f"background anchors (object {obj_id}; write a caption to make them an object)"
+                    if caption == ANCHOR_TEXT else f"object {obj_id} \"{caption[:30]}\"")
+            return (f"{len(d.video_points)} point(s): click more (Backspace removes the last); Track (Enter) adds them "
+                    f"as {what}; Cancel (Escape) leaves.")
         if self.image is None:
             return "Load a start image (path + Load image, or Upload) — or Load JSON to continue a scene."
         if d.editing is not None:
@@ -928,11 +1051,21 @@ class EditorState:
                            f"{' (negative clicks)' if self.negative_clicks and d.mode == 'mask' else ''}"
                            f" · mask: {self.mask_status()} · trajectories: {len(d.trajectories)}"
                            f"{f' · editing: {d.editing}' if d.editing is not None else ''}"
+                           f"{f' · driving video: {len(d.video_points)} points' if d.driving else ''}"
                            f" · undo: {len(self.undo_stack)}"),
                 "message": self.message, "hint": self.hint(), "notes": tuple(self.notes()),
                 "path": d.motion.path, "tension": d.motion.tension, "by": d.motion.by, "speed": d.motion.speed,
                 "reach_frames": self.reach_frames(),
-                "timing": "custom" if d.motion.frames_at is not None else "equal frames per segment"}
+                "timing": "custom" if d.motion.frames_at is not None else "equal frames per segment",
+                "video": self.video_status()}
+
+    def video_status(self) -> str:
+        """The driving video line ('' in the normal view): what is shown and the points clicked."""
+        d = self.draft
+        if not d.driving:
+            return ""
+        points = "; ".join(f"{i + 1}: ({x:.0f}, {y:.0f})" for i, (x, y) in enumerate(d.video_points))
+        return f"driving video {d.video.describe()} · points {points or '(none yet)'}"
 
     # ------------------------------------------------------------------ views for drawing
     def positions_at(self, frame: Optional[int] = None) -> list[tuple[int, float, float, bool]]:
@@ -1049,7 +1182,9 @@ def _thin(points: list, most: int) -> tuple:
 
 
 def _enter(s: EditorState) -> None:
-    if s.draft.mode == "mask":
+    if s.draft.driving:
+        s.track_video()
+    elif s.draft.mode == "mask":
         s.confirm_mask()
     else:
         s.commit()
@@ -1057,7 +1192,9 @@ def _enter(s: EditorState) -> None:
 
 def _escape(s: EditorState) -> None:
     d = s.draft
-    if d.editing is not None:
+    if d.driving:
+        s.cancel_video()
+    elif d.editing is not None:
         s._apply(f"edit of trajectory {d.editing} cancelled", polyline=(), erased=(), erase_start=None, editing=None)
     elif d.erase_start is not None or d.polyline or d.erased:
         s._apply("drawing cleared", polyline=(), erased=(), erase_start=None)
@@ -1070,10 +1207,10 @@ _ACTIONS: dict[str, Callable[[EditorState], None]] = {
     "draw mode": lambda s: s.set_mode("draw"),
     "erase mode": lambda s: s.set_mode("erase"),
     "toggle negative clicks": lambda s: s.set_negative_clicks(not s.negative_clicks),
-    "confirm mask / add trajectory": _enter,
+    "confirm mask / add trajectory / track": _enter,
     "whole-image mask": EditorState.use_whole_image,
     "remove last point": EditorState.backspace,
-    "clear drawing": _escape,
+    "clear drawing / leave the driving video": _escape,
     "delete selected": EditorState.delete,
     "new object": EditorState.new_object,
     "draw the selected object again": EditorState.reuse_selected,
@@ -1084,8 +1221,8 @@ _ACTIONS: dict[str, Callable[[EditorState], None]] = {
     "next frame": lambda s: s.set_frame(s.frame + 1),
 }
 _KEYS = {"m": "mask mode", "d": "draw mode", "e": "erase mode", "x": "toggle negative clicks",
-         "Enter": "confirm mask / add trajectory", "w": "whole-image mask", "Backspace": "remove last point",
-         "Escape": "clear drawing", "Delete": "delete selected", "n": "new object",
+         "Enter": "confirm mask / add trajectory / track", "w": "whole-image mask", "Backspace": "remove last point",
+         "Escape": "clear drawing / leave the driving video", "Delete": "delete selected", "n": "new object",
          "r": "draw the selected object again", "s": "edit the selected trajectory", "z": "undo", "y": "redo",
          "ArrowLeft": "previous frame", "ArrowRight": "next frame"}
 SHORTCUTS = {**{k: a for k, a in _KEYS.items()}, "Ctrl+Z": "undo", "Ctrl+Shift+Z / Ctrl+Y": "redo"}

@@ -49,8 +49,20 @@ def fit_image(image: ImageLike, height: int, width: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     if (h, w) == (height, width):
         return rgb
+    nh, nw, top, left = fit_geometry(h, w, height, width)
+    resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+    return np.ascontiguousarray(resized[top:top + height, left:left + width])
+
+
+def fit_geometry(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """How :func:`fit_image` maps an ``h × w`` image onto ``height × width``: ``(nh, nw, top, left)`` — resized
+    to ``nh × nw`` pixels (covering the scene), then cropped from row ``top`` and column ``left``.
+
+    A point ``(x, y)`` of the image lands at ``((x + 0.5) nw / w - 0.5 - left, (y + 0.5) nh / h - 0.5 - top)``
+    in the scene (pixel centres map to pixel centres, as PIL's resize does).
+    """
+    if (h, w) == (height, width):
+        return h, w, 0, 0
     scale = max(width / w, height / h)
     nh, nw = round(h * scale), round(w * scale)
-    resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
-    top, left = int(round((nh - height) / 2.0)), int(round((nw - width) / 2.0))
-    return np.ascontiguousarray(resized[top:top + height, left:left + width])
+    return nh, nw, int(round((nh - height) / 2.0)), int(round((nw - width) / 2.0))

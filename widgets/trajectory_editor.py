@@ -9,6 +9,12 @@ its width), so clicks arrive in exact model pixels. The view renders ``state.sum
 the state (a script's too); a one-line hint under the canvas says what to do next. Objects have the colours of
 the plots and overlays (:mod:`wclab.colors`).
 
+Driving video mode (Load video with a path in the text field, or ``editor.load_driving_video(frames)``): the
+canvas shows the video's first frame fitted to the scene as the start image is; clicks add numbered points
+(Backspace or Undo removes them); Track follows them through the video (OpenCV Lucas-Kanade) and adds one
+trajectory each — the caption field's object, or background anchors when it is empty — then the normal view
+comes back with them selected; Cancel leaves without changes (:mod:`widgets.driving_video` for the pixel map).
+
     editor = TrajectoryEditor("start.jpg")          # or TrajectoryEditor(scene="conditions.json", image=...)
     editor                                          # draw, then:
     scene = editor.scene()                          # a wclab.conditions.Scene
@@ -120,7 +126,8 @@ class TrajectoryEditor(W.VBox):
         self.buttons: dict[str, W.Button] = {}
 
         # loading
-        self.path = W.Text(placeholder="image or conditions .json path", layout=W.Layout(width="320px"))
+        self.path = W.Text(placeholder="image, conditions .json or driving video path",
+                           layout=W.Layout(width="320px"))
         self.upload = W.FileUpload(accept="image/*,.json", multiple=False, description="Upload")
         self.upload.observe(lambda ch: self._act(lambda: self._load_upload(ch["new"])), "value")
         # mask
@@ -180,6 +187,7 @@ class TrajectoryEditor(W.VBox):
         # feedback
         self.status = W.HTML()
         self.hint = W.HTML()
+        self.video_info = W.HTML()
         self.notes = W.HTML()
         frames_label = W.HTML("<small>first frame / end frame (exclusive) &nbsp;·&nbsp; the slider shows frame "
                               "k of 0…T−1</small>")
@@ -191,13 +199,18 @@ class TrajectoryEditor(W.VBox):
 
         super().__init__([
             W.HBox([self.path, button("Load image", "_load_image_path"), button("Load JSON", "_load_json_path"),
-                    self.upload]),
+                    button("Load video", "_load_video_path", "a driving video: click points on its first frame, "
+                           "Track turns them into trajectories"), self.upload]),
             W.HBox([self.mode, self.polarity]),
             W.HBox([button("Confirm mask", "confirm_mask", "Enter", "success"),
                     button("Whole-image mask", "use_whole_image", "w: for camera/background anchors"),
                     button("Clear mask points", "clear_points", "Escape")]),
             self.canvas,  # nothing above it changes height while drawing: the canvas never moves under the mouse
             self.hint,
+            W.HBox([button("Track", "_track_video", "Enter: follow the clicked points through the driving video",
+                           "primary"),
+                    button("Cancel", "cancel_video", "Escape: leave the driving video, nothing added"),
+                    self.video_info]),
             self.zoom,
             self.feedback.error,
             self.notes,
@@ -251,6 +264,11 @@ class TrajectoryEditor(W.VBox):
     def load_image(self, image: ImageLike) -> None:
         self._act(lambda: self.state.load_image(image))
 
+    def load_driving_video(self, video: Union[str, Path, np.ndarray], source: str = "") -> None:
+        """Show a driving video's first frame (a path, or uint8 ``[T, H, W, 3]``) to click the points to track;
+        Track adds them as trajectories (:meth:`EditorState.load_driving_video`)."""
+        self._act(lambda: self.state.load_driving_video(video, source=source))
+
     def load_scene(self, scene: Union[Scene, str, Path], image: Optional[ImageLike] = None) -> None:
         """Continue editing ``scene`` (or a conditions JSON path); keeps the current image if none is given."""
         def load():
@@ -298,10 +316,11 @@ class TrajectoryEditor(W.VBox):
                 "path": self.path_kind.value, "tension": self.tension.value, "by": self.sample_by.value,
                 "speed": self.speed.value,
                 "reach_frames": tuple(int(f) for f in self.timing.value.split(",") if f.strip()),
-                "timing": text(self.timing_kind.value).strip("()")}
+                "timing": text(self.timing_kind.value).strip("()"), "video": text(self.video_info.value)}
 
     def _on_mouse_down(self, x: float, y: float) -> None:
-        if self.state.draft.mode == "mask":  # SAM may take a while (the first click embeds the image)
+        # SAM may take a while (the first click embeds the image)
+        if self.state.draft.mode == "mask" and not self.state.draft.driving:
             self.status.value += " &nbsp; <i>segmenting…</i>"
         self._act(lambda: self.state.press(x, y))
 
@@ -349,6 +368,14 @@ class TrajectoryEditor(W.VBox):
 
     def _load_image_path(self) -> None:
         self.state.load_image(self.path.value.strip())
+
+    def _load_video_path(self) -> None:
+        self.state.load_driving_video(self.path.value.strip())
+
+    def _track_video(self) -> None:
+        if self.state.draft.driving and self.state.draft.video_points:  # LK over a long video takes a moment
+            self.status.value += " &nbsp; <i>tracking…</i>"
+        self.state.track_video()
 
     def _load_json_path(self) -> None:
         old = self.state
@@ -405,6 +432,8 @@ class TrajectoryEditor(W.VBox):
         self.status.value = f"<small>{html.escape(v['status'])}</small><br>{html.escape(v['message'])}"
         self.hint.value = f"<b>→ {html.escape(v['hint'])}</b>"
         self.timing_kind.value = f"<small>({html.escape(v['timing'])})</small>"
+        self.video_info.value = f"<small>{html.escape(v['video'])}</small>"
+        self.buttons["Track"].disabled = self.buttons["Cancel"].disabled = not v["video"]
         self.notes.value = "<br>".join(f"<span style='color:#b26a00'>⚠ {html.escape(n)}</span>" for n in v["notes"])
 
     # ------------------------------------------------------------------ drawing
@@ -420,12 +449,15 @@ class TrajectoryEditor(W.VBox):
 
     def _draw_image(self) -> None:
         s, layer = self.state, self.canvas[0]
-        key = (id(s.image), s.width, s.height)
+        video = s.draft.video
+        key = (id(s.image), id(video), s.width, s.height)
         if key == self._image_key:
             return
         self._image_key = key
         layer.clear()
-        if s.image is None:
+        if video is not None:
+            layer.put_image_data(video.first_frame(), 0, 0)
+        elif s.image is None:
             layer.fill_style = "#444"
             layer.fill_rect(0, 0, s.width, s.height)
             layer.fill_style = "#ddd"
@@ -436,11 +468,13 @@ class TrajectoryEditor(W.VBox):
 
     def _draw_committed(self) -> None:
         s, d, layer = self.state, self.state.draft, self.canvas[1]
-        key = (d.trajectories, d.selected, d.editing, s.width, s.height)
+        key = (d.trajectories, d.selected, d.editing, d.driving, s.width, s.height)
         if key == self._scene_key:
             return
         self._scene_key = key
         layer.clear()
+        if d.driving:  # the video's first frame alone: the scene's objects are not on it
+            return
         masks = [(t.mask.decode(), object_color(t.id)) for i, t in enumerate(d.trajectories)
                  if not t.is_anchor and i != d.selected and i != d.editing]
         if d.selected is not None and d.selected != d.editing:
@@ -457,6 +491,11 @@ class TrajectoryEditor(W.VBox):
         s, layer = self.state, self.canvas[2]
         with hold_canvas():
             layer.clear()
+            if s.draft.driving:
+                layer.fill_style = "white"
+                layer.font = "14px monospace"
+                layer.fill_text("driving video: first frame", 8, s.height - 8)
+                return
             for i, x, y, visible in s.positions_at():
                 if i == s.draft.editing:
                     continue
@@ -475,6 +514,18 @@ class TrajectoryEditor(W.VBox):
     def _draw_live(self) -> None:
         s, d, layer = self.state, self.state.draft, self.canvas[3]
         layer.clear()
+        if d.driving:  # the points to track, numbered
+            layer.font = "bold 12px sans-serif"
+            for k, (x, y) in enumerate(d.video_points, 1):
+                layer.fill_style = "#00e5ff"
+                layer.stroke_style = "#000000"
+                layer.line_width = 2
+                layer.fill_circle(x, y, 5)
+                layer.stroke_circle(x, y, 5)
+                layer.fill_style = "#ffffff"
+                layer.stroke_text(str(k), x + 7, y - 7)
+                layer.fill_text(str(k), x + 7, y - 7)
+            return
         if d.mask is not None:
             color = object_color(d.obj_id) if d.mask_confirmed else "#00e676"
             layer.put_image_data(mask_overlay([(d.mask, color)], 0.35 if not d.mask_confirmed else 0.15), 0, 0)
