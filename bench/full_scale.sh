@@ -4,7 +4,7 @@
 #
 #   bash bench/full_scale.sh setup            # wheels carried in .whl/ (bench/README.md) -> /tmp/site
 #   bash bench/full_scale.sh load OUT         # write + check the released layout, load it three ways
-#   bash bench/full_scale.sh notebooks OUT    # notebooks 01-07, profile "gpu", spread over the GPUs
+#   bash bench/full_scale.sh notebooks OUT    # every notebook, profile "gpu", spread over the GPUs
 #   bash bench/full_scale.sh parallel OUT     # torchrun generation: layouts 1x1 .. 2x2, then 50 steps
 #   bash bench/full_scale.sh fa4              # FlashAttention 4 carried in .fa4/ (fa4.tar.xz, bench/README.md), with
 #                                             # the other wheels / .tar.xz archives it holds (ftfy, a slim diffusers)
