@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import TINY_MODELS, load_golden
+from conftest import REPO, TINY_MODELS, load_golden
 from wclab.models.dit import DiT
 from wclab.models.lora import LoraError, load_lora
 
@@ -147,3 +147,17 @@ def test_the_command_line_reads_lora_specs_before_loading_anything(tmp_path):
     for bad in ("mid=x", "high=", f"high={tmp_path}/missing.safetensors"):
         with pytest.raises(WclabError, match="--lora"):
             parse_loras([bad])
+
+
+def test_the_command_line_takes_the_step_distilled_preset_and_refuses_settings_it_fixes():
+    from wclab.cli import build_parser, generation_inputs
+    from wclab.errors import WclabError
+    from wclab.sampler import Settings
+
+    ours = REPO / "examples" / "ci"
+    base = ["generate", "--conditions", str(ours / "ball.json"), "--image", str(ours / "ball.png"),
+            "--checkpoints", "unused", "--out", "unused.mp4", "--device", "cpu", "--distilled", "--seed", "3"]
+    settings = generation_inputs(build_parser().parse_args(base)).settings
+    assert settings == Settings.step_distilled(seed=3, record="none")
+    with pytest.raises(WclabError, match="--distilled .* drop --steps, --cfg"):
+        generation_inputs(build_parser().parse_args(base + ["--steps", "8", "--cfg", "3"]))

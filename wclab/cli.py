@@ -60,8 +60,15 @@ def generation_inputs(args: argparse.Namespace) -> GenerationInputs:
     load_image(args.image)  # ImageLoadError names the file
     model_kwargs = dict(checkpoint_dir=args.checkpoints, variant=args.variant, tokenizer=args.tokenizer,
                         device=device, dtype=dtype_from_name(args.dtype, device), lora=parse_loras(args.lora))
-    settings = Settings(steps=args.steps, seed=args.seed, cfg=args.cfg, shift=args.shift, boundary=args.boundary,
-                        beta=args.beta, point_mode=args.point_mode, record="none")
+    common = dict(seed=args.seed, boundary=args.boundary, beta=args.beta, point_mode=args.point_mode, record="none")
+    if args.distilled:
+        fixed = [f"--{name}" for name in ("steps", "cfg", "shift") if getattr(args, name) != _DEFAULTS[name]]
+        if fixed:
+            raise WclabError(f"--distilled sets the steps, CFG and shift of the step-distilled preset; drop "
+                             f"{', '.join(fixed)}")
+        settings = Settings.step_distilled(**common)
+    else:
+        settings = Settings(steps=args.steps, cfg=args.cfg, shift=args.shift, **common)
     return GenerationInputs(scene, model_kwargs, settings)
 
 
@@ -138,6 +145,9 @@ def add_generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--save-latents", default=None, help="also save the final latents (.safetensors)")
     g.add_argument("--lora", action="append", default=[], metavar="EXPERT=PATH[:STRENGTH]",
                    help="merge a LoRA into the high or low expert (repeatable), e.g. high=distill.safetensors:1.0")
+    g.add_argument("--distilled", action="store_true",
+                   help="the step-distilled preset (Settings.step_distilled: 4 steps at timesteps 1000/750/500/250, "
+                        "shift 5, no negative branch), for a step-distillation LoRA given with --lora")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
