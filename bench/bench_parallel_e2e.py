@@ -11,7 +11,9 @@ Every rank loads the checkpoints once (``load_models`` of the released layout, b
 T5 encoding + VAE encode of the start image (``prepare_s``), the denoising steps (``denoise_s``, every step timed;
 the first step of a layout includes compiling its shapes and is reported apart), and the tiled VAE decode
 (``decode_s``; its tiles split over the layout's ranks by `wclab.parallel.ParallelVAE`, on rank 0 alone for 1x1).
-``--full N:steps`` then runs the faster layout of N GPUs (lower median step time in the scan) for that many steps. Each run writes ``<out>/<name>.json`` in bench_e2e.py's report format (``setup.ranks``,
+``--full N:steps`` then runs the faster layout of N GPUs (lower median step time in the scan) for that many steps;
+``--distilled`` makes every run the 4-step distilled preset (CFG 1, so sequence-split layouts only). Each run
+writes ``<out>/<name>.json`` in bench_e2e.py's report format (``setup.ranks``,
 ``setup.steps``, ``summary.total_s``...) and compares its final latents with the 1x1 run of the same step count
 (when there is one): ``max_rel_err_vs_1gpu`` = max |Δ| / max |reference|, ``mean_rel_err_vs_1gpu`` = mean |Δ| /
 mean |reference|, ``decoded_video_equal_to_1gpu`` (uint8 frames; expected whenever the latents are bitwise equal).
@@ -52,14 +54,20 @@ def layout_mesh(cfg: int, seq: int):
     return DeviceMesh(device_type, torch.arange(cfg * seq).reshape(cfg, seq), mesh_dim_names=("cfg", "seq"))
 
 
-def generate(models, scene, size: dict, steps: int, mesh) -> dict:
+def settings_for(steps: int, distilled: bool) -> Settings:
+    """The runs' settings: ``steps`` with CFG 5, or the 4-step distilled preset (CFG 1)."""
+    return Settings.step_distilled(seed=0, record="none") if distilled else Settings(steps=steps, seed=0,
+                                                                                      record="none")
+
+
+def generate(models, scene, size: dict, steps: int, mesh, distilled: bool = False) -> dict:
     """One generation on this rank (a member of ``mesh``): per-stage seconds, step times, final latents."""
     rank = dist.get_rank()
     used = parallelize_models(models, mesh) if mesh is not None else models
     reset_peak()
     t0 = time.perf_counter()
     session = Session(used, scene, solid_image(size["height"], size["width"], (90, 120, 150)),
-                      Settings(steps=steps, seed=0, record="none"), progress=False)
+                      settings_for(steps, distilled), progress=False)
     sync()
     prepare_s = time.perf_counter() - t0
     step_s = []
@@ -84,7 +92,7 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
     """Run layout ``cfg``x``seq`` (a collective over all ranks); rank 0 writes ``out/name.json``."""
     rank, n = dist.get_rank(), cfg * seq
     mesh = layout_mesh(cfg, seq)
-    result = generate(models, scene, size, steps, mesh) if rank < n else None
+    result = generate(models, scene, size, steps, mesh, setup["distilled"]) if rank < n else None
     peaks = [None] * dist.get_world_size()
     dist.all_gather_object(peaks, result["peak_gib"] if result else None)
     dist.barrier()
@@ -106,7 +114,8 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
             "first_step_s": round(steps_s[0], 2),
             "vae_decode_s": round(result["decode_s"], 2),
             "total_s": round(result["prepare_s"] + denoise_s + result["decode_s"], 2),
-            "total_s (compile excluded)": round(result["prepare_s"] + denoise_s - compile_extra + result["decode_s"], 2),
+            "total_s (compile excluded)": round(result["prepare_s"] + denoise_s - compile_extra + result["decode_s"],
+                                                2),
             "peak_allocated_gib_per_rank": [round(p, 2) for p in peaks if p is not None],
         },
         "step_s": [round(s, 3) for s in steps_s],
@@ -132,10 +141,19 @@ def main() -> int:
     p.add_argument("--layouts", default="1x1,1x2,2x1", help="CxS layouts to scan, comma-separated")
     p.add_argument("--steps", type=int, default=4, help="steps of each scan run")
     p.add_argument("--full", default="", help="N:steps runs of the faster N-GPU layout, e.g. 4:50,2:50")
+    p.add_argument("--distilled", action="store_true",
+                   help="the 4-step distilled preset (CFG 1: sequence-split layouts 1xS only; --steps 4, N:4)")
     p.add_argument("--compile", action="store_true", help="wclab.models.fast.speed_up on both experts")
     p.add_argument("--attention", default=None, help="attention backend (default: auto)")
     p.add_argument("--out", type=Path, default=Path("bench/out/parallel_e2e"))
     args = p.parse_args()
+    layouts = [tuple(int(v) for v in l.split("x")) for l in args.layouts.split(",") if l]
+    if args.distilled:
+        full_steps = {int(spec.split(":")[1]) for spec in args.full.split(",") if spec}
+        if args.steps != 4 or full_steps - {4}:
+            p.error("--distilled runs 4 steps: use --steps 4 and --full N:4")
+        if any(c > 1 for c, _ in layouts):
+            p.error("--distilled has no negative branch to split off: use 1xS layouts")
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -179,11 +197,11 @@ def main() -> int:
     setup = {"checkpoints": "random weights" if args.random else str(args.checkpoints), "dtype": str(dtype),
              "compile": bool(args.compile), "attention": backend,
              "self_attention_kernel": attention_mod._AUTO if backend == "auto" else backend,
-             "load_s_rank0": round(load_s, 1), "world": world, "tiled_vae": True, "vae_tiles_split": True}
+             "load_s_rank0": round(load_s, 1), "world": world, "tiled_vae": True, "vae_tiles_split": True,
+             "distilled": args.distilled, "cfg": settings_for(args.steps, args.distilled).cfg}
     if rank == 0:
         print(f"loaded in {load_s:.1f} s on {world} ranks", flush=True)
 
-    layouts = [tuple(int(v) for v in l.split("x")) for l in args.layouts.split(",") if l]
     results, reference = {}, {}
     for cfg, seq in layouts:
         if cfg * seq > world:

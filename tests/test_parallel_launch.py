@@ -102,3 +102,20 @@ def test_parallel_e2e_bench_scans_layouts_and_compares_with_one_process(tmp_path
     assert cfg_split["summary"]["total_s"] > 0 and len(cfg_split["step_s"]) == 2
     full = list(out.glob("full_*_2steps.json"))
     assert len(full) == 1 and json.loads(full[0].read_text())["summary"]["max_rel_err_vs_1gpu"] < 1e-5
+
+
+@pytest.mark.slow
+def test_parallel_e2e_bench_runs_the_distilled_preset_on_a_sequence_split(tmp_path):
+    """4 steps, CFG 1 (no negative branch, so no CFG split): 1x2 equals one process up to float rounding."""
+    out = tmp_path / "d"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), str(REPO / "bench" / "bench_parallel_e2e.py"), "--tiny", "--distilled",
+           "--layouts", "1x1,1x2", "--steps", "4", "--out", str(out)]
+    _check(subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=TIMEOUT_S))
+    split = json.loads((out / "scan_1x2_4steps.json").read_text())
+    assert split["setup"]["distilled"] is True and split["setup"]["cfg"] == 1.0 and len(split["step_s"]) == 4
+    assert split["summary"]["max_rel_err_vs_1gpu"] < 1e-5
+    refused = subprocess.run([sys.executable, str(REPO / "bench" / "bench_parallel_e2e.py"), "--tiny", "--distilled",
+                              "--layouts", "2x1"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2 and "1xS layouts" in refused.stderr
