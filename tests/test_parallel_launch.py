@@ -119,3 +119,15 @@ def test_parallel_e2e_bench_runs_the_distilled_preset_on_a_sequence_split(tmp_pa
                               "--layouts", "2x1"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 2 and "1xS layouts" in refused.stderr
+
+
+@pytest.mark.slow
+def test_four_ranks_as_two_cfg_groups_of_two_equal_one_process_bitwise_decoded_video_included(tmp_path):
+    """The 2-D mesh (CFG x sequence) with the VAE tiles spread over all four ranks (float32, gloo)."""
+    out = tmp_path / "p4"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), str(REPO / "bench" / "bench_parallel_e2e.py"), "--tiny",
+           "--layouts", "1x1,2x2", "--steps", "2", "--out", str(out)]
+    _check(subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=TIMEOUT_S))
+    summary = json.loads((out / "scan_2x2_2steps.json").read_text())["summary"]
+    assert summary["bitwise_equal_to_1gpu"] is True and summary["decoded_video_equal_to_1gpu"] is True
