@@ -105,7 +105,7 @@ def eased(track: np.ndarray, vis: np.ndarray, curve: Curve) -> tuple[np.ndarray,
     ends stay and ``"linear"`` changes nothing. Visibility moves with the path (that of the nearest old frame).
     Returns new ``track`` float64 ``[T, 2]`` and ``vis`` (the input's dtype).
     """
-    tr = _track_array(track)
+    tr = _points(track, "track")  # [T, 2] float64
     v = np.asarray(vis)
     if v.shape != (len(tr),):
         raise ConditionError(f"vis: expected shape ({len(tr)},) to match track, got {v.shape}")
@@ -377,16 +377,6 @@ def turn_back(traj: Trajectory, frame: int) -> Trajectory:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _track_array(track) -> np.ndarray:
-    try:
-        a = np.array(track, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ConditionError(f"track: expected a [T, 2] array of numbers ({e})") from None
-    if a.ndim != 2 or a.shape[1] != 2 or len(a) == 0:
-        raise ConditionError(f"track: expected shape [T, 2], got {a.shape}")
-    if not np.isfinite(a).all():
-        raise ConditionError("track: expected finite coordinates")
-    return a
 
 
 def _active(track: np.ndarray) -> tuple[int, int]:

@@ -263,6 +263,13 @@ def cross_attention_hooks(modules: Iterable[str], reduce: ReduceFn, wanted: Call
     true when its q went by. Returns ``[(hook name, fn), ...]`` to attach with either ``hooks(...)``. The hooks
     only look, and run eagerly inside compiled blocks (one function for all blocks).
     """
+    return cross_attention_outputs(modules, lambda block, q, k, bias, out: reduce(q, k, bias), wanted)
+
+
+def cross_attention_outputs(modules: Iterable[str], reduce: Callable, wanted: Callable[[], bool] = lambda: True
+                            ) -> list[tuple[str, Callable]]:
+    """As `cross_attention_hooks`, with the block index and the module's output too: at ``hook_out``,
+    ``reduce(block, q, k, bias, out)`` (out ``[B, S, dim]``)."""
     held: dict[str, Tensor] = {}
 
     @torch.compiler.disable  # graph breaks here instead of tracing the hook (wclab.models.fast.speed_up)
@@ -274,7 +281,7 @@ def cross_attention_hooks(modules: Iterable[str], reduce: ReduceFn, wanted: Call
                 held["q"] = x
         elif field == "out":
             if "q" in held and "k" in held:
-                reduce(held["q"], held["k"], held.get("bias"))
+                reduce(int(point.name.split(".")[1]), held["q"], held["k"], held.get("bias"), x)
             held.clear()
         elif "q" in held:
             held[field] = x

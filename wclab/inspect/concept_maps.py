@@ -42,7 +42,8 @@ from torch import Tensor
 
 from wclab.encode import caption_spans
 from wclab.errors import WclabError
-from wclab.inspect.attention import CHUNK_ELEMENTS, HookRecorder, InspectError, _checked, _qk_logits
+from wclab.inspect.attention import (CHUNK_ELEMENTS, HookRecorder, InspectError, _checked, _qk_logits,
+                                    cross_attention_outputs)
 from wclab.models.hooks import current_hook_context
 
 Space = Literal["cross", "output"]
@@ -102,25 +103,10 @@ def concept_hooks(modules: Iterable[str], reduce: Callable, wanted: Callable[[],
 
     modules: ``"blocks.3.cross_attn"`` (``DiT.hooks``) or ``"high.blocks.3.cross_attn"`` (``Session.hooks``). At
     ``hook_out``, ``reduce(block, q, k, bias, out)`` gets the block index, q ``[B, S, H, D]``, k ``[B, L, H, D]``,
-    bias ``[B, 1, S, L]`` or None and the output ``[B, S, dim]``, if ``wanted()`` was true when q went by.
+    bias ``[B, 1, S, L]`` or None and the output ``[B, S, dim]``, if ``wanted()`` was true when q went by
+    (`wclab.inspect.attention.cross_attention_outputs`).
     """
-    held: dict[str, Tensor] = {}
-
-    @torch.compiler.disable
-    def hook(x: Tensor, point) -> None:
-        field = point.name.rpartition(".hook_")[2]
-        if field == "q":
-            held.clear()
-            if wanted():
-                held["q"] = x
-        elif field == "out":
-            if "q" in held and "k" in held:
-                reduce(int(point.name.split(".")[1]), held["q"], held["k"], held.get("bias"), x)
-            held.clear()
-        elif "q" in held:
-            held[field] = x
-
-    return [(f"{m}.hook_{f}", hook) for m in modules for f in ("q", "k", "bias", "out")]
+    return cross_attention_outputs(modules, reduce, wanted)
 
 
 class ConceptMass:
