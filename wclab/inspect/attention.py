@@ -302,6 +302,40 @@ def span_selector(spans: Sequence[Optional[Span]], text_len: int, device=None) -
     return sel.to(device) if device is not None else sel
 
 
+def chunk_sizes(heads: int, batch: int, rows: int, keys: int, chunk_elements: int) -> tuple[int, int]:
+    """(heads, rows) per chunk so that at most ``chunk_elements`` float32 logits ``[batch, heads, rows, keys]``
+    exist at a time: whole heads (as many as evenly divide ``heads``), or runs of rows of one head when a head
+    alone is larger."""
+    per_head = batch * rows * keys
+    head_chunk = max((n for n in range(1, heads + 1) if heads % n == 0 and n * per_head <= chunk_elements),
+                     default=1)
+    row_chunk = rows if per_head <= chunk_elements else max(1, chunk_elements // (batch * keys))
+    return head_chunk, row_chunk
+
+
+class CompiledOnce:
+    """``fn`` run through ``torch.compile`` when asked, compiled at the first such call; if compiling fails there,
+    a warning and ``fn`` eagerly from then on (unless compiling was demanded: then the error)."""
+
+    def __init__(self, fn: Callable, name: str):
+        self.fn, self.name = fn, name
+        self._compiled: Optional[Callable] = None
+
+    def __call__(self, use_compile: bool, demanded: bool, *args):
+        if not use_compile:
+            return self.fn(*args)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, dynamic=False)
+        try:
+            return self._compiled(*args)
+        except Exception as e:  # e.g. no Triton for this GPU; a real error recurs eagerly below
+            if demanded:
+                raise
+            warnings.warn(f"{self.name}: torch.compile failed ({str(e)[:200]}); computing eagerly from now on")
+            self._compiled = self.fn
+        return self.fn(*args)
+
+
 class SpanMass:
     """Cross-attention mass of each video token on each text-token group: float32 ``[R, S]``.
 
@@ -318,7 +352,7 @@ class SpanMass:
     """
 
     def __init__(self) -> None:
-        self._compiled: Optional[Callable] = None  # torch.compile(_span_mass), or _span_mass after a failure
+        self._run = CompiledOnce(_span_mass, "span_mass")
 
     @torch.no_grad()
     def __call__(self, q: Tensor, k: Tensor, bias: Optional[Tensor], selector: Tensor,
@@ -329,26 +363,12 @@ class SpanMass:
         if heads is not None and list(heads) != list(range(H)):
             index = torch.tensor(list(heads), device=q.device)
             q, k = q.index_select(2, index), k.index_select(2, index)
-        h = q.shape[2]
-        per_head = B * S * L
-        head_chunk = max((n for n in range(1, h + 1) if h % n == 0 and n * per_head <= chunk_elements), default=1)
-        token_chunk = S if per_head <= chunk_elements else max(1, chunk_elements // (B * L))
+        head_chunk, token_chunk = chunk_sizes(q.shape[2], B, S, L, chunk_elements)
         sel = selector.to(q.device, torch.float32)
-        if q.is_cuda if compile is None else compile:
-            if self._compiled is None:
-                self._compiled = torch.compile(_span_mass, dynamic=False)
-            try:
-                return self._compiled(q, k, bias, sel, head_chunk, token_chunk)
-            except Exception as e:  # e.g. no Triton for this GPU; a real error recurs eagerly below
-                if compile:
-                    raise
-                warnings.warn(f"span_mass: torch.compile failed ({str(e)[:200]}); computing eagerly from now on")
-                self._compiled = _span_mass
-        return _span_mass(q, k, bias, sel, head_chunk, token_chunk)
+        return self._run(q.is_cuda if compile is None else compile, bool(compile), q, k, bias, sel, head_chunk,
+                         token_chunk)
 
 
-span_mass = SpanMass()
-"""The shared `SpanMass` (``span_mass(q, k, bias, selector)``), for hooks written by hand."""
 
 
 def _qk_logits(q: Tensor, k: Tensor) -> Tensor:
@@ -381,6 +401,10 @@ def _span_mass(q: Tensor, k: Tensor, bias: Optional[Tensor], sel: Tensor, head_c
             mass = m if mass is None else mass + m
         parts.append(mass)
     return torch.cat(parts).T.contiguous()  # [R, S]
+
+
+span_mass = SpanMass()
+"""The shared `SpanMass` (``span_mass(q, k, bias, selector)``), for hooks written by hand."""
 
 
 def _checked(values, allowed: list, name: str, cast) -> list:

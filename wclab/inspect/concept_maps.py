@@ -31,7 +31,6 @@ step at 480×832×81).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Mapping, Optional, Sequence, Union
 
@@ -42,8 +41,8 @@ from torch import Tensor
 
 from wclab.encode import caption_spans
 from wclab.errors import WclabError
-from wclab.inspect.attention import (CHUNK_ELEMENTS, HookRecorder, InspectError, _checked, _qk_logits,
-                                    cross_attention_outputs)
+from wclab.inspect.attention import (CHUNK_ELEMENTS, CompiledOnce, HookRecorder, InspectError, _checked,
+                                    _qk_logits, chunk_sizes, cross_attention_outputs)
 from wclab.models.hooks import current_hook_context
 
 Space = Literal["cross", "output"]
@@ -120,7 +119,7 @@ class ConceptMass:
     """
 
     def __init__(self) -> None:
-        self._compiled: Optional[Callable] = None
+        self._run = CompiledOnce(_concept_mass, "ConceptMass")
 
     @torch.no_grad()
     def __call__(self, q: Tensor, k: Tensor, bias: Optional[Tensor], concept_keys: Tensor, selector: Tensor,
@@ -132,21 +131,10 @@ class ConceptMass:
             index = torch.tensor(list(heads), device=q.device)
             q, k, kc = q.index_select(2, index), k.index_select(2, index), kc.index_select(2, index)
         h, L = q.shape[2], k.shape[1] + kc.shape[1]
-        per_head = B * S * L
-        head_chunk = max((n for n in range(1, h + 1) if h % n == 0 and n * per_head <= chunk_elements), default=1)
-        token_chunk = S if per_head <= chunk_elements else max(1, chunk_elements // (B * L))
+        head_chunk, token_chunk = chunk_sizes(h, B, S, L, chunk_elements)
         sel = selector.to(q.device, torch.float32)
-        if q.is_cuda if compile is None else compile:
-            if self._compiled is None:
-                self._compiled = torch.compile(_concept_mass, dynamic=False)
-            try:
-                return self._compiled(q, k, bias, kc, sel, head_chunk, token_chunk)
-            except Exception as e:
-                if compile:
-                    raise
-                warnings.warn(f"ConceptMass: torch.compile failed ({str(e)[:200]}); computing eagerly from now on")
-                self._compiled = _concept_mass
-        return _concept_mass(q, k, bias, kc, sel, head_chunk, token_chunk)
+        return self._run(q.is_cuda if compile is None else compile, bool(compile), q, k, bias, kc, sel, head_chunk,
+                         token_chunk)
 
 
 def _concept_mass(q: Tensor, k: Tensor, bias: Optional[Tensor], kc: Tensor, sel: Tensor, head_chunk: int,

@@ -25,7 +25,6 @@ token slice; motion maps need the whole sequence and raise there.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import numpy as np
@@ -36,7 +35,8 @@ from torch import Tensor
 from wclab.conditions import Scene
 from wclab.encode.channels import (ENTERING_TOKEN_HALF_SIZE, TOKEN_VIS_THRESHOLD, boxes_to_cells, group_means,
                                    mask_reach)
-from wclab.inspect.attention import CHUNK_ELEMENTS, HookRecorder, InspectError, _checked, _qk_logits
+from wclab.inspect.attention import (CHUNK_ELEMENTS, CompiledOnce, HookRecorder, InspectError, _checked, _qk_logits,
+                                    chunk_sizes)
 from wclab.models.hooks import current_hook_context
 from wclab.inspect.display import expand_latent_frames, heatmap_overlay, overlay_trajectories, show_video
 from wclab.sizes import FRAMES_PER_LATENT, TOKEN_CELL, latent_frames
@@ -130,7 +130,7 @@ class QueryRowMass:
     """
 
     def __init__(self) -> None:
-        self._compiled: Optional[Callable] = None
+        self._run = CompiledOnce(_query_row_mass, "QueryRowMass")
         self._head_index: dict = {}  # (heads, device) -> int64 tensor, made once (no host copy per block)
 
     @torch.no_grad()
@@ -144,22 +144,9 @@ class QueryRowMass:
                 self._head_index[key] = torch.tensor(list(heads), device=q.device)
             index = self._head_index[key]
             q, k = q.index_select(2, index), k.index_select(2, index)
-        h, U = q.shape[2], q.shape[1]
-        per_head = B * U * S
-        head_chunk = max((n for n in range(1, h + 1) if h % n == 0 and n * per_head <= chunk_elements), default=1)
-        row_chunk = U if per_head <= chunk_elements else max(1, chunk_elements // (B * S))
+        head_chunk, row_chunk = chunk_sizes(q.shape[2], B, q.shape[1], S, chunk_elements)
         sel = selector.to(q.device, torch.float32)
-        if q.is_cuda if compile is None else compile:
-            if self._compiled is None:
-                self._compiled = torch.compile(_query_row_mass, dynamic=False)
-            try:
-                return self._compiled(q, k, sel, head_chunk, row_chunk)
-            except Exception as e:  # e.g. no Triton for this GPU; a real error recurs eagerly below
-                if compile:
-                    raise
-                warnings.warn(f"QueryRowMass: torch.compile failed ({str(e)[:200]}); computing eagerly from now on")
-                self._compiled = _query_row_mass
-        return _query_row_mass(q, k, sel, head_chunk, row_chunk)
+        return self._run(q.is_cuda if compile is None else compile, bool(compile), q, k, sel, head_chunk, row_chunk)
 
 
 def _query_row_mass(q: Tensor, k: Tensor, sel: Tensor, head_chunk: int, row_chunk: int) -> Tensor:
