@@ -132,18 +132,24 @@ def trajectory_timing(video: np.ndarray, scene: Scene, tracker: Optional[Tracker
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
+def _runs(videos: Mapping[str, np.ndarray], reference: Optional[str], what: str) -> tuple[list[str], str]:
+    """The run names and the reference run (default: the first); errors name ``what`` was called."""
+    names = list(videos)
+    if not names:
+        raise InspectError(f"{what}: no videos given")
+    reference = names[0] if reference is None else reference
+    if reference not in videos:
+        raise InspectError(f"{what}: reference {reference!r} is not one of {names}")
+    return names, reference
+
+
 def timing_lag(videos: Mapping[str, np.ndarray], scene: Scene, tracker: Optional[Tracker] = None,
                reference: Optional[str] = None) -> pd.DataFrame:
     """Compare the motion timing of several runs of one scene (e.g. 50-step exact vs 4-step distilled, cache
     on vs off): one row per (run, trajectory) with the mean ``lag`` behind the drawn schedule (frames, see
     :func:`trajectory_timing`), the last ``drawn_frame`` reached, and ``lag_vs_reference`` = mean lag minus the
     reference run's (default: the first run)."""
-    names = list(videos)
-    if not names:
-        raise InspectError("timing_lag: no videos given")
-    reference = names[0] if reference is None else reference
-    if reference not in videos:
-        raise InspectError(f"timing_lag: reference {reference!r} is not one of {names}")
+    names, reference = _runs(videos, reference, "timing_lag")
     rows = []
     for name in names:
         timing = trajectory_timing(videos[name], scene, tracker)
@@ -166,12 +172,7 @@ def timing_comparison(videos: Mapping[str, np.ndarray], scene: Union[Scene, Mapp
     this run is behind the reference; NaN where either point is lost or hidden). ``scene``: one scene for all
     runs, or one per run (each run is tracked along its own drawn paths). Reference: the first run by default.
     Rows: run, trajectory, id, anchor, frame, drawn_frame, lag, lag_vs_reference."""
-    names = list(videos)
-    if not names:
-        raise InspectError("timing_comparison: no videos given")
-    reference = names[0] if reference is None else reference
-    if reference not in videos:
-        raise InspectError(f"timing_comparison: reference {reference!r} is not one of {names}")
+    names, reference = _runs(videos, reference, "timing_comparison")
     scenes = {n: scene for n in names} if isinstance(scene, Scene) else dict(scene)
     missing = [n for n in names if n not in scenes]
     if missing:
