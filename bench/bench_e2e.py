@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Report, build, memory, reset_peak, sync  # noqa: E402
+from benchlib import Report, build, memory, random_encoders, reset_peak, sync  # noqa: E402
 
 from wclab.conditions import load_json  # noqa: E402
 from wclab.image import solid_image  # noqa: E402
@@ -51,9 +51,8 @@ from wclab.models import attention as attention_mod  # noqa: E402
 from wclab.models import fast  # noqa: E402
 from wclab.models.attention import BACKENDS, set_attention_backend  # noqa: E402
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
-from wclab.models.loading import Models  # noqa: E402
-from wclab.models.text_encoder import TextEncoder, TextEncoderConfig, Tokenizer  # noqa: E402
-from wclab.models.vae import VAE, VAEConfig  # noqa: E402
+from wclab.models.text_encoder import TextEncoderConfig  # noqa: E402
+from wclab.models.vae import VAEConfig  # noqa: E402
 from wclab.sampler import Session, Settings  # noqa: E402
 
 FULL = dict(height=480, width=832, frames=81)
@@ -206,18 +205,11 @@ def main(argv=None) -> dict:
     tmp = tempfile.TemporaryDirectory()
 
     def build_encoders():
-        from wclab.testing import write_tiny_tokenizer
-
-        tok = Tokenizer(write_tiny_tokenizer(Path(tmp.name) / "tokenizer"))
         reset_peak()
         t0 = time.perf_counter()
-        t5 = build(TextEncoder, t5_cfg, device, dtype, seed=1)
-        t5.tokenizer = tok
-        vae = build(VAE, vae_cfg, device, dtype, seed=2)
-        vae.latents_mean, vae.latents_inv_std = vae.latents_mean.float(), vae.latents_inv_std.float()
+        st["models"] = random_encoders(device, dtype, Path(tmp.name) / "tokenizer", t5_cfg, vae_cfg)
         sync()
-        st["models"] = Models(tokenizer=tok, text_encoder=t5, vae=vae, high=None, low=None, preview=None,
-                              device=device, dtype=dtype, paths=None)
+        t5, vae = st["models"].text_encoder, st["models"].vae
         t5.forward = timer.wrap("text_encoder", t5.forward)
         vae.encode = timer.wrap("vae_encode", vae.encode)
         vae.decode = timer.wrap("vae_decode", vae.decode)

@@ -197,11 +197,10 @@ def build(cls, config, device, dtype, seed: int):
         torch.set_default_dtype(previous)
 
 
-def random_models(device, dtype, tokenizer_dir: Path, t5_config=None, vae_config=None, dit_config=None):
-    """A `wclab.models.loading.Models` of random weights built on ``device`` (default configs: full size, umT5-xxl,
-    Wan 2.1 VAE, two A14B experts) with the tiny sentencepiece tokenizer written to ``tokenizer_dir``; seeds 1-4,
-    so every call builds the same weights."""
-    from wclab.models.dit import DiT, DiTConfig
+def random_encoders(device, dtype, tokenizer_dir: Path, t5_config=None, vae_config=None):
+    """A `wclab.models.loading.Models` with random text encoder (seed 1) and VAE (seed 2) built on ``device``
+    (default configs: umT5-xxl, Wan 2.1 VAE), the tiny sentencepiece tokenizer written to ``tokenizer_dir``, and
+    no experts yet (``high``/``low`` None)."""
     from wclab.models.loading import Models
     from wclab.models.text_encoder import TextEncoder, TextEncoderConfig, Tokenizer
     from wclab.models.vae import VAE, VAEConfig
@@ -212,8 +211,17 @@ def random_models(device, dtype, tokenizer_dir: Path, t5_config=None, vae_config
     t5.tokenizer = tok
     vae = build(VAE, vae_config or VAEConfig(), device, dtype, seed=2)
     vae.latents_mean, vae.latents_inv_std = vae.latents_mean.float(), vae.latents_inv_std.float()
-    dit_config = dit_config or DiTConfig.worldcanvas_14b()
-    high, low = build(DiT, dit_config, device, dtype, seed=3), build(DiT, dit_config, device, dtype, seed=4)
-    return Models(tokenizer=tok, text_encoder=t5, vae=vae, high=high, low=low, preview=None,
+    return Models(tokenizer=tok, text_encoder=t5, vae=vae, high=None, low=None, preview=None,
                   device=torch.device(device), dtype=dtype, paths=None)
 
+
+def random_models(device, dtype, tokenizer_dir: Path, t5_config=None, vae_config=None, dit_config=None):
+    """`random_encoders` plus two random experts (seeds 3 and 4; default config: A14B): every call builds the same
+    weights."""
+    from wclab.models.dit import DiT, DiTConfig
+
+    models = random_encoders(device, dtype, tokenizer_dir, t5_config, vae_config)
+    dit_config = dit_config or DiTConfig.worldcanvas_14b()
+    models.high, models.low = (build(DiT, dit_config, device, dtype, seed=3),
+                               build(DiT, dit_config, device, dtype, seed=4))
+    return models
