@@ -53,7 +53,7 @@ parallel)
   if [ "${RANDOM_WEIGHTS:-0}" = 1 ]; then weights=(--random); else weights=(--checkpoints "$CKPT"); fi
   torchrun --nproc-per-node "$n" --master-port "${PORT:-29500}" bench/bench_parallel_e2e.py "${weights[@]}" --compile \
     --attention "${ATTENTION:-auto}" --layouts "${LAYOUTS:-1x1,1x2,2x1,1x4,2x2}" --steps "${STEPS:-4}" \
-    --full "${FULL:-4:50,2:50}" --out "$out" 2>&1 | grep -v "Warning\|warn(" | tee "$out/parallel.log"
+    --full "${FULL:-4:50,2:50}" --out "$out" 2>&1 | grep --line-buffered -v "Warning\|warn(" | tee "$out/parallel.log"
   ;;
 fa4)
   mkdir -p /tmp/site
@@ -67,7 +67,7 @@ assert 'flash4' in b, 'flash4 missing'"
 scaling)
   for n in ${GPUS:-1 2 4}; do
     torchrun --nproc-per-node "$n" --master-port "${PORT:-29501}" bench/parallel_scaling.py --compile --attention "${ATTENTION:-flash4}" \
-      --warmup 2 --repeat 5 --check --out "$out/scaling.jsonl" 2>&1 | grep -v "Warning\|warn(" | tail -2
+      --warmup 2 --repeat 5 --check --out "$out/scaling.jsonl" 2>&1 | grep --line-buffered -v "Warning\|warn(" | tail -2
   done
   python3 bench/parallel_scaling.py --table "$out/scaling.jsonl" | tee "$out/scaling.md"
   ;;
