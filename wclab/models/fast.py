@@ -93,18 +93,12 @@ def _quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
-FP8_MATMUL = "torch.nn.functional.scaled_mm" if hasattr(F, "scaled_mm") else "torch._scaled_mm"
-"""The float8 GEMM `Fp8Linear` uses on CUDA with this torch (benchmarks record it)."""
-
-
 def _fp8_matmul(xq: Tensor, x_scale: Tensor, w: Tensor, w_scale: Tensor, out_dtype: torch.dtype) -> Tensor:
-    """(xq · x_scale) @ (w · w_scale)ᵀ on float8 tensor cores: xq [m, k] float8 with x_scale [m, 1] float32 (per
-    row), w [n, k] float8 with w_scale [1, n] float32 (per output) -> [m, n] ``out_dtype``. The public
-    ``torch.nn.functional.scaled_mm`` (row-wise recipes) where this torch has it, else ``torch._scaled_mm``."""
-    if hasattr(F, "scaled_mm"):
-        rows = F.ScalingType.RowWise
-        return F.scaled_mm(xq, w.t(), x_scale, rows, w_scale, rows, output_dtype=out_dtype)
-    return torch._scaled_mm(xq, w.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=out_dtype)
+    """(xq · x_scale) @ (w · w_scale)ᵀ on float8 tensor cores through ``torch.nn.functional.scaled_mm`` (row-wise
+    recipes): xq [m, k] float8 with x_scale [m, 1] float32 (per row), w [n, k] float8 with w_scale [1, n] float32
+    (per output) -> [m, n] ``out_dtype``."""
+    rows = F.ScalingType.RowWise
+    return F.scaled_mm(xq, w.t(), x_scale, rows, w_scale, rows, output_dtype=out_dtype)
 
 
 class Fp8Linear(nn.Module):
@@ -150,7 +144,11 @@ FP8_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cros
 def quantize_fp8(model: DiT) -> DiT:
     """Replace every block's Linear layers (`FP8_LINEARS`) by `Fp8Linear`, one at a time so peak memory grows
     by one layer only (in place; returns the model). Embeddings, modulation and the head stay as they are.
-    The state dict then holds float8 weights + scales, not the released format."""
+    The state dict then holds float8 weights + scales, not the released format. On CUDA the GEMM is
+    ``torch.nn.functional.scaled_mm``: a torch without it is refused here, before any weight changes."""
+    if next(model.parameters()).is_cuda and not hasattr(F, "scaled_mm"):
+        raise FastPathError(f"quantize_fp8 on CUDA needs torch.nn.functional.scaled_mm, which torch "
+                            f"{torch.__version__} lacks: install a newer torch (2.11 has it)")
     for block in model.blocks:
         for path in FP8_LINEARS:
             parent_path, _, name = path.rpartition(".")
