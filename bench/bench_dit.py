@@ -58,6 +58,7 @@ from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.inspect.attention import cross_attention_hooks, span_mass, span_selector  # noqa: E402
 from wclab.inspect.concept_maps import (Concept, ConceptMass, concept_hooks, concept_projections,  # noqa: E402
                                         concept_selector)
+from wclab.inspect import fused_row_mass  # noqa: E402
 from wclab.inspect.motion_maps import QueryRowMass, self_attention_hooks  # noqa: E402
 from wclab.models import fast  # noqa: E402
 from wclab.models.attention import (AUTO_ORDER, attention, attention_backend, available_backends,  # noqa: E402
@@ -189,9 +190,10 @@ def motion_boxes(grid: tuple[int, int, int], k: int, shrink: int = 1) -> torch.T
     return out.reshape(k, -1)
 
 
-def motion_maps_capture(model: DiT, masks: torch.Tensor, grid, device) -> tuple[list, dict, dict]:
+def motion_maps_capture(model: DiT, masks: torch.Tensor, grid, device, kernel: str = "auto"
+                        ) -> tuple[list, dict, dict]:
     """`wclab.inspect.MotionMaps`' capture on the bare DiT: its hooks (`self_attention_hooks`) on every block's
-    self-attention and its reduction (`QueryRowMass`, all heads) of the rows in ``masks`` bool [T, S] grouped per
+    self-attention and its reduction (`QueryRowMass(kernel)`, all heads) of the rows in ``masks`` bool [T, S] grouped per
     (trajectory, latent frame). Returns (hooks, maps, info): maps[n] is block n's float32 [T·F', S] mass from the
     last forward; info has the rows, selector and query row count."""
     T, f = masks.shape[0], grid[0]
@@ -199,7 +201,7 @@ def motion_maps_capture(model: DiT, masks: torch.Tensor, grid, device) -> tuple[
     rows = torch.nonzero(per_frame.any(0)).flatten()
     sel = per_frame[:, rows].float()
     rows_d, sel_d = rows.to(device), sel.to(device)
-    n, calls, maps, mass = len(model.blocks), itertools.count(), {}, QueryRowMass()
+    n, calls, maps, mass = len(model.blocks), itertools.count(), {}, QueryRowMass(kernel)
 
     def reduce(q, k):
         maps[next(calls) % n] = mass(q, k, rows_d, sel_d)
@@ -493,28 +495,36 @@ def main(argv=None) -> dict:
 
     # ------------------------------------------------------------------ motion / concept captures
     def capture_motion_on(path: str):
-        """MotionMaps' capture of 4 trajectories with large and small boxes, on the eager or compiled path."""
+        """MotionMaps' capture of 4 trajectories with large and small boxes, on the eager or compiled path, with
+        each kernel of QueryRowMass this machine runs ("fused": Triton; "torch": float32 logits in chunks)."""
         base_key, ref_key, ctx = (("t_eager_rope32", "out_rope32", nullcontext) if path == "eager"
                                   else ("t_compiled", "out_compiled", fast_ctx))
         model.rope_dtype = torch.float32
         base, r = st.get(base_key), {}
+        kernels = ["fused", "torch"] if fused_row_mass.available(device) and dtype != torch.float32 else ["torch"]
         for label, shrink in (("large_boxes", 1), ("small_boxes", 2)):
-            hooks, maps, info = motion_maps_capture(model, motion_boxes(grid, 4, shrink), grid, device)
-            reset_peak()
-            with ctx(), model.hooks(hooks):
-                tm, out = timed(fwd(), args.repeat)
-            rr = result(tm, out, ref_key=ref_key, base_key=None)
-            rr.update(query_rows=info["query_rows"], query_rows_pct=round(100 * info["query_rows"] / S, 1),
-                      blocks_recorded=len(maps))
-            if ref_key in st:
-                rr[f"output_bitwise_equal_to_{ref_key[4:]}"] = bool(torch.equal(out, st[ref_key]))
-            if base:
-                rr["overhead_pct"] = round(100 * (tm["median_s"] / base - 1), 1)
-                rr["added_s"] = round(tm["median_s"] - base, 3)
-            # each query row's probabilities sum to 1 per head: group g's mass sums to heads x its rows
-            expected = cfg.num_heads * info["selector"].sum(1).to(device)
-            rr["block0_row_sum_max_rel_err"] = float(((maps[0].sum(1) - expected).abs() / expected).max())
-            r[label] = rr
+            block0 = {}
+            for kernel in kernels:
+                hooks, maps, info = motion_maps_capture(model, motion_boxes(grid, 4, shrink), grid, device, kernel)
+                reset_peak()
+                with ctx(), model.hooks(hooks):
+                    tm, out = timed(fwd(), args.repeat)
+                rr = result(tm, out, ref_key=ref_key, base_key=None)
+                rr.update(kernel=kernel, query_rows=info["query_rows"],
+                          query_rows_pct=round(100 * info["query_rows"] / S, 1), blocks_recorded=len(maps))
+                if ref_key in st:
+                    rr[f"output_bitwise_equal_to_{ref_key[4:]}"] = bool(torch.equal(out, st[ref_key]))
+                if base:
+                    rr["overhead_pct"] = round(100 * (tm["median_s"] / base - 1), 1)
+                    rr["added_s"] = round(tm["median_s"] - base, 3)
+                # each query row's probabilities sum to 1 per head: group g's mass sums to heads x its rows
+                expected = cfg.num_heads * info["selector"].sum(1).to(device)
+                rr["block0_row_sum_max_rel_err"] = float(((maps[0].sum(1) - expected).abs() / expected).max())
+                block0[kernel] = maps[0]
+                if kernel != kernels[0]:
+                    a, b = block0[kernels[0]], maps[0]
+                    rr[f"block0_max_rel_diff_vs_{kernels[0]}"] = float((a - b).abs().max() / b.abs().max())
+                r[label if kernel == kernels[0] else f"{label}_{kernel}"] = rr
         return r
 
     def capture_concept_on(path: str):

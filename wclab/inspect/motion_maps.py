@@ -12,19 +12,20 @@ the block's attention kernel takes them) hand them to a :class:`QueryRowMass`, w
 query rows — ``softmax(q_rows·kᵀ/√d)`` over all S keys, q·kᵀ accumulated in float32 from the model's own q and k
 (the DiT's attention uses the default scale 1/√head_dim) — a few heads and rows at a time, and multiplies by the
 0/1 row→(trajectory, frame) selector. The block's own fused attention still serves every row. No S×S pattern is
-formed and nothing syncs with the host: the state is one float32 ``[T·F', S]`` tensor per step. On CUDA the
-recomputation is ``torch.compile``'d (scale, softmax and head sum fuse); elsewhere it runs eagerly with the same
-float32 numbers. The same hooks work on a bare :class:`wclab.models.dit.DiT`
-(``model.hooks(self_attention_hooks(...))``), which is how ``bench/bench_dit.py`` measures their cost (stages
-``capture_motion`` and ``capture_motion_compiled``).
+formed and nothing syncs with the host: the state is one float32 ``[T·F', S]`` tensor per step. On a GPU with a
+bf16/fp16 model the recomputation runs in :mod:`wclab.inspect.fused_row_mass`'s Triton kernels (two passes over
+the keys: each row's log-sum-exp, then its probabilities summed per group, never stored); elsewhere float32
+logits in chunks (``torch.compile``'d on CUDA), with the same numbers up to summation order. The same hooks work
+on a bare :class:`wclab.models.dit.DiT` (``model.hooks(self_attention_hooks(...))``), which is how
+``bench/bench_dit.py`` measures their cost (stages ``capture_motion`` and ``capture_motion_compiled``).
 
-Cost: the recomputation's float32 logits are written and read a few times, so its time grows with the number of
-query rows (about 26 MB of memory traffic per query row and block at 480×832×81 with 40 heads): select blocks,
-heads or trajectories to keep it small. Under sequence parallelism (`wclab.parallel`) a rank's hooks see only its
+Cost: the recomputation's time grows with the number of query rows (two q·kᵀ passes over all keys per row, block
+and head): select blocks, heads or trajectories to keep it small. Under sequence parallelism (`wclab.parallel`) a rank's hooks see only its
 token slice; motion maps need the whole sequence and raise there.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import numpy as np
@@ -35,6 +36,7 @@ from torch import Tensor
 from wclab.conditions import Scene
 from wclab.encode.channels import (ENTERING_TOKEN_HALF_SIZE, TOKEN_VIS_THRESHOLD, boxes_to_cells, group_means,
                                    mask_reach)
+from wclab.inspect import fused_row_mass
 from wclab.inspect.attention import (CHUNK_ELEMENTS, CompiledOnce, HookRecorder, InspectError, _checked, _qk_logits,
                                     chunk_sizes)
 from wclab.models.hooks import current_hook_context
@@ -123,30 +125,65 @@ class QueryRowMass:
     ``mass(q, k, rows, selector, heads=None, chunk_elements=CHUNK_ELEMENTS, compile=None)`` takes q and k
     ``[B, S, H, D]`` (as at ``self_attn.hook_q`` / ``hook_k``), rows: int64 ``[U]`` query token indices, selector
     ``[G, U]`` (1 where query row u belongs to group g) and returns ``softmax(q[rows]·kᵀ/√D)`` over all S keys,
-    summed over the batch, the selected ``heads`` (default all) and each group's rows, computed in float32 (q·kᵀ
-    accumulated in float32 from q's and k's values). At most ``chunk_elements`` float32 logits exist at a time.
-    ``compile``: run it through ``torch.compile`` (default: on CUDA); falls back to eager (with a warning) if
-    compiling fails.
+    summed over the batch, the selected ``heads`` (default all) and each group's rows, with q·kᵀ accumulated in
+    float32 from q's and k's values.
+
+    kernel: "fused" — :mod:`wclab.inspect.fused_row_mass`'s Triton kernels (row log-sum-exp, then the probabilities
+    summed per group, no logits in memory; bf16/fp16 q and k); "torch" — float32 logits, at most
+    ``chunk_elements`` at a time, through ``torch.compile`` when ``compile`` (default: on CUDA; eager with a
+    warning if compiling fails); "auto" (default) — "fused" where Triton runs (CUDA) on bf16/fp16, else "torch".
+    Both give the same numbers up to float32 summation order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: Literal["auto", "fused", "torch"] = "auto") -> None:
+        if kernel not in ("auto", "fused", "torch"):
+            raise InspectError(f"kernel: expected 'auto', 'fused' or 'torch', got {kernel!r}")
+        self.kernel = kernel
         self._run = CompiledOnce(_query_row_mass, "QueryRowMass")
         self._head_index: dict = {}  # (heads, device) -> int64 tensor, made once (no host copy per block)
+        self._grouped: dict = {}  # id(selector) -> (rows, selector, GroupedRows on the device), made once
+
+    def uses_fused(self, q: Tensor) -> bool:
+        """Whether a call with this q takes the fused kernels."""
+        half = q.dtype in (torch.bfloat16, torch.float16)
+        if self.kernel == "fused":
+            if not half or not fused_row_mass.available(q.device):
+                raise InspectError(f"kernel='fused' needs bf16/fp16 q and k on a device Triton runs on; got "
+                                   f"{q.dtype} on {q.device} (Triton importable: {fused_row_mass.importable()})")
+            return True
+        return self.kernel == "auto" and half and fused_row_mass.available(q.device)
 
     @torch.no_grad()
     def __call__(self, q: Tensor, k: Tensor, rows: Tensor, selector: Tensor, heads: Optional[Sequence[int]] = None,
                  chunk_elements: int = CHUNK_ELEMENTS, compile: Optional[bool] = None) -> Tensor:
         B, S, H, D = k.shape
-        q = q.index_select(1, rows.to(q.device))
         if heads is not None and list(heads) != list(range(H)):
             key = (tuple(heads), str(q.device))
             if key not in self._head_index:
                 self._head_index[key] = torch.tensor(list(heads), device=q.device)
             index = self._head_index[key]
             q, k = q.index_select(2, index), k.index_select(2, index)
+        if self.uses_fused(q):
+            try:
+                return fused_row_mass.group_mass(q, k, self._grouped_rows(rows, selector, q.device))
+            except Exception as e:  # e.g. a Triton that cannot compile for this GPU
+                if self.kernel == "fused":
+                    raise
+                warnings.warn(f"QueryRowMass: the fused kernels failed ({type(e).__name__}: {str(e)[:200]}); "
+                              "float32 logits in chunks from now on")
+                self.kernel = "torch"
+        q = q.index_select(1, rows.to(q.device))
         head_chunk, row_chunk = chunk_sizes(q.shape[2], B, q.shape[1], S, chunk_elements)
         sel = selector.to(q.device, torch.float32)
         return self._run(q.is_cuda if compile is None else compile, bool(compile), q, k, sel, head_chunk, row_chunk)
+
+    def _grouped_rows(self, rows: Tensor, selector: Tensor, device: torch.device) -> fused_row_mass.GroupedRows:
+        """The rows laid out per group for the fused kernels, built once per selector (one host copy)."""
+        cached = self._grouped.get(id(selector))
+        if cached is None or cached[0] is not rows or cached[1] is not selector:
+            cached = (rows, selector, fused_row_mass.GroupedRows.from_selector(rows, selector).to(device))
+            self._grouped[id(selector)] = cached
+        return cached[2]
 
 
 def _query_row_mass(q: Tensor, k: Tensor, sel: Tensor, head_chunk: int, row_chunk: int) -> Tensor:
@@ -181,12 +218,15 @@ class MotionMaps(HookRecorder):
     steps: step indices (default all). expert: "high", "low", a list of them, or None (both). branches: "cond",
     "uncond" or both (default "cond"). queries: "visible" — a frame's query tokens are the trajectory's token-mask
     cells there (none where it is invisible); "path" — its path cells, visible or not (:func:`trajectory_token_mask`).
+    kernel: how the query rows' probabilities are computed (:class:`QueryRowMass`; "auto": the fused Triton kernels
+    on a GPU with a bf16/fp16 model, else float32 logits in chunks of ``chunk_elements``).
     """
 
     def __init__(self, session, trajectories: Optional[Iterable[int]] = None, blocks: Optional[Iterable[int]] = None,
                  heads: Optional[Iterable[int]] = None, steps: Optional[Iterable[int]] = None,
                  expert: Union[None, str, Iterable[str]] = None, branches: Union[str, Iterable[str]] = "cond",
-                 queries: Drawn = "visible", chunk_elements: int = CHUNK_ELEMENTS):
+                 queries: Drawn = "visible", chunk_elements: int = CHUNK_ELEMENTS,
+                 kernel: Literal["auto", "fused", "torch"] = "auto"):
         experts = ["high", "low"] if expert is None else [expert] if isinstance(expert, str) else expert
         super().__init__(session, experts, branches, blocks, heads, steps, experts_field="expert")
         scene = session.scene
@@ -213,7 +253,7 @@ class MotionMaps(HookRecorder):
         self.sums: dict[int, Tensor] = {}  # step -> float32 [T·F', S]
         self.counts: dict[int, int] = {}  # step -> (forward, block, head) terms in the sum
         self._device_cache: dict = {}
-        self._mass = QueryRowMass()
+        self._mass = QueryRowMass(kernel)
 
     def _hooks(self) -> list:
         modules = [f"{e}.blocks.{b}.self_attn" for e in self.experts for b in self.blocks]
