@@ -59,13 +59,20 @@ def test_bench_e2e_tiny_runs_all_steps_and_both_decodes(tmp_path):
     assert report["summary"]["total_s (compile excluded)"] > 0
 
 
-@pytest.mark.slow
-def test_bench_e2e_tiny_reports_few_step_and_cached_runs_against_a_reference_run(tmp_path):
-    """An adaptive-cache run generates its exact reference in the same process and saves its own result; a
-    4-step distilled run with a fixed cache compares with that saved result."""
-    saved = tmp_path / "saved"
-    cached = run("bench_e2e.py", tmp_path / "easy.json", "--steps", "8", "--cache", "adaptive",
+@pytest.fixture(scope="module")
+def adaptive_run(tmp_path_factory) -> tuple[dict, Path]:
+    """(report, saved folder) of an adaptive-cache run that generated its exact reference in the same process and
+    saved its own result."""
+    out = tmp_path_factory.mktemp("bench_e2e")
+    saved = out / "saved"
+    report = run("bench_e2e.py", out / "easy.json", "--steps", "8", "--cache", "adaptive",
                  "--cache-threshold", "1e9", "--reference-steps", "8", "--save-reference", str(saved))
+    return report, saved
+
+
+@pytest.mark.slow
+def test_bench_e2e_tiny_reports_a_cached_run_against_its_in_process_reference(adaptive_run):
+    cached, _ = adaptive_run
     assert cached["setup"]["step_cache"]["policy"] == "EasyCache" and cached["setup"]["steps"] == 8
     denoise = cached["stages"]["denoise"]
     assert denoise["forwards_reused"] > 0 and denoise["forwards_computed"] + denoise["forwards_reused"] == 16
@@ -73,6 +80,11 @@ def test_bench_e2e_tiny_reports_few_step_and_cached_runs_against_a_reference_run
     deviation = cached["summary"]["deviation_vs_exact"]
     assert 0 < deviation["latents"]["mean_rel"] < 1 and 0 < deviation["video"]["mean_rel"] < 1
 
+
+@pytest.mark.slow
+def test_bench_e2e_tiny_reports_a_few_step_run_against_a_saved_reference(adaptive_run, tmp_path):
+    """A 4-step distilled run with a fixed cache compares with the adaptive run's saved result."""
+    _, saved = adaptive_run
     few = run("bench_e2e.py", tmp_path / "few.json", "--distilled", "--cache", "fixed", "--reference", str(saved))
     assert (few["setup"]["steps"], few["setup"]["cfg"], few["setup"]["step_list"]) == (4, 1.0, [1000, 750, 500, 250])
     assert few["stages"]["denoise"]["forwards_per_step"] == 1
