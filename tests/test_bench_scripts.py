@@ -49,25 +49,28 @@ def test_bench_dit_tiny_runs_every_stage_without_errors(tmp_path):
     assert report["summary"]["compiled_s"] > 0 and report["env"]["torch"]
 
 
-@pytest.mark.slow
-def test_bench_e2e_tiny_runs_all_steps_and_both_decodes(tmp_path):
-    report = run("bench_e2e.py", tmp_path / "e2e.json", "--steps", "2")
-    stages = report["stages"]
-    assert {n: r.get("error") for n, r in stages.items() if "error" in r or "skipped" in r} == {}
-    assert stages["denoise"]["steps_run"] == 2 and stages["denoise"]["extrapolated"] is False
-    assert stages["decode_final"]["video_shape"] == [17, 64, 96, 3]
-    assert report["summary"]["total_s (compile excluded)"] > 0
-
-
 @pytest.fixture(scope="module")
 def adaptive_run(tmp_path_factory) -> tuple[dict, Path]:
-    """(report, saved folder) of an adaptive-cache run that generated its exact reference in the same process and
-    saved its own result."""
+    """(report, saved folder) of an adaptive-cache run that generated its exact reference (the default sampling,
+    every forward computed) in the same process and saved its own result."""
     out = tmp_path_factory.mktemp("bench_e2e")
     saved = out / "saved"
     report = run("bench_e2e.py", out / "easy.json", "--steps", "8", "--cache", "adaptive",
                  "--cache-threshold", "1e9", "--reference-steps", "8", "--save-reference", str(saved))
     return report, saved
+
+
+@pytest.mark.slow
+def test_bench_e2e_tiny_runs_every_stage_all_steps_and_both_decodes(adaptive_run):
+    report, saved = adaptive_run
+    stages = report["stages"]
+    assert {n: r.get("error") for n, r in stages.items() if "error" in r or "skipped" in r} == {}
+    assert [n for n in ("build_encoders", "prepare", "decode_first", "build_experts", "denoise", "decode_final",
+                        "save_reference", "reference") if n not in stages] == []
+    assert stages["denoise"]["steps_run"] == 8 and stages["denoise"]["extrapolated"] is False
+    assert stages["decode_final"]["video_shape"] == [17, 64, 96, 3]
+    assert report["summary"]["total_s (compile excluded)"] > 0
+    assert sorted(p.name for p in saved.iterdir()) == ["latents.pt", "setup.json", "video.npy"]
 
 
 @pytest.mark.slow

@@ -111,7 +111,6 @@ def kill_a_worker_mid_forward(workers, session) -> tuple:
 def drive(out_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    from wclab.models.fast import quantize_fp8
     from wclab.models.loading import load_models
     from wclab.workers import WorkerError, start_workers
 
@@ -140,23 +139,15 @@ def drive(out_dir: Path) -> None:
         facts["alive_after_hook_error"] = workers.alive
     facts["t"].append(("closed", time.monotonic()))
     facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
-    # load_models' fp8 placement and LoRA files are mirrored by the workers; a change made after loading is caught
+    # load_models' fp8 placement and LoRA files are mirrored by the workers (a new group in the same process); then
+    # a worker is killed in the middle of a forward: a clear error at once, no hang; later calls say so too
     mirrored = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False, **MIRRORED(out_dir))
-    with start_workers(mirrored, 2, progress=False, timeout=60) as workers:
-        s = base_session(workers.models)
-        s.step()
-        res["mirrored_step0_latents"] = s.latents
-    edited = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False)
-    quantize_fp8(edited.low)
-    try:
-        start_workers(edited, 2, progress=False, timeout=60).close()
-    except WorkerError as err:
-        facts["edited_error"] = str(err)
-    # a new group in the same process (from the closed group's models: their experts are unwrapped), whose
-    # worker is killed in the middle of a forward: a clear error at once, no hang; later calls say so too
-    workers = start_workers(workers.models, 2, progress=False, timeout=20)
+    workers = start_workers(mirrored, 2, progress=False, timeout=20)
     s = base_session(workers.models)
+    s.step()
+    res["mirrored_step0_latents"] = s.latents
     pid = workers.pids[0]
+    s = base_session(workers.models)  # its first step runs the high expert, where the kill hook sits
     facts["death"], facts["death_s"] = kill_a_worker_mid_forward(workers, s)
     try:
         s.step()
@@ -165,6 +156,14 @@ def drive(out_dir: Path) -> None:
     workers.close()
     facts["death_closed_alive"] = _alive(pid)
     facts["t"].append(("death", time.monotonic()))
+    # the closed group's models (experts unwrapped again) with a weight changed in memory after loading: refused
+    edited = workers.models
+    with torch.no_grad():
+        next(edited.high.parameters()).add_(1.0)
+    try:
+        start_workers(edited, 2, progress=False, timeout=60).close()
+    except WorkerError as err:
+        facts["edited_error"] = str(err)
     save_file({k: v.contiguous() for k, v in res.items()}, str(out_dir / "workers.safetensors"))
     (out_dir / "facts.json").write_text(json.dumps(facts))
 
