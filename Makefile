@@ -17,4 +17,4 @@ demo: install
 	$(PY) -m wclab.demo --out demo_out
 
 test: install-test
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15

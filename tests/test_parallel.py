@@ -20,6 +20,8 @@ import torch
 from conftest import FIXTURES, REPO, TINY_MODELS, TOKENIZER, finish, free_port, load_golden, subprocess_env
 from wclab.models.dit import DiT
 
+pytestmark = pytest.mark.slow  # gloo process groups on the CPU
+
 WORLD = 2
 TIMEOUT_S = 300
 PARITY = dict(rtol=1e-5, atol=1e-5)

@@ -14,6 +14,8 @@ from wclab.conditions import load_json, resize_scene
 from wclab.image import solid_image
 from wclab.sampler import Session, SessionError, Settings, generate
 
+pytestmark = pytest.mark.slow  # whole generations against the reference
+
 
 @pytest.fixture(scope="module")
 def golden():

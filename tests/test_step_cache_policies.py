@@ -20,6 +20,8 @@ from wclab.image import solid_image
 from wclab.models import fast
 from wclab.sampler import Session
 
+pytestmark = pytest.mark.slow  # 30-step runs under each policy
+
 STEPS = 30
 
 

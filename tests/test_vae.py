@@ -49,6 +49,7 @@ def test_decode_matches_reference_reconstruction(golden, untiled):
     torch.testing.assert_close(video, golden["vae_recon"], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_decoded_uint8_video_matches_reference_end_to_end_output(vae):
     _, e2e = load_golden("e2e_synth_small")
     frames = VAE.to_uint8(vae.decode(e2e["latents_after_step3"]))
@@ -138,6 +139,7 @@ def _reference_tiling(x, fn, size, stride, factor, out_shape):
     return values / weight
 
 
+@pytest.mark.slow
 def test_tiled_encode_and_decode_follow_the_reference_tiling(golden, vae):
     # a corner of the golden inputs still gives a 2x2 grid of overlapping tiles
     video, latents = golden["vae_in_video"][:, :, :5, :48, :64], golden["vae_latents"][:, :, :2, :6, :8]

@@ -20,6 +20,8 @@ import torch
 
 from conftest import FIXTURES, REPO, TINY_MODELS, TOKENIZER, finish, subprocess_env
 
+pytestmark = pytest.mark.slow  # a driver process starts three worker groups
+
 TIMEOUT_S = 240
 PARITY = dict(rtol=1e-5, atol=1e-5)
 SESSION_SIZE = (80, 112, 9)  # H, W pixels, frames -> token grid (3, 5, 7) = 105 tokens: 53 and 52 per rank
