@@ -111,9 +111,3 @@ def finish(proc, what: str, timeout_s: float) -> tuple[str, str]:
         pytest.fail(f"{what} failed ({proc.returncode}):\n{stdout[-2000:]}\n{stderr[-6000:]}")
     return stdout, stderr
 
-
-def pytest_collection_modifyitems(config, items):
-    """Modules with slow tests first: `make test` hands whole files to its two workers (``--dist loadfile``, so
-    module fixtures are built once), and starting the long ones early keeps the two workers' ends close."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: order within each group kept

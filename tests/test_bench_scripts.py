@@ -108,11 +108,11 @@ def test_steady_denoise_counts_the_compiling_first_step_as_a_full_step():
     assert r["extrapolated"] is True
 
 
-def test_bench_load_tiny_loads_resident_and_offloaded_experts(tmp_path):
-    """Each stage is a fresh process; fp8 loading is tested in tests/test_loading.py."""
-    report = run("bench_load.py", tmp_path / "load.json", "--only", "resident,offload")
-    for stage in ("resident", "offload"):
-        result = report["stages"][stage]
-        assert "error" not in result, result
-        assert result["forward_finite"] and result["placement"] == stage and result["load_s"] > 0
+def test_bench_load_tiny_loads_the_experts_in_a_fresh_process(tmp_path):
+    """Each stage is a fresh process (about 10 s of imports each on a CPU, so only "resident" here); the
+    "offload" and "fp8" placements are the same stage with another ``experts=``, loaded in tests/test_loading.py."""
+    report = run("bench_load.py", tmp_path / "load.json", "--only", "resident")
+    result = report["stages"]["resident"]
+    assert "error" not in result, result
+    assert result["forward_finite"] and result["placement"] == "resident" and result["load_s"] > 0
     assert report["summary"]["load_s"] == report["stages"]["resident"]["load_s"]

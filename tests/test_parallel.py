@@ -1,8 +1,9 @@
-"""Sequence-parallel DiT (wclab.parallel) on 2 CPU processes (torchrun, gloo) equals the single-process run.
+"""Sequence-parallel DiT (wclab.parallel) on 2 and 3 CPU processes (torchrun, gloo) equals the single-process run.
 
-One torchrun launch of 2 ranks runs every scenario (process start-up dominates the cost): this file is also the
-worker script (``__main__``); each rank saves its results, and the tests compare them with the same computation
-done here in one process, with the tiny fixture DiT (4 heads, 2 blocks) and the golden ``units`` inputs.
+One torchrun launch of 2 ranks runs every scenario (process start-up dominates the cost), one of 3 ranks the DiT
+forward with tokens and heads that do not divide evenly: this file is also the worker script (``__main__``); each
+rank saves its results, and the tests compare them with the same computation done here in one process, with the
+tiny fixture DiT (4 heads, 2 blocks) and the golden ``units`` inputs.
 
 Tolerance (float32): rtol = atol = 1e-5. Splitting can change only float rounding (linear layers over fewer rows
 and attention over a subset of heads may take other blocked kernels); on the 2-core CI CPU every compared tensor
@@ -27,6 +28,7 @@ TIMEOUT_S = 300
 PARITY = dict(rtol=1e-5, atol=1e-5)
 CHECKPOINT = TINY_MODELS / "dit_high_tiny.safetensors"
 ODD_GRID = (3, 3, 5)  # 45 tokens: ranks hold 23 and 22
+UNEVEN_GRID = (2, 2, 5)  # 20 tokens over 3 ranks: 7, 7 and 6 (and the 4 heads: 2, 1 and 1)
 SESSION_SIZE = (80, 112, 9)  # H, W pixels, frames -> token grid (3, 5, 7) = 105 tokens: 53 and 52
 
 
@@ -35,9 +37,9 @@ def units() -> dict:
     return dict(x=t["dit_in_x53"], timestep=t["dit_timestep"], context=t["t5_out"], bias=t["dit_bias"])
 
 
-def odd_inputs(u: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The units inputs cropped to token grid ODD_GRID: x [1, 53, 3, 6, 10], bias [1, 1, 45, L]."""
-    f, h, w = ODD_GRID
+def odd_inputs(u: dict, grid: tuple[int, int, int] = ODD_GRID) -> tuple[torch.Tensor, torch.Tensor]:
+    """The units inputs cropped to token ``grid`` (F', h, w): ODD_GRID gives x [1, 53, 3, 6, 10], bias [1, 1, 45, L]."""
+    f, h, w = grid
     x = u["x"][:, :, :f, : 2 * h, : 2 * w]
     bias = u["bias"].reshape(1, 1, 3, 4, 6, -1)[:, :, :f, :h, :w].reshape(1, 1, f * h * w, -1)
     return x, bias
@@ -111,14 +113,37 @@ def worker(out_dir: Path) -> None:
     dist.destroy_process_group()
 
 
+def uneven_worker(out_dir: Path) -> None:
+    """The 3-rank launch: the biased forward on UNEVEN_GRID."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from wclab.parallel import ParallelDiT, init_distributed, token_slice
+
+    model = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), init_distributed())
+    u = units()
+    x, bias = odd_inputs(u, UNEVEN_GRID)
+    with torch.no_grad():
+        res = {"uneven": model(x, u["timestep"], u["context"], bias)}
+    n = UNEVEN_GRID[0] * UNEVEN_GRID[1] * UNEVEN_GRID[2]
+    res["uneven_slice"] = torch.tensor([token_slice(n).start, token_slice(n).stop])
+    save_file(res, str(out_dir / f"rank{dist.get_rank()}.safetensors"))
+    dist.destroy_process_group()
+
+
+def launch(out: Path, world: int, *args: str) -> subprocess.Popen:
+    """torchrun of this file with ``world`` ranks, in the background."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(world),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__, str(out), *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     """The torchrun launch, started in the background: (process, output folder)."""
     out = tmp_path_factory.mktemp("parallel")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(WORLD),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), __file__, str(out)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = launch(out, WORLD)
     yield proc, out
     if proc.poll() is None:
         proc.kill()
@@ -207,6 +232,22 @@ def test_tiled_vae_spread_over_ranks_equals_one_process_bitwise(ranks, single, o
         assert torch.equal(r[op], single[op])
 
 
+def test_three_ranks_split_tokens_and_heads_unevenly_and_equal_one_process(ranks, tmp_path):
+    """20 tokens over 3 ranks (7, 7, 6) and the 4 heads (2, 1, 1); started after the 2-rank launch finished."""
+    from safetensors.torch import load_file
+
+    proc = launch(tmp_path, 3, "--uneven")
+    finish(proc, "torchrun with 3 ranks", TIMEOUT_S)
+    got = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(3)]
+    u = units()
+    x, bias = odd_inputs(u, UNEVEN_GRID)
+    with torch.no_grad():
+        expected = DiT.from_checkpoint(CHECKPOINT, num_heads=4)(x, u["timestep"], u["context"], bias)
+    assert [r["uneven_slice"].tolist() for r in got] == [[0, 7], [7, 14], [14, 20]]
+    for r in got:
+        torch.testing.assert_close(r["uneven"], expected, **PARITY)
+
+
 def test_without_a_process_group_parallel_dit_raises_naming_torchrun(monkeypatch):
     from wclab.parallel import ParallelDiT, ParallelError, init_distributed
 
@@ -218,4 +259,4 @@ def test_without_a_process_group_parallel_dit_raises_naming_torchrun(monkeypatch
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    (uneven_worker if sys.argv[2:] == ["--uneven"] else worker)(Path(sys.argv[1]))

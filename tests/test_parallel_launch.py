@@ -97,10 +97,16 @@ def test_parallel_e2e_bench_runs_the_distilled_preset_on_a_sequence_split(tmp_pa
     split = json.loads((out / "scan_1x2_4steps.json").read_text())
     assert split["setup"]["distilled"] is True and split["setup"]["cfg"] == 1.0 and len(split["step_s"]) == 4
     assert split["summary"]["max_rel_err_vs_1gpu"] < 1e-5
-    refused = subprocess.run([sys.executable, str(REPO / "bench" / "bench_parallel_e2e.py"), "--tiny", "--distilled",
-                              "--layouts", "2x1"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                             timeout=60)
-    assert refused.returncode == 2 and "1xS layouts" in refused.stderr
+
+
+def test_parallel_e2e_bench_refuses_a_cfg_split_of_the_distilled_preset(monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_parallel_e2e
+
+    monkeypatch.setattr(sys, "argv", ["bench_parallel_e2e.py", "--tiny", "--distilled", "--layouts", "2x1"])
+    with pytest.raises(SystemExit) as exit_:
+        bench_parallel_e2e.main()
+    assert exit_.value.code == 2 and "1xS layouts" in capsys.readouterr().err
 
 
 @pytest.mark.slow
