@@ -283,8 +283,7 @@ def test_a_worker_dying_mid_forward_raises_a_clear_error_without_hanging(driven)
     """The notebook's hook kills the worker during the first block: the next collective fails (gloo: connection
     closed), the error names the worker and its exit code, and later calls refuse with a hint to restart."""
     _, facts = driven
-    assert "worker 1" in facts["death"] and "exited with code -9" in facts["death"]
-    assert facts["death_s"] < 30
+    assert "worker 1" in facts["death"] and "exited with code -9" in facts["death"]  # a hang fails the driver's timeout
     assert "worker 1" in facts["death_next"] and "start new ones" in facts["death_next"]
     assert not facts["death_closed_alive"]
 
