@@ -193,9 +193,9 @@ def motion_boxes(grid: tuple[int, int, int], k: int, shrink: int = 1) -> torch.T
 def motion_maps_capture(model: DiT, masks: torch.Tensor, grid, device, kernel: str = "auto"
                         ) -> tuple[list, dict, dict]:
     """`wclab.inspect.MotionMaps`' capture on the bare DiT: its hooks (`self_attention_hooks`) on every block's
-    self-attention and its reduction (`QueryRowMass(kernel)`, all heads) of the rows in ``masks`` bool [T, S] grouped per
-    (trajectory, latent frame). Returns (hooks, maps, info): maps[n] is block n's float32 [T·F', S] mass from the
-    last forward; info has the rows, selector and query row count."""
+    self-attention and its reduction (`QueryRowMass(kernel)`, all heads) of the rows in ``masks`` bool [T, S]
+    grouped per (trajectory, latent frame). Returns (hooks, maps, info): maps[n] is block n's float32 [T·F', S]
+    mass from the last forward; info has the rows, selector and query row count."""
     T, f = masks.shape[0], grid[0]
     per_frame = _frame_split(masks, f)  # [T·F', S]
     rows = torch.nonzero(per_frame.any(0)).flatten()

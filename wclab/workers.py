@@ -33,8 +33,8 @@ the next command as long as the notebook lives); the default group (NCCL/gloo, `
 Limits: inference only (no autograd through the workers); one group per process; workers load the experts from
 files as `load_models` did (its ``experts=`` placement, e.g. "fp8", and its ``lora=`` files are mirrored), so
 weights edited in the notebook after loading are not (a checksum of weights and buffers at start-up catches
-edits made before); each hooked point costs one all-gather of its tensor per forward (plus an 8-byte flag broadcast); a
-hook's replacement must keep the tensor's shape. Tested on CPU with gloo (tests/test_workers.py); on GPUs run
+edits made before); each hooked point costs one all-gather of its tensor per forward (plus an 8-byte flag
+broadcast); a hook's replacement must keep the tensor's shape. Tested on CPU with gloo (tests/test_workers.py); on GPUs run
 ``python tests/test_workers.py --cuda OUT``.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ import sys
 import time
 import traceback
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -56,9 +56,7 @@ from torch import Tensor
 from wclab.errors import WclabError
 from wclab.models.dit import DiT
 from wclab.models.hooks import HookedModule, HookPoint
-
-if TYPE_CHECKING:
-    from wclab.models.loading import Models
+from wclab.models.loading import Models, load_expert
 
 KEY = "wclab_workers"  # prefix of this module's keys in the TCPStore
 IDLE_TIMEOUT = timedelta(days=365)  # a worker waits this long for the next command (the notebook may think)
@@ -396,8 +394,8 @@ def start_workers(models: "Models", processes: Optional[int] = None, *,
     models: the notebook's `Models` (from `wclab.models.loading.load_models`, on ``devices[0]``); each worker
     loads both experts from ``models.paths`` in ``models.dtype`` with ``models.placement`` and ``models.lora``
     (weights changed in memory afterwards are not seen; a checksum comparison after loading catches it).
-    processes: ranks including this one (default: every visible GPU). devices: one per rank (default: the models' GPU, then the other GPUs in order; on CPU all
-    "cpu"). Backend: NCCL on CUDA, gloo on CPU. timeout: seconds any collective of a forward may wait (a
+    processes: ranks including this one (default: every visible GPU). devices: one per rank (default: the models'
+    GPU, then the other GPUs in order; on CPU all "cpu"). Backend: NCCL on CUDA, gloo on CPU. timeout: seconds any collective of a forward may wait (a
     worker stuck longer raises instead of hanging); load_timeout: seconds for the workers to start and load.
     Returns a `Workers`; pass ``workers.models`` to `Session` and ``close()`` it when done.
     """
@@ -537,8 +535,6 @@ def _worker_main(rank: int, device: str, spec: dict) -> None:
         store.add(f"{KEY}/up", 1)
         dist.init_process_group(spec["backend"], store=store, rank=rank, world_size=spec["world"], timeout=timeout)
         control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
-        from wclab.models.loading import load_expert
-
         paths, experts = spec["paths"], {}
         for name in ("high", "low"):  # as the notebook's load_models did: same placement, same LoRAs
             experts[name] = load_expert(getattr(paths, name), paths.num_heads, dev, spec["dtype"], spec["placement"],

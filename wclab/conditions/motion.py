@@ -377,8 +377,6 @@ def turn_back(traj: Trajectory, frame: int) -> Trajectory:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
 def _active(track: np.ndarray) -> tuple[int, int]:
     idx = np.flatnonzero(~np.all(track == -1, axis=1))
     if len(idx) == 0:

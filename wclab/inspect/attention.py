@@ -369,8 +369,6 @@ class SpanMass:
                          token_chunk)
 
 
-
-
 def _qk_logits(q: Tensor, k: Tensor) -> Tensor:
     """q ``[N, S, D]`` · k ``[N, L, D]``ᵀ -> float32 ``[N, S, L]``, accumulated in float32 from q's and k's values."""
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):

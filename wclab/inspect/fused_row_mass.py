@@ -50,7 +50,8 @@ def available(device: torch.device) -> bool:
 class GroupedRows:
     """Query rows laid out group by group for the kernels.
 
-    tokens: int64 ``[R]`` query token of each laid-out row (padding rows repeat token 0); valid: bool ``[R]``;
+    tokens: int64 ``[R]`` query token of each laid-out row (padding rows repeat token 0); valid: int8 ``[R]``, 1
+    for a real row;
     tile_group: int32 ``[R / GROUP_TILE]`` group of each row tile; groups: G."""
 
     tokens: Tensor
@@ -69,10 +70,10 @@ class GroupedRows:
             n = len(members)
             pad = -n % GROUP_TILE
             tokens += [members, torch.zeros(pad, dtype=torch.int64)]
-            valid += [torch.ones(n, dtype=torch.bool), torch.zeros(pad, dtype=torch.bool)]
+            valid += [torch.ones(n, dtype=torch.int8), torch.zeros(pad, dtype=torch.int8)]
             tile_group += [g] * ((n + pad) // GROUP_TILE)
         tokens_t = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.int64)
-        valid_t = torch.cat(valid) if valid else torch.zeros(0, dtype=torch.bool)
+        valid_t = torch.cat(valid) if valid else torch.zeros(0, dtype=torch.int8)
         return GroupedRows(tokens_t, valid_t, torch.tensor(tile_group, dtype=torch.int32), int(sel.shape[0]))
 
     def to(self, device: torch.device) -> "GroupedRows":
@@ -99,7 +100,7 @@ def group_mass(q: Tensor, k: Tensor, rows: GroupedRows, head_chunks: int = 4) ->
     lse = torch.empty(B * h, R, device=k.device, dtype=torch.float32)
     scale2 = D ** -0.5 * LOG2E  # logits in base 2: exp(x) = exp2(x·log2 e)
     row_lse[(triton_cdiv(R, LSE_TILE), B * h)](
-        qr, k, rows.valid.to(torch.int8), lse, R, S, h, *k.stride(), scale2,
+        qr, k, rows.valid, lse, R, S, h, *k.stride(), scale2,
         D=D, BM=LSE_TILE, BN=KEY_TILE, num_warps=4)
     chunks = out.shape[0]
     mass[(triton_cdiv(S, KEY_TILE), chunks)](

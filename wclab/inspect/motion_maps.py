@@ -20,8 +20,8 @@ on a bare :class:`wclab.models.dit.DiT` (``model.hooks(self_attention_hooks(...)
 ``bench/bench_dit.py`` measures their cost (stages ``capture_motion`` and ``capture_motion_compiled``).
 
 Cost: the recomputation's time grows with the number of query rows (two q·kᵀ passes over all keys per row, block
-and head): select blocks, heads or trajectories to keep it small. Under sequence parallelism (`wclab.parallel`) a rank's hooks see only its
-token slice; motion maps need the whole sequence and raise there.
+and head): select blocks, heads or trajectories to keep it small. Under sequence parallelism (`wclab.parallel`) a
+rank's hooks see only its token slice; motion maps need the whole sequence and raise there.
 """
 from __future__ import annotations
 

@@ -380,8 +380,9 @@ class StepCache:
     text-embedding tensors, and a stream's state goes when its session is garbage-collected. A bare model call
     is keyed by its ``context`` tensor (storage and shape). A stream starts afresh whenever its expert changes
     (the high→low switch, or a model shared by both experts), so nothing computed by one expert is reused by the
-    other. Hook points of skipped blocks (EasyCache: of the whole model) do not fire. ``computed`` / ``reused`` count forwards, ``events`` lists
-    every forward (`CacheEvent`); ``remove()`` (or leaving the ``with``) detaches it. While attached, the
+    other. Hook points of skipped blocks (EasyCache: of the whole model) do not fire. ``computed`` / ``reused``
+    count forwards, ``events`` lists every forward (`CacheEvent`); ``remove()`` (or leaving the ``with``)
+    detaches it. While attached, the
     model's ``forward`` is :meth:`forward` (an instance attribute), which runs the DiT's public parts:
     `DiT.embed`, the blocks, the head.
     """
