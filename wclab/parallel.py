@@ -15,9 +15,11 @@ style: q, k, v [B, S/P, heads, head_dim] are resharded from tokens to heads by a
 over all S tokens with heads/P heads, and an all-to-all brings the output back. The head's output is all-gathered,
 so every rank returns the full [B, out_dim, F, H, W] and steps the sampler identically.
 
-Engine: the resharding and gathering are PyTorch's DTensor (`DTensor.redistribute` Shard(1) <-> Shard(2) is an
-all-to-all on NCCL; gloo, which has none, gets all-gather + chunk). DTensor takes uneven shards, so S need not be a
-multiple of P and no padding token ever acts as a key: the result equals one device's up to float rounding.
+Engine: each reshard is one ``torch.distributed.all_to_all_single`` per tensor with uneven split sizes (ranks hold
+torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with batch 1
+what arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after); the final gather is
+DTensor's all-gather. S need not be a multiple of P and no padding token ever acts as a key: the result equals
+one device's up to float rounding.
 PyTorch's ring `context_parallel` cannot do this (it patches every scaled_dot_product_attention call, including
 the cross-attention onto the text with its bias mask, and its ring kernels take no mask, so padding tokens would
 be keys), nor xDiT's Ulysses as the reference uses it (zero-padded chunks whose tokens act as keys; yunchang 0.6.4's
@@ -124,13 +126,22 @@ def _split_mesh(mesh: DeviceMesh) -> tuple[DeviceMesh, Optional[DeviceMesh]]:
                         f"{mesh.mesh_dim_names} of shape {tuple(mesh.shape)}")
 
 
+def _counts(total: int, ranks: int, balanced: bool) -> list[int]:
+    """How many of ``total`` items each of ``ranks`` ranks holds: torch.chunk's pieces (ceil(total / ranks) each,
+    late ranks fewer, as `token_slice`) or, ``balanced``, floor or ceil of total / ranks (the first ones more)."""
+    if balanced:
+        return [total // ranks + (r < total % ranks) for r in range(ranks)]
+    chunk = -(-total // ranks)
+    return [max(0, min(chunk, total - r * chunk)) for r in range(ranks)]
+
+
 def token_slice(num_tokens: int, mesh: Optional[DeviceMesh] = None) -> slice:
     """This rank's tokens of ``num_tokens``: chunk r of ``torch.chunk`` over P ranks, i.e. [r·c, (r+1)·c)
     clipped to num_tokens with c = ceil(num_tokens / P) (DTensor's Shard layout; late ranks may get fewer)."""
     mesh = _mesh(mesh)
-    chunk = -(-num_tokens // mesh.size())
-    start = min(mesh.get_local_rank() * chunk, num_tokens)
-    return slice(start, min(start + chunk, num_tokens))
+    counts = _counts(num_tokens, mesh.size(), balanced=False)
+    start = sum(counts[:mesh.get_local_rank()])
+    return slice(start, start + counts[mesh.get_local_rank()])
 
 
 def _dtensor(local: Tensor, mesh: DeviceMesh, dim: int, shape: Sequence[int]) -> DTensor:
@@ -140,9 +151,44 @@ def _dtensor(local: Tensor, mesh: DeviceMesh, dim: int, shape: Sequence[int]) ->
                               stride=stride)
 
 
-def _reshard(local: Tensor, mesh: DeviceMesh, src: int, dst: int, shape: Sequence[int]) -> Tensor:
-    """Local piece split along ``src`` -> local piece split along ``dst`` (an all-to-all)."""
-    return _dtensor(local, mesh, src, shape).redistribute(mesh, [Shard(dst)]).to_local()
+def _flat(pieces: list[Tensor]) -> Tensor:
+    """``pieces`` one after another in one flat tensor (one copy)."""
+    out = torch.empty(sum(p.numel() for p in pieces), dtype=pieces[0].dtype, device=pieces[0].device)
+    start = 0
+    for p in pieces:
+        out[start:start + p.numel()].view(p.shape).copy_(p)
+        start += p.numel()
+    return out
+
+
+def _all_to_all(send: Tensor, send_numels: list[int], recv_numels: list[int], group) -> Tensor:
+    """One all-to-all over ``group``: rank j gets the j-th run of ``send_numels`` elements of the flat ``send``;
+    returns what arrived, rank by rank, as one flat tensor of sum(recv_numels) elements."""
+    recv = send.new_empty(sum(recv_numels))
+    dist.all_to_all_single(recv, send, recv_numels, send_numels, group=group)
+    return recv
+
+
+def _tokens_to_heads(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
+    """[B, S_local, H, D] (this rank's tokens, all heads) -> [B, S, H_r, D] (all tokens, this rank's heads;
+    rank j gets ``heads[j]`` consecutive heads)."""
+    B, _, _, D = x.shape
+    pieces = x.split(heads, dim=2)
+    sizes = [B * s * heads[rank] * D for s in tokens]
+    recv = _all_to_all(_flat(pieces), [p.numel() for p in pieces], sizes, group)
+    if B == 1:  # rank by rank = token by token: already [S, H_r, D]
+        return recv.view(1, sum(tokens), heads[rank], D)
+    return torch.cat([p.view(B, s, heads[rank], D) for p, s in zip(recv.split(sizes), tokens)], dim=1)
+
+
+def _heads_to_tokens(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
+    """[B, S, H_r, D] (all tokens, this rank's heads) -> [B, S_local, H, D] (this rank's tokens, all heads)."""
+    B, _, _, D = x.shape
+    pieces = x.split(tokens, dim=1)
+    send = x.reshape(-1) if B == 1 and x.is_contiguous() else _flat(pieces)  # B = 1: already rank by rank
+    sizes = [B * tokens[rank] * h * D for h in heads]
+    recv = _all_to_all(send, [p.numel() for p in pieces], sizes, group)
+    return torch.cat([p.view(B, tokens[rank], h, D) for p, h in zip(recv.split(sizes), heads)], dim=2)
 
 
 def gather_tokens(local: Tensor, num_tokens: int, dim: int = 1, mesh: Optional[DeviceMesh] = None) -> Tensor:
@@ -218,14 +264,17 @@ class ParallelDiT(HookedModule):
     @contextmanager
     def _ulysses(self, num_tokens: int) -> Iterator[None]:
         """Swap every block's self-attention for the all-to-all version over ``num_tokens`` tokens."""
-        mesh = self.mesh
+        ranks, rank, group = self.mesh.size(), self.mesh.get_local_rank(), self.mesh.get_group()
+        if ranks == 1:  # nothing to reshard
+            yield
+            return
+        tokens = _counts(num_tokens, ranks, balanced=False)  # as token_slice
+        heads = _counts(self.model.cfg.num_heads, ranks, balanced=True)
 
         def sequence_parallel(local_attention):
             def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
-                B, _, H, D = q.shape
-                qkv = _reshard(torch.stack([q, k, v]), mesh, 2, 3, (3, B, num_tokens, H, D))  # [3, B, S, H/P, D]
-                out = local_attention(qkv[0], qkv[1], qkv[2])  # [B, S, H/P, D]
-                return _reshard(out, mesh, 2, 1, (B, num_tokens, H, D))  # [B, S_local, heads, head_dim]
+                q, k, v = (_tokens_to_heads(t, tokens, heads, rank, group) for t in (q, k, v))  # [B, S, H_r, D]
+                return _heads_to_tokens(local_attention(q, k, v), tokens, heads, rank, group)
             return attention
 
         modules = [block.self_attn for block in self.model.blocks]
@@ -244,7 +293,8 @@ class ParallelDiT(HookedModule):
         e = m.embed(x, timestep, context, bias)
         num_tokens = e.tokens.shape[1]
         mine = token_slice(num_tokens, self.mesh)
-        x = e.tokens[:, mine].contiguous()  # [B, S_local, dim]
+        # [B, S_local, dim] with dense strides, as every block's output (one compiled graph serves every block)
+        x = e.tokens[:, mine].clone(memory_format=torch.contiguous_format)
         freqs = e.freqs[mine]
         bias = None if e.bias is None else e.bias[:, :, mine]  # [B, 1, S_local, L]
         with self._ulysses(num_tokens):
