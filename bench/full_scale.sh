@@ -12,7 +12,8 @@
 #
 # parallel: LAYOUTS, STEPS, FULL pick the runs; ATTENTION=flash4|sdpa|auto the kernel; RANDOM_WEIGHTS=1 builds random
 # weights on each GPU instead of loading CKPT (no checkpoint files needed); NPROC ranks (default: every GPU) on
-# PORT. scaling: GPUS="1 2 4" rank counts.
+# PORT. scaling: GPUS="1 2 4" rank counts; PROFILE=1 also profiles one forward (device time by kernel kind in the
+# JSON line, rank 0's costliest ops in OUT/profile_<n>gpu.txt).
 #
 # CKPT (default: a folder on the largest local file system) holds the checkpoints (~69 GB, + hard links for
 # the WorldCanvas_ref pair).
@@ -24,6 +25,13 @@ if [ -z "${CKPT:-}" ]; then
   [ "$CKPT" = "//wclab_ckpt" ] && CKPT=/wclab_ckpt
 fi
 export WCLAB_CHECKPOINTS=$CKPT
+# Fail before the long work when a carried package is missing (as when imageio-ffmpeg's archive was not carried).
+need() {
+  python3 -c 'import importlib.util, sys
+missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]
+sys.exit(f"missing python modules {missing}: carry their wheels / archives (bench/README.md)" if missing else 0)' "$@"
+}
+NOTEBOOK_MODULES=(nbclient nbformat ipykernel ipycanvas ipywidgets mediapy imageio_ffmpeg diffusers ftfy)
 step=${1:?usage: full_scale.sh setup|load|notebooks|parallel|fa4|scaling OUT}
 out=${2:-bench/out/full_scale}
 mkdir -p "$out"
@@ -34,6 +42,7 @@ setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   for a in .whl/*.tar.xz; do [ -e "$a" ] && tar xJf "$a" -C /tmp/site; done
   nvidia-smi -L; df -h "$(dirname "$CKPT")"; free -g | head -2; echo "CKPT=$CKPT"
+  need "${NOTEBOOK_MODULES[@]}" || exit 1
   ;;
 load)
   mkdir -p "$CKPT"
@@ -45,6 +54,7 @@ load)
   python3 -m wclab.checkpoints "$CKPT" --variant WorldCanvas_ref | tail -3
   ;;
 notebooks)
+  need "${NOTEBOOK_MODULES[@]}" || exit 1
   gpus=$(nvidia-smi -L | awk -F'[ :]' '{printf "%s%s", sep, $2; sep=","}')
   python3 bench/run_notebooks.py --profile gpu --gpus "$gpus" --out "$out" 2>&1 | tee "$out/notebooks.log"
   ;;
@@ -66,8 +76,9 @@ assert 'flash4' in b, 'flash4 missing'"
   ;;
 scaling)
   for n in ${GPUS:-1 2 4}; do
+    if [ "${PROFILE:-0}" = 1 ]; then prof=(--profile "$out/profile_${n}gpu.txt"); else prof=(); fi
     torchrun --nproc-per-node "$n" --master-port "${PORT:-29501}" bench/parallel_scaling.py --compile --attention "${ATTENTION:-flash4}" \
-      --warmup 2 --repeat 5 --check --out "$out/scaling.jsonl" 2>&1 | grep --line-buffered -v "Warning\|warn(" | tail -2
+      --warmup 2 --repeat 5 --check "${prof[@]}" --out "$out/scaling.jsonl" 2>&1 | grep --line-buffered -v "Warning\|warn(" | tail -2
   done
   python3 bench/parallel_scaling.py --table "$out/scaling.jsonl" | tee "$out/scaling.md"
   ;;

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -90,6 +91,8 @@ def run(args) -> None:
             ref = model(**inputs).float()
             err = (out.float() - ref).abs().max() / ref.abs().max()
             record["check_max_rel_err"] = float(err)
+        if args.profile:
+            record["profile"] = profile_forward(lambda: split(**inputs), device, args.profile if rank == 0 else None)
         dist.barrier()
     if rank == 0:
         line = json.dumps(record, default=str)
@@ -99,6 +102,38 @@ def run(args) -> None:
             with open(args.out, "a") as f:
                 f.write(line + "\n")
     dist.destroy_process_group()
+
+
+KERNEL_KINDS = (("collective", ("nccl", "gloo", "c10d", "all_to_all", "alltoall", "allgather")),
+                ("attention", ("flash", "fmha", "attention", "sdpa")),
+                ("matmul", ("gemm", "nvjet", "matmul", "addmm", "cutlass")))
+
+
+def profile_forward(forward, device: torch.device, table_path) -> dict:
+    """One forward under torch.profiler: seconds of device time by kernel kind (collective, attention, matmul,
+    other; by name) and the wall time; ``table_path`` (rank 0): the 30 costliest ops as a text table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t0 = time.perf_counter()
+        forward()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    kinds = {k: 0.0 for k, _ in KERNEL_KINDS} | {"other": 0.0}
+    for e in events:
+        if cuda and (e.device_type != torch.autograd.DeviceType.CUDA or getattr(e, "is_user_annotation", False)):
+            continue  # CPU-side ops and ranges drawn on the GPU timeline (nccl:all_to_all...): count kernels only
+        name = e.key.lower()
+        kind = next((k for k, words in KERNEL_KINDS if any(w in name for w in words)), "other")
+        kinds[kind] += getattr(e, attr) / 1e6
+    if table_path:
+        Path(table_path).write_text(events.table(sort_by=attr, row_limit=30, max_name_column_width=90))
+    return {"wall_s": round(wall, 4), "device_s_by_kind": {k: round(v, 4) for k, v in kinds.items()},
+            "device_s_total": round(sum(kinds.values()), 4)}
 
 
 def table(path: Path) -> str:
@@ -133,6 +168,9 @@ def main() -> None:
     p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend (default: auto)")
     p.add_argument("--tiny", action="store_true", help="tiny random DiT, float32, 128x224x17 (CPU)")
     p.add_argument("--out", default=None, help="append the run as one JSON line")
+    p.add_argument("--profile", default=None, metavar="TABLE",
+                   help="profile one more forward: device time by kernel kind in the JSON line, rank 0's 30 "
+                        "costliest ops written to TABLE")
     p.add_argument("--table", default=None, help="print markdown rows from a JSON-lines file and exit")
     args = p.parse_args()
     if args.table:
