@@ -28,7 +28,9 @@ Transport (all PyTorch): a ``TCPStore`` hosted by the notebook (start-up progres
 group without a deadline that carries each command header (``broadcast_object_list``: an idle worker waits for
 the next command as long as the notebook lives); the default group (NCCL/gloo, ``timeout``) for the tensors and
 `ParallelDiT`'s collectives. A worker that dies, or a forward interrupted mid-way (Ctrl-C), ends the group with a
-`WorkerError` naming the worker, its exit code and its traceback; start new workers after that.
+`WorkerError` naming the worker, its exit code and its traceback; start new workers after that. A watcher thread
+aborts the default group the moment a worker process exits, so that a collective waiting for it (NCCL waits on
+the GPU) ends instead of hanging.
 
 Limits: inference only (no autograd through the workers); one group per process; workers load the experts from
 files as `load_models` did (its ``experts=`` placement, e.g. "fp8", and its ``lora=`` files are mirrored), so
@@ -44,9 +46,11 @@ import dataclasses
 import math
 import os
 import sys
+import threading
 import time
 import traceback
 from datetime import timedelta
+from multiprocessing.connection import wait as wait_for_any
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -119,9 +123,10 @@ class _Relay:
                 hp.add_hook(fn)
 
     def _flag(self, value: int = 0) -> int:
+        """Rank 0 sends ``value``; the workers receive it (rank 0 does not wait for the GPU here)."""
         flag = torch.tensor([value], dtype=torch.int64, device=self.device)
         dist.broadcast(flag, src=0)
-        return int(flag.item())
+        return value if self.rank == 0 else int(flag.item())
 
     def _relay(self, x: Tensor, hp: HookPoint) -> Optional[Tensor]:
         from wclab.parallel import gather_tokens, token_slice
@@ -224,6 +229,8 @@ class Workers:
         self.device = devices[0]
         self._error: Optional[str] = None
         self._closed = False
+        self._lock = threading.Lock()  # close() vs the watcher
+        threading.Thread(target=self._watch, name="wclab-workers-watch", daemon=True).start()
         self.local_models = models
         self.models = dataclasses.replace(
             models, high=WorkerDiT(self, "high", ParallelDiT(models.high, mesh)),
@@ -249,6 +256,20 @@ class Workers:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _watch(self) -> None:
+        """Thread: the moment a worker process exits while the group is open, abort the default process group.
+        A collective waiting for the dead rank then ends: gloo's fail at once anyway, NCCL's would wait on the
+        GPU for the collective timeout (and a notebook thread that queued kernels behind it would block) -- after
+        the abort they fail or return, and the forward raises a `WorkerError` naming the worker."""
+        wait_for_any([p.sentinel for p in self._procs])
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                dist.group.WORLD.abort()
+            except Exception:  # already destroyed, or a backend without abort
+                pass
 
     def _dead_workers(self) -> str:
         """A description of every worker that has exited, with its reported traceback (or "")."""
@@ -314,9 +335,10 @@ class Workers:
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the workers (a "close" command, then terminate after ``timeout_s``) and leave the process group.
         Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         atexit.unregister(self.close)
         try:
             if self._error is None and all(p.is_alive() for p in self._procs):
