@@ -45,14 +45,37 @@ def stand_in_flash(monkeypatch):
     monkeypatch.setattr(A, "_INSTALLED", {"flash3": True, "flash4": True, "flash2": False})
     monkeypatch.setattr(A, "_AUTO", "flash3")
     monkeypatch.setattr(A, "_flash_applies", lambda q, bias: bias is None)
-    A._flash_kernel.cache_clear()
+    A._flash_import.cache_clear()
     yield calls
-    A._flash_kernel.cache_clear()
+    A._flash_import.cache_clear()
 
 
 def test_auto_prefers_flash3_then_flash4_then_flash2():
     assert A.AUTO_ORDER == ("flash3", "flash4", "flash2")
-    assert A._AUTO == next((b for b in A.AUTO_ORDER if A._INSTALLED[b]), "sdpa")
+    assert A._AUTO == next((b for b in A.AUTO_ORDER if A._flash_kernel(b) is not None), "sdpa")
+
+
+def test_auto_skips_a_flash_package_that_is_installed_but_does_not_import(tmp_path, monkeypatch):
+    """As seen on a GPU machine: flash_attn.cute was found on the path but its CUTLASS DSL dependency was not, so
+    every attention call under "auto" failed. Now "auto" warns, naming the import error, and uses the next one."""
+    pkg = tmp_path / "flash_attn"
+    (pkg / "cute").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cute" / "__init__.py").write_text("import cutlass_dsl_that_is_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("flash_attn", "flash_attn.cute"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(A, "_INSTALLED", {**find_installed_flash(), "flash3": False, "flash2": False})
+    A._flash_import.cache_clear()
+    try:
+        assert A._INSTALLED["flash4"]
+        with pytest.warns(UserWarning, match=r"'flash4' is installed, but importing 'flash_attn.cute' fails: "
+                                             r".*cutlass_dsl_that_is_missing.*'auto' skips it"):
+            assert A._resolve_auto() == "sdpa"
+        with pytest.raises(AttentionBackendError, match="cutlass_dsl_that_is_missing"):
+            A.set_attention_backend("flash4")
+    finally:
+        A._flash_import.cache_clear()
 
 
 def test_each_flash_setting_calls_its_kernel_and_matches_exact_attention(stand_in_flash):
@@ -87,7 +110,7 @@ def test_flash_kernel_is_one_opaque_op_under_torch_compile(stand_in_flash):
 
 def test_selecting_a_flash_backend_that_is_not_installed_names_the_module(monkeypatch):
     monkeypatch.setattr(A, "_INSTALLED", {"flash3": False, "flash4": False, "flash2": False})
-    A._flash_kernel.cache_clear()
+    A._flash_import.cache_clear()
     try:
         for backend, module in (("flash3", "flash_attn_interface"), ("flash4", "flash_attn.cute"),
                                 ("flash2", "flash_attn")):
@@ -96,7 +119,7 @@ def test_selecting_a_flash_backend_that_is_not_installed_names_the_module(monkey
         assert A.get_attention_backend() == "auto"
         assert A.available_backends() == ["auto", "sdpa", "math"]
     finally:
-        A._flash_kernel.cache_clear()
+        A._flash_import.cache_clear()
 
 
 def test_flash_attn_4_alone_is_not_taken_for_flash_attention_2(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ Backends: "sdpa" (torch scaled_dot_product_attention; an additive bias goes in a
 "flash3" (FlashAttention-3, module ``flash_attn_interface``), "flash4" (FlashAttention's CuTe-DSL kernels, module
 ``flash_attn.cute`` from the ``flash-attn-4`` package: Hopper and Blackwell, compiled on first use), "flash2"
 (FlashAttention-2, module ``flash_attn``), "math" (explicit softmax(QKᵀ/√d + bias)·V in float32), and "auto"
-(the first installed of flash3, flash4, flash2 where applicable; else sdpa). Flash kernels take no bias and run
+(the first of flash3, flash4, flash2 that is installed and imports, where applicable; else sdpa; decided at
+import, with a warning for an installed one that does not import). Flash kernels take no bias and run
 only on CUDA in fp16/bf16, so calls they cannot compute use sdpa under every flash setting. Flash kernels are
 called through one torch custom op (``wclab::flash_attention``), so ``torch.compile`` keeps them opaque.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
@@ -47,9 +49,7 @@ def find_installed_flash() -> dict[str, bool]:
     return {b: _spec_exists(m) for b, m in _FLASH_MARKERS.items()}
 
 
-# Looked up once at import, so "auto" resolves to a constant that torch.compile traces without graph breaks.
 _INSTALLED = find_installed_flash()
-_AUTO = next((b for b in AUTO_ORDER if _INSTALLED[b]), "sdpa")
 
 
 class AttentionBackendError(WclabError, ValueError):
@@ -57,22 +57,45 @@ class AttentionBackendError(WclabError, ValueError):
 
 
 @functools.lru_cache(maxsize=None)
+def _flash_import(backend: str) -> tuple[Optional[Callable], str]:
+    """(``flash_attn_func`` of the "flash2"/"flash3"/"flash4" module, "") or (None, why it is not usable)."""
+    if not _INSTALLED[backend]:
+        return None, "not installed"
+    try:
+        kernel = getattr(importlib.import_module(_FLASH_MODULES[backend]), "flash_attn_func", None)
+    except ImportError as e:
+        return None, f"installed, but importing {_FLASH_MODULES[backend]!r} fails: {e}"
+    return (kernel, "") if kernel is not None else (None, f"{_FLASH_MODULES[backend]!r} has no flash_attn_func")
+
+
 def _flash_kernel(backend: str) -> Optional[Callable]:
     """``flash_attn_func`` of the "flash2"/"flash3"/"flash4" module, or None when it is not installed/importable."""
-    if not _INSTALLED[backend]:
-        return None
-    try:
-        return getattr(importlib.import_module(_FLASH_MODULES[backend]), "flash_attn_func", None)
-    except ImportError:
-        return None
+    return _flash_import(backend)[0]
+
+
+def _resolve_auto() -> str:
+    """The first flash backend of AUTO_ORDER that is installed and imports, else "sdpa"; an installed one that
+    does not import is skipped with a warning saying why."""
+    for backend in AUTO_ORDER:
+        kernel, why = _flash_import(backend)
+        if kernel is not None:
+            return backend
+        if _INSTALLED[backend]:
+            warnings.warn(f"attention backend {backend!r} is {why}; 'auto' skips it", stacklevel=2)
+    return "sdpa"
+
+
+# Resolved once at import (flash modules are imported only where installed), so "auto" is a constant that
+# torch.compile traces without graph breaks.
+_AUTO = _resolve_auto()
 
 
 def _require_flash_kernel(backend: str) -> Callable:
-    kernel = _flash_kernel(backend)
+    kernel, why = _flash_import(backend)
     if kernel is None:
         raise AttentionBackendError(
             f"attention backend {backend!r} needs the python module {_FLASH_MODULES[backend]!r} "
-            f"(with flash_attn_func), which is not installed or does not import; select another backend"
+            f"(with flash_attn_func), which is {why}; select another backend"
         )
     return kernel
 
