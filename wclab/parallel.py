@@ -18,7 +18,7 @@ so every rank returns the full [B, out_dim, F, H, W] and steps the sampler ident
 Engine: each reshard is one ``torch.distributed.all_to_all_single`` per tensor with uneven split sizes (ranks hold
 torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with batch 1
 what arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after); the final gather is
-DTensor's all-gather. S need not be a multiple of P and no padding token ever acts as a key: the result equals
+an all-gather of equal (zero-padded) chunks. S need not be a multiple of P and no padding token ever acts as a key: the result equals
 one device's up to float rounding.
 PyTorch's ring `context_parallel` cannot do this (it patches every scaled_dot_product_attention call, including
 the cross-attention onto the text with its bias mask, and its ring kernels take no mask, so padding tokens would
@@ -50,7 +50,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Shard
 
 from wclab.cli import add_generate_arguments, generation_inputs, write_outputs
 from wclab.errors import WclabError
@@ -137,18 +136,11 @@ def _counts(total: int, ranks: int, balanced: bool) -> list[int]:
 
 def token_slice(num_tokens: int, mesh: Optional[DeviceMesh] = None) -> slice:
     """This rank's tokens of ``num_tokens``: chunk r of ``torch.chunk`` over P ranks, i.e. [r·c, (r+1)·c)
-    clipped to num_tokens with c = ceil(num_tokens / P) (DTensor's Shard layout; late ranks may get fewer)."""
+    clipped to num_tokens with c = ceil(num_tokens / P) (late ranks may get fewer)."""
     mesh = _mesh(mesh)
     counts = _counts(num_tokens, mesh.size(), balanced=False)
     start = sum(counts[:mesh.get_local_rank()])
     return slice(start, start + counts[mesh.get_local_rank()])
-
-
-def _dtensor(local: Tensor, mesh: DeviceMesh, dim: int, shape: Sequence[int]) -> DTensor:
-    """``local``, this rank's torch.chunk piece along ``dim`` of a tensor of global ``shape``, as a DTensor."""
-    stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))  # contiguous
-    return DTensor.from_local(local.contiguous(), mesh, [Shard(dim)], run_check=False, shape=tuple(shape),
-                              stride=stride)
 
 
 def _flat(pieces: list[Tensor]) -> Tensor:
@@ -199,9 +191,13 @@ def gather_tokens(local: Tensor, num_tokens: int, dim: int = 1, mesh: Optional[D
     if local.shape[dim] != mine.stop - mine.start:
         raise ParallelError(f"gather_tokens: expected this rank's {mine.stop - mine.start} of {num_tokens} tokens "
                             f"along dim {dim}, got shape {list(local.shape)}")
-    shape = list(local.shape)
-    shape[dim] = num_tokens
-    return _dtensor(local, mesh, dim, shape).full_tensor()
+    counts = _counts(num_tokens, mesh.size(), balanced=False)
+    padded = local.movedim(dim, 0)
+    if padded.shape[0] < counts[0]:  # a late rank with fewer tokens: pad to the common chunk size
+        padded = torch.cat([padded, padded.new_zeros((counts[0] - padded.shape[0], *padded.shape[1:]))])
+    parts = [torch.empty_like(padded, memory_format=torch.contiguous_format) for _ in counts]
+    dist.all_gather(parts, padded.contiguous(), group=mesh.get_group())
+    return torch.cat([part[:n] for part, n in zip(parts, counts)]).movedim(0, dim).contiguous()
 
 
 def gather_token_sums(local: Tensor, num_tokens: int, mesh: Optional[DeviceMesh] = None) -> Tensor:
