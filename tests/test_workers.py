@@ -1,9 +1,10 @@
 """wclab.workers on CPU: a notebook-like driver (rank 0) and one spawned gloo worker equal one process.
 
-The driver is this file run as a script in a subprocess (the pytest process may hold a torch.distributed group of
-other tests; the driver is rank 0 as a notebook kernel would be): it starts the workers, runs the scenarios,
-saves tensors and facts, and the tests compare them with the same sessions run here in one process, on the tiny
-fixture models. Tolerance (float32): rtol = atol = 1e-5 (on the 2-core CI CPU the results were bitwise equal).
+The drivers are this file run as a script in two subprocesses side by side (the pytest process may hold a
+torch.distributed group of other tests; a driver is rank 0 as a notebook kernel would be): they start workers, run
+the scenarios, save tensors and facts, and the tests compare them with the same sessions run here in one process, on
+the tiny fixture models. Tolerance (float32): rtol = atol = 1e-5 (on the 2-core CI CPU the results were bitwise
+equal).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 
 from conftest import FIXTURES, REPO, TINY_MODELS, TOKENIZER, finish, subprocess_env
 
-pytestmark = pytest.mark.slow  # a driver process starts three worker groups
+pytestmark = pytest.mark.slow  # two driver processes start three worker groups
 
 TIMEOUT_S = 240
 PARITY = dict(rtol=1e-5, atol=1e-5)
@@ -110,64 +111,69 @@ def kill_a_worker_mid_forward(workers, session) -> tuple:
     return message, time.monotonic() - t0
 
 
-def drive(out_dir: Path) -> None:
+def drive(out_dir: Path, part: str) -> None:
+    """One of two drivers that run side by side: "main" (the scenarios, a raising hook, close) or "mirror" (fp8 +
+    LoRA mirrored, a worker killed mid-forward, edited experts refused). Writes OUT/part.safetensors and .json."""
     from safetensors.torch import save_file
 
     from wclab.models.loading import load_models
     from wclab.workers import WorkerError, start_workers
 
     facts: dict = {"t": [("begin", time.monotonic())]}
-    models = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False)
-    t0 = time.monotonic()
-    facts["t"].append(("models", t0))
-    with start_workers(models, 2, progress=False, timeout=60) as workers:
-        facts["start_s"] = time.monotonic() - t0
-        facts["pids"] = workers.pids
-        base = base_session(workers.models)
-        res = scenarios(base)
-        facts["t"].append(("scenarios", time.monotonic()))
+    res = {}
+    if part == "main":
+        models = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False)
+        t0 = time.monotonic()
+        facts["t"].append(("models", t0))
+        with start_workers(models, 2, progress=False, timeout=60) as workers:
+            facts["start_s"] = time.monotonic() - t0
+            facts["pids"] = workers.pids
+            base = base_session(workers.models)
+            res = scenarios(base)
+            facts["t"].append(("scenarios", time.monotonic()))
 
-        def boom(x, hook):
-            raise ValueError("boom")
+            def boom(x, hook):
+                raise ValueError("boom")
 
-        e = base.branch()
-        with e.hooks([("high.blocks.1.hook_in", boom)]):
-            try:
-                e.step()
-            except ValueError as err:
-                facts["hook_error"] = str(err)
-        e.run()  # still in step after the raising hook
-        res["after_hook_error_latents"] = e.latents
-        facts["alive_after_hook_error"] = workers.alive
-    facts["t"].append(("closed", time.monotonic()))
-    facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
-    # load_models' fp8 placement and LoRA files are mirrored by the workers (a new group in the same process); then
-    # a worker is killed in the middle of a forward: a clear error at once, no hang; later calls say so too
-    mirrored = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False, **MIRRORED(out_dir))
-    workers = start_workers(mirrored, 2, progress=False, timeout=20)
-    s = base_session(workers.models)
-    s.step()
-    res["mirrored_step0_latents"] = s.latents
-    pid = workers.pids[0]
-    s = base_session(workers.models)  # its first step runs the high expert, where the kill hook sits
-    facts["death"], facts["death_s"] = kill_a_worker_mid_forward(workers, s)
-    try:
+            e = base.branch()
+            with e.hooks([("high.blocks.1.hook_in", boom)]):
+                try:
+                    e.step()
+                except ValueError as err:
+                    facts["hook_error"] = str(err)
+            e.run()  # still in step after the raising hook
+            res["after_hook_error_latents"] = e.latents
+            facts["alive_after_hook_error"] = workers.alive
+        facts["t"].append(("closed", time.monotonic()))
+        facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
+    else:
+        # load_models' fp8 placement and LoRA files are mirrored by the workers; then a worker is killed in the
+        # middle of a forward: a clear error at once, no hang; later calls say so too
+        mirrored = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False, **MIRRORED(out_dir))
+        workers = start_workers(mirrored, 2, progress=False, timeout=20)
+        s = base_session(workers.models)
         s.step()
-    except WorkerError as err:
-        facts["death_next"] = str(err)
-    workers.close()
-    facts["death_closed_alive"] = _alive(pid)
-    facts["t"].append(("death", time.monotonic()))
-    # the closed group's models (experts unwrapped again) with a weight changed in memory after loading: refused
-    edited = workers.models
-    with torch.no_grad():
-        next(edited.high.parameters()).add_(1.0)
-    try:
-        start_workers(edited, 2, progress=False, timeout=60).close()
-    except WorkerError as err:
-        facts["edited_error"] = str(err)
-    save_file({k: v.contiguous() for k, v in res.items()}, str(out_dir / "workers.safetensors"))
-    (out_dir / "facts.json").write_text(json.dumps(facts))
+        res["mirrored_step0_latents"] = s.latents
+        pid = workers.pids[0]
+        s = base_session(workers.models)  # its first step runs the high expert, where the kill hook sits
+        facts["death"], facts["death_s"] = kill_a_worker_mid_forward(workers, s)
+        try:
+            s.step()
+        except WorkerError as err:
+            facts["death_next"] = str(err)
+        workers.close()
+        facts["death_closed_alive"] = _alive(pid)
+        facts["t"].append(("death", time.monotonic()))
+        # the closed group's models (experts unwrapped again) with a weight changed in memory after loading: refused
+        edited = workers.models
+        with torch.no_grad():
+            next(edited.high.parameters()).add_(1.0)
+        try:
+            start_workers(edited, 2, progress=False, timeout=60).close()
+        except WorkerError as err:
+            facts["edited_error"] = str(err)
+    save_file({k: v.contiguous() for k, v in res.items()}, str(out_dir / f"{part}.safetensors"))
+    (out_dir / f"{part}.json").write_text(json.dumps(facts))
 
 
 def _alive(pid: int) -> bool:
@@ -183,25 +189,40 @@ def _alive(pid: int) -> bool:
 
 # ---------------------------------------------------------------- fixtures
 
+PARTS = ("main", "mirror")
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
+    """The two driver processes, started together: {part: (process, output folder)}."""
     out = tmp_path_factory.mktemp("workers")
-    proc = subprocess.Popen([sys.executable, __file__, str(out)], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    yield proc, out
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+    procs = {part: subprocess.Popen([sys.executable, __file__, str(out), part], cwd=REPO, env=subprocess_env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for part in PARTS}
+    yield {part: (proc, out) for part, proc in procs.items()}
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _finished(launched, part: str) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    proc, out = launched[part]
+    finish(proc, f"the workers driver ({part})", TIMEOUT_S)
+    return load_file(str(out / f"{part}.safetensors")), json.loads((out / f"{part}.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def driven(launched, single):
-    """(tensors, facts) of the driver (``single`` is computed while it runs)."""
-    from safetensors.torch import load_file
+    """(tensors, facts) of the "main" driver (``single`` is computed while it runs)."""
+    return _finished(launched, "main")
 
-    proc, out = launched
-    finish(proc, "the workers driver", TIMEOUT_S)
-    return load_file(str(out / "workers.safetensors")), json.loads((out / "facts.json").read_text())
+
+@pytest.fixture(scope="module")
+def mirror(launched, single):
+    """(tensors, facts) of the "mirror" driver."""
+    return _finished(launched, "mirror")
 
 
 @pytest.fixture(scope="module")
@@ -263,13 +284,13 @@ def test_a_raising_hook_leaves_the_workers_in_step(driven, single):
     torch.testing.assert_close(res["after_hook_error_latents"], single["branch_parent_latents"], **PARITY)
 
 
-def test_workers_mirror_the_fp8_placement_and_loras_load_models_applied(driven, single):
-    res, _ = driven
+def test_workers_mirror_the_fp8_placement_and_loras_load_models_applied(mirror, single):
+    res, _ = mirror
     torch.testing.assert_close(res["mirrored_step0_latents"], single["mirrored_step0_latents"], **PARITY)
 
 
-def test_experts_changed_after_loading_are_refused_with_what_to_do(driven):
-    _, facts = driven
+def test_experts_changed_after_loading_are_refused_with_what_to_do(mirror):
+    _, facts = mirror
     assert "differ from the notebook's" in facts["edited_error"]
     assert "quantize_fp8" in facts["edited_error"] and "load_models" in facts["edited_error"]
 
@@ -279,10 +300,10 @@ def test_close_leaves_no_worker_process(driven):
     assert facts["pids"] and facts["pids_alive_after_close"] == [False] * len(facts["pids"])
 
 
-def test_a_worker_dying_mid_forward_raises_a_clear_error_without_hanging(driven):
+def test_a_worker_dying_mid_forward_raises_a_clear_error_without_hanging(mirror):
     """The notebook's hook kills the worker during the first block: the next collective fails (gloo: connection
     closed), the error names the worker and its exit code, and later calls refuse with a hint to restart."""
-    _, facts = driven
+    _, facts = mirror
     assert "worker 1" in facts["death"] and "exited with code -9" in facts["death"]  # a hang fails the driver's timeout
     assert "worker 1" in facts["death_next"] and "start new ones" in facts["death_next"]
     assert not facts["death_closed_alive"]
@@ -370,4 +391,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "--cuda":
         drive_cuda(Path(sys.argv[2]))
     else:
-        drive(Path(sys.argv[1]))
+        drive(Path(sys.argv[1]), sys.argv[2])

@@ -16,10 +16,10 @@ over all S tokens with heads/P heads, and an all-to-all brings the output back. 
 so every rank returns the full [B, out_dim, F, H, W] and steps the sampler identically.
 
 Engine: each reshard is one ``torch.distributed.all_to_all_single`` per tensor with uneven split sizes (ranks hold
-torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with batch 1
-what arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after); the final gather is
-an all-gather of equal (zero-padded) chunks. S need not be a multiple of P and no padding token ever acts as a key: the result equals
-one device's up to float rounding.
+torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with batch 1 what
+arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after); the final gather is an
+all-gather of equal (zero-padded) chunks. S need not be a multiple of P and no padding token ever acts as a key: the
+result equals one device's up to float rounding.
 PyTorch's ring `context_parallel` cannot do this (it patches every scaled_dot_product_attention call, including
 the cross-attention onto the text with its bias mask, and its ring kernels take no mask, so padding tokens would
 be keys), nor xDiT's Ulysses as the reference uses it (zero-padded chunks whose tokens act as keys; yunchang 0.6.4's

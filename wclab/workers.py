@@ -32,12 +32,12 @@ the next command as long as the notebook lives); the default group (NCCL/gloo, `
 aborts the default group the moment a worker process exits, so that a collective waiting for it (NCCL waits on
 the GPU) ends instead of hanging.
 
-Limits: inference only (no autograd through the workers); one group per process; workers load the experts from
-files as `load_models` did (its ``experts=`` placement, e.g. "fp8", and its ``lora=`` files are mirrored), so
-weights edited in the notebook after loading are not (a checksum of weights and buffers at start-up catches
-edits made before); each hooked point costs one all-gather of its tensor per forward (plus an 8-byte flag
-broadcast); a hook's replacement must keep the tensor's shape. Tested on CPU with gloo (tests/test_workers.py); on GPUs run
-``python tests/test_workers.py --cuda OUT``.
+Limits: inference only (no autograd through the workers); one group per process; workers load the experts from files
+as `load_models` did (its ``experts=`` placement, e.g. "fp8", and its ``lora=`` files are mirrored), so weights
+edited in the notebook after loading are not (a checksum of weights and buffers at start-up catches edits made
+before); each hooked point costs one all-gather of its tensor per forward (plus an 8-byte flag broadcast); a hook's
+replacement must keep the tensor's shape. Tested on CPU with gloo (tests/test_workers.py); on GPUs run ``python
+tests/test_workers.py --cuda OUT``.
 """
 from __future__ import annotations
 
@@ -417,8 +417,9 @@ def start_workers(models: "Models", processes: Optional[int] = None, *,
     loads both experts from ``models.paths`` in ``models.dtype`` with ``models.placement`` and ``models.lora``
     (weights changed in memory afterwards are not seen; a checksum comparison after loading catches it).
     processes: ranks including this one (default: every visible GPU). devices: one per rank (default: the models'
-    GPU, then the other GPUs in order; on CPU all "cpu"). Backend: NCCL on CUDA, gloo on CPU. timeout: seconds any collective of a forward may wait (a
-    worker stuck longer raises instead of hanging); load_timeout: seconds for the workers to start and load.
+    GPU, then the other GPUs in order; on CPU all "cpu"). Backend: NCCL on CUDA, gloo on CPU. timeout: seconds any
+    collective of a forward may wait (a worker stuck longer raises instead of hanging); load_timeout: seconds for
+    the workers to start and load.
     Returns a `Workers`; pass ``workers.models`` to `Session` and ``close()`` it when done.
     """
     from tqdm.auto import tqdm
