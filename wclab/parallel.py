@@ -70,18 +70,22 @@ class ParallelError(WclabError, RuntimeError):
 def init_distributed(backend: Optional[str] = None) -> DeviceMesh:
     """Join the process group that ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
     LOCAL_RANK) and return a 1-D mesh over all ranks. backend: "nccl" when CUDA is available (each rank takes
-    GPU LOCAL_RANK), else "gloo". Sets NCCL_NVLS_ENABLE=0 (NVLink multicast off) before NCCL starts."""
+    GPU LOCAL_RANK, bound as the group's device), else "gloo". Sets NCCL_NVLS_ENABLE=0 (NVLink multicast off)
+    before NCCL starts."""
     os.environ["NCCL_NVLS_ENABLE"] = "0"
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing and not dist.is_initialized():
         raise ParallelError(f"environment variables {missing} are not set: launch with torchrun "
                             "(torchrun --nproc-per-node N -m wclab.parallel generate ...)")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    device_type = "cuda" if backend == "nccl" else "cpu"
-    if device_type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    device = None
+    if backend == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        # device_id (NCCL): the communicator forms now, and the CFG / sequence groups of `make_mesh` split from it
+        # (ncclCommSplit) instead of each forming its own at its first collective
+        dist.init_process_group(backend, device_id=device)
     return _mesh(None)
 
 
