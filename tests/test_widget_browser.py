@@ -130,8 +130,8 @@ def test_clicking_a_trajectory_on_the_canvas_puts_it_in_the_kernel_scene(chromiu
 
 def _run_until_visible(page, cell, target) -> None:
     """Run ``cell`` (Shift+Enter; queued until the kernel is up) until ``target`` shows. JupyterLab may first ask
-    which kernel to start (its "Select Kernel" dialog, seen once in CI on a busy machine: the cell did not run); the
-    test then accepts the proposed kernel, as a user would, and runs the cell again."""
+    which kernel to start (its "Select Kernel" dialog, seen in a clean-clone CI run: the cell did not run); the test
+    then accepts the proposed kernel, as a user would, and runs the cell again."""
     dialog = page.locator(".jp-Dialog")
     cell.locator(".jp-InputArea-editor").click()
     page.keyboard.press("Shift+Enter")

@@ -111,67 +111,76 @@ def kill_a_worker_mid_forward(workers, session) -> tuple:
     return message, time.monotonic() - t0
 
 
-def drive(out_dir: Path, part: str) -> None:
-    """One of two drivers that run side by side: "main" (the scenarios, a raising hook, close) or "mirror" (fp8 +
-    LoRA mirrored, a worker killed mid-forward, edited experts refused). Writes OUT/part.safetensors and .json."""
-    from safetensors.torch import save_file
+def drive_main(out_dir: Path) -> tuple[dict, dict]:
+    """The scenarios through one worker group, then a raising hook and close: (tensors, facts)."""
+    from wclab.models.loading import load_models
+    from wclab.workers import start_workers
 
+    facts: dict = {}
+    models = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False)
+    t0 = time.monotonic()
+    with start_workers(models, 2, progress=False, timeout=60) as workers:
+        facts["start_s"] = time.monotonic() - t0
+        facts["pids"] = workers.pids
+        base = base_session(workers.models)
+        res = scenarios(base)
+
+        def boom(x, hook):
+            raise ValueError("boom")
+
+        e = base.branch()
+        with e.hooks([("high.blocks.1.hook_in", boom)]):
+            try:
+                e.step()
+            except ValueError as err:
+                facts["hook_error"] = str(err)
+        e.run()  # still in step after the raising hook
+        res["after_hook_error_latents"] = e.latents
+        facts["alive_after_hook_error"] = workers.alive
+    facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
+    return res, facts
+
+
+def drive_mirror(out_dir: Path) -> tuple[dict, dict]:
+    """load_models' fp8 placement and LoRA files mirrored by the workers; then a worker killed in the middle of a
+    forward (a clear error at once, no hang; later calls say so too); then edited experts refused."""
     from wclab.models.loading import load_models
     from wclab.workers import WorkerError, start_workers
 
-    facts: dict = {"t": [("begin", time.monotonic())]}
-    res = {}
-    if part == "main":
-        models = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False)
-        t0 = time.monotonic()
-        facts["t"].append(("models", t0))
-        with start_workers(models, 2, progress=False, timeout=60) as workers:
-            facts["start_s"] = time.monotonic() - t0
-            facts["pids"] = workers.pids
-            base = base_session(workers.models)
-            res = scenarios(base)
-            facts["t"].append(("scenarios", time.monotonic()))
-
-            def boom(x, hook):
-                raise ValueError("boom")
-
-            e = base.branch()
-            with e.hooks([("high.blocks.1.hook_in", boom)]):
-                try:
-                    e.step()
-                except ValueError as err:
-                    facts["hook_error"] = str(err)
-            e.run()  # still in step after the raising hook
-            res["after_hook_error_latents"] = e.latents
-            facts["alive_after_hook_error"] = workers.alive
-        facts["t"].append(("closed", time.monotonic()))
-        facts["pids_alive_after_close"] = [_alive(p) for p in facts["pids"]]
-    else:
-        # load_models' fp8 placement and LoRA files are mirrored by the workers; then a worker is killed in the
-        # middle of a forward: a clear error at once, no hang; later calls say so too
-        mirrored = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False, **MIRRORED(out_dir))
-        workers = start_workers(mirrored, 2, progress=False, timeout=20)
-        s = base_session(workers.models)
+    res, facts = {}, {}
+    mirrored = load_models(TINY_MODELS, tokenizer=TOKENIZER, preview=False, **MIRRORED(out_dir))
+    workers = start_workers(mirrored, 2, progress=False, timeout=20)
+    s = base_session(workers.models)
+    s.step()
+    res["mirrored_step0_latents"] = s.latents
+    pid = workers.pids[0]
+    s = base_session(workers.models)  # its first step runs the high expert, where the kill hook sits
+    facts["death"], facts["death_s"] = kill_a_worker_mid_forward(workers, s)
+    try:
         s.step()
-        res["mirrored_step0_latents"] = s.latents
-        pid = workers.pids[0]
-        s = base_session(workers.models)  # its first step runs the high expert, where the kill hook sits
-        facts["death"], facts["death_s"] = kill_a_worker_mid_forward(workers, s)
-        try:
-            s.step()
-        except WorkerError as err:
-            facts["death_next"] = str(err)
-        workers.close()
-        facts["death_closed_alive"] = _alive(pid)
-        facts["t"].append(("death", time.monotonic()))
-        # the closed group's models (experts unwrapped again) with a weight changed in memory after loading: refused
-        edited = workers.models
-        with torch.no_grad():
-            next(edited.high.parameters()).add_(1.0)
-        try:
-            start_workers(edited, 2, progress=False, timeout=60).close()
-        except WorkerError as err:
-            facts["edited_error"] = str(err)
+    except WorkerError as err:
+        facts["death_next"] = str(err)
+    workers.close()
+    facts["death_closed_alive"] = _alive(pid)
+    # the closed group's models (experts unwrapped again) with a weight changed in memory after loading: refused
+    edited = workers.models
+    with torch.no_grad():
+        next(edited.high.parameters()).add_(1.0)
+    try:
+        start_workers(edited, 2, progress=False, timeout=60).close()
+    except WorkerError as err:
+        facts["edited_error"] = str(err)
+    return res, facts
+
+
+DRIVERS = {"main": drive_main, "mirror": drive_mirror}  # run side by side, each in its own process
+
+
+def drive(out_dir: Path, part: str) -> None:
+    """Run driver ``part`` and write its tensors and facts to OUT/part.safetensors and OUT/part.json."""
+    from safetensors.torch import save_file
+
+    res, facts = DRIVERS[part](out_dir)
     save_file({k: v.contiguous() for k, v in res.items()}, str(out_dir / f"{part}.safetensors"))
     (out_dir / f"{part}.json").write_text(json.dumps(facts))
 
@@ -189,15 +198,12 @@ def _alive(pid: int) -> bool:
 
 # ---------------------------------------------------------------- fixtures
 
-PARTS = ("main", "mirror")
-
-
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     """The two driver processes, started together: {part: (process, output folder)}."""
     out = tmp_path_factory.mktemp("workers")
     procs = {part: subprocess.Popen([sys.executable, __file__, str(out), part], cwd=REPO, env=subprocess_env(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for part in PARTS}
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for part in DRIVERS}
     yield {part: (proc, out) for part, proc in procs.items()}
     for proc in procs.values():
         if proc.poll() is None:

@@ -10,8 +10,7 @@ plotting and table modules the others need).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from wclab import _lazy_exports
 
 _SUBMODULES = {
     "ablations": ("AblationResult", "Variant", "anchor_variants", "base_variant", "beta_variants",
@@ -35,15 +34,4 @@ _SUBMODULES = {
 }
 _EXPORTS = {name: f"wclab.inspect.{module}" for module, names in _SUBMODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'wclab.inspect' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
