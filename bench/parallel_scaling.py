@@ -101,6 +101,7 @@ def run(args) -> None:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a") as f:
                 f.write(line + "\n")
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -110,6 +110,7 @@ def worker(out_dir: Path) -> None:
     res.update({f"session_{k}": v for k, v in session_run(session).items()})
     res.update(tiled_vae(session.models.vae))
     save_file({k: v.contiguous() for k, v in res.items()}, str(out_dir / f"rank{dist.get_rank()}.safetensors"))
+    dist.barrier()  # every rank done before any tears gloo down (as `wclab.parallel generate` does)
     dist.destroy_process_group()
 
 
@@ -128,6 +129,7 @@ def uneven_worker(out_dir: Path) -> None:
     n = UNEVEN_GRID[0] * UNEVEN_GRID[1] * UNEVEN_GRID[2]
     res["uneven_slice"] = torch.tensor([token_slice(n).start, token_slice(n).stop])
     save_file(res, str(out_dir / f"rank{dist.get_rank()}.safetensors"))
+    dist.barrier()
     dist.destroy_process_group()
 
 
