@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -93,6 +94,9 @@ def environment() -> dict:
                    cudnn=torch.backends.cudnn.version())
     else:
         env.update(device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    nccl = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")}
+    if nccl:
+        env["nccl_env"] = nccl
     try:
         import triton
         env["triton"] = triton.__version__

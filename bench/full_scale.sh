@@ -9,6 +9,8 @@
 #   bash bench/full_scale.sh fa4              # FlashAttention 4 carried in .fa4/ (fa4.tar.xz, bench/README.md), with
 #                                             # the other wheels / .tar.xz archives it holds (ftfy, a slim diffusers)
 #   bash bench/full_scale.sh scaling OUT      # one DiT forward on 1, 2, 4 GPUs (compiled; ATTENTION, default flash4)
+#   bash bench/full_scale.sh alltoall OUT     # the forward's all-to-alls alone under each NCCL setting of NCCL_SETTINGS
+#                                             # (';'-separated, "" = NCCL's defaults); the fastest goes to OUT/nccl_best.env
 #
 # parallel: LAYOUTS, STEPS, FULL pick the runs; ATTENTION=flash4|sdpa|auto the kernel; RANDOM_WEIGHTS=1 builds random
 # weights on each GPU instead of loading CKPT (no checkpoint files needed); NPROC ranks (default: every GPU) on
@@ -25,6 +27,8 @@ if [ -z "${CKPT:-}" ]; then
   [ "$CKPT" = "//wclab_ckpt" ] && CKPT=/wclab_ckpt
 fi
 export WCLAB_CHECKPOINTS=$CKPT
+# NCCL_ENV: a file of export lines (as `alltoall` writes to OUT/nccl_best.env) to run under
+if [ -n "${NCCL_ENV:-}" ]; then source "$NCCL_ENV" || exit 1; env | grep "^NCCL_" | sort | tr '\n' ' '; echo; fi
 # Fail before the long work when a carried package is missing (as when imageio-ffmpeg's archive was not carried).
 need() {
   python3 -c 'import importlib.util, sys
@@ -32,7 +36,7 @@ missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]
 sys.exit(f"missing python modules {missing}: carry their wheels / archives (bench/README.md)" if missing else 0)' "$@"
 }
 NOTEBOOK_MODULES=(nbclient nbformat ipykernel ipycanvas ipywidgets mediapy imageio_ffmpeg diffusers ftfy)
-step=${1:?usage: full_scale.sh setup|load|notebooks|parallel|fa4|scaling OUT}
+step=${1:?usage: full_scale.sh setup|load|notebooks|parallel|fa4|scaling|alltoall OUT}
 out=${2:-bench/out/full_scale}
 mkdir -p "$out"
 
@@ -81,6 +85,18 @@ scaling)
       --warmup 2 --repeat 5 --check "${prof[@]}" --out "$out/scaling.jsonl" 2>&1 | grep --line-buffered -v "Warning\|warn(" | tail -2
   done
   python3 bench/parallel_scaling.py --table "$out/scaling.jsonl" | tee "$out/scaling.md"
+  ;;
+alltoall)
+  IFS=';' read -r -a settings <<< "${NCCL_SETTINGS:-;NCCL_MIN_NCHANNELS=32;NCCL_MIN_P2P_NCHANNELS=32;NCCL_P2P_NVL_CHUNKSIZE=2097152;NCCL_BUFFSIZE=16777216 NCCL_P2P_NVL_CHUNKSIZE=2097152;NCCL_P2P_USE_CUDA_MEMCPY=1}"
+  n=$(nvidia-smi -L | wc -l)
+  NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT torchrun --nproc-per-node "$n" --master-port "${PORT:-29502}" bench/all_to_all.py \
+    --out "$out/nccl_default_info.jsonl" 2>&1 | grep -i "channels\|NCCL version" | sort -u | head -8
+  for setting in "${settings[@]}"; do
+    echo "== ${setting:-NCCL defaults}"
+    env $setting timeout 120 torchrun --nproc-per-node "$n" --master-port "${PORT:-29502}" bench/all_to_all.py \
+      --out "$out/alltoall.jsonl" 2>&1 | grep --line-buffered "^{\|Error\|error" | tail -3
+  done
+  python3 bench/all_to_all.py --table "$out/alltoall.jsonl" --best "$out/nccl_best.env" | tee "$out/alltoall.md"
   ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac

@@ -5,7 +5,8 @@
 
 Each notebook runs in a fresh python3 kernel (nbclient) with ``WCLAB_PROFILE`` set; with ``--gpus`` the notebooks
 are spread over the listed GPUs, one notebook per GPU at a time (``CUDA_VISIBLE_DEVICES``), and each GPU's used
-memory is sampled every 0.5 s with ``nvidia-smi`` (peak over the notebook's run, whole device). Per notebook the
+memory is sampled every 0.5 s with ``nvidia-smi`` (peak over the notebook's run, whole device); ``--gpus all`` runs
+them one at a time with every GPU visible (so cells that use several GPUs run) and reports each GPU's peak. Per notebook the
 report (``notebooks.json`` in ``--out``) has the wall time, the peak GPU memory, the executed file's size, the
 number of figures and inline videos it shows, the largest output, and the first error if any. ``--keep`` also
 saves the executed notebooks.
@@ -72,19 +73,25 @@ def shown(nb: nbformat.NotebookNode) -> dict:
     return counts
 
 
-def gpu_memory_used_mib(index: int) -> dict:
-    """``{"mib": used memory}`` of GPU ``index`` by nvidia-smi (whole device, every process), {} if unknown."""
+def gpu_memory_used_mib(index: Optional[int]) -> dict:
+    """``{"gpu<i>": used memory in MiB}`` by nvidia-smi (whole device, every process) for GPU ``index`` or, None,
+    for every GPU; {} if unknown."""
     try:
-        out = subprocess.run(["nvidia-smi", "-i", str(index), "--query-gpu=memory.used",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
-        return {"mib": int(out.stdout.strip().splitlines()[0])}
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        out = subprocess.run(["nvidia-smi", *(["-i", str(index)] if index is not None else []),
+                              "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+        rows = [line.split(",") for line in out.stdout.strip().splitlines()]
+        return {f"gpu{int(i)}": int(mib) for i, mib in rows}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
         return {}
 
 
-def run_one(path: Path, profile: str, gpu: Optional[int], out_dir: Path, keep: bool) -> dict:
+def run_one(path: Path, profile: str, gpu: Optional[int], out_dir: Path, keep: bool, every_gpu: bool) -> dict:
+    """Run one notebook on GPU ``gpu`` alone (CUDA_VISIBLE_DEVICES), with every GPU visible (``every_gpu``), or
+    on no GPU (gpu None)."""
     env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {}
-    monitor = PeakSampler(lambda: gpu_memory_used_mib(gpu) if gpu is not None else {}, 0.5)
+    sampled = every_gpu or gpu is not None
+    monitor = PeakSampler(lambda: gpu_memory_used_mib(None if every_gpu else gpu) if sampled else {}, 0.5)
     with monitor:
         nb, seconds, error = execute(path, profile, env)
     executed = out_dir / path.name
@@ -92,8 +99,9 @@ def run_one(path: Path, profile: str, gpu: Optional[int], out_dir: Path, keep: b
     size = executed.stat().st_size
     if not keep:
         executed.unlink()
-    return {"notebook": path.name, "profile": profile, "gpu": gpu, "seconds": round(seconds, 1),
-            "gpu_peak_used_gib": round(monitor.peak["mib"] / 1024, 2) if "mib" in monitor.peak else None,
+    peaks = {k: round(v / 1024, 2) for k, v in monitor.peak.items()}
+    return {"notebook": path.name, "profile": profile, "gpu": "all" if every_gpu else gpu, "seconds": round(seconds, 1),
+            "gpu_peak_used_gib": (peaks or None) if every_gpu else peaks.get(f"gpu{gpu}"),
             "executed_file_mb": round(size / 1e6, 2), **shown(nb), "error": error}
 
 
@@ -101,13 +109,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/0*.ipynb")
     p.add_argument("--profile", default="ci")
-    p.add_argument("--gpus", default="", help="comma-separated GPU indices to spread notebooks over")
+    p.add_argument("--gpus", default="", help="comma-separated GPU indices to spread notebooks over, one GPU "
+                   "each; 'all': one notebook at a time with every GPU visible (the multi-GPU cells run)")
     p.add_argument("--out", type=Path, default=Path("bench/out/notebooks"))
     p.add_argument("--keep", action="store_true", help="also save the executed notebooks")
     args = p.parse_args()
     paths = args.notebooks or sorted(NOTEBOOKS.glob("0*.ipynb"))
     args.out.mkdir(parents=True, exist_ok=True)
-    gpus = [int(g) for g in args.gpus.split(",") if g.strip()] or [None]
+    every_gpu = args.gpus == "all"
+    gpus = [None] if every_gpu else [int(g) for g in args.gpus.split(",") if g.strip()] or [None]
     todo: queue.Queue = queue.Queue()
     for path in paths:
         todo.put(path)
@@ -121,7 +131,7 @@ def main() -> int:
             except queue.Empty:
                 return
             print(f"{path.name}: started (gpu {gpu})", flush=True)
-            result = run_one(path, args.profile, gpu, args.out, args.keep)
+            result = run_one(path, args.profile, gpu, args.out, args.keep, every_gpu)
             print(json.dumps({k: v for k, v in result.items() if k != "error"}), flush=True)
             if result["error"]:
                 print(f"{path.name}: ERROR\n{result['error'][-1500:]}", flush=True)

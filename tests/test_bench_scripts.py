@@ -116,3 +116,22 @@ def test_bench_load_tiny_loads_the_experts_in_a_fresh_process(tmp_path):
     assert "error" not in result, result
     assert result["forward_finite"] and result["placement"] == "resident" and result["load_s"] > 0
     assert report["summary"]["load_s"] == report["stages"]["resident"]["load_s"]
+
+
+def _a2a_row(env: dict, ms_1x4: float, ms_2x2: float) -> dict:
+    cell = lambda ms: {"ms_per_forward": ms, "sent_gb_per_forward": 10.0, "gb_per_s": round(10.0 / ms * 1e3, 1)}  # noqa: E731
+    return {"nccl_env": {"NCCL_NVLS_ENABLE": "0", **env}, "ranks": 4, "1x4 qkv": cell(ms_1x4),
+            "1x4 q,k,v": cell(ms_1x4 + 1), "2x2 qkv": cell(ms_2x2), "2x2 q,k,v": cell(ms_2x2 + 1)}
+
+
+@pytest.mark.parametrize("faster, chosen", [(0.9, "export NCCL_MIN_NCHANNELS=32\n"), (0.99, "")])
+def test_all_to_all_table_keeps_an_nccl_setting_only_when_it_beats_the_defaults_by_two_percent(tmp_path, faster,
+                                                                                                 chosen):
+    rows = [_a2a_row({}, 38.0, 65.0), _a2a_row({"NCCL_MIN_NCHANNELS": "32"}, 38.0 * faster, 65.0 * faster),
+            _a2a_row({"NCCL_P2P_NVL_CHUNKSIZE": "2097152"}, 40.0, 70.0)]
+    (tmp_path / "a2a.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    proc = subprocess.run([sys.executable, str(BENCH / "all_to_all.py"), "--table", str(tmp_path / "a2a.jsonl"),
+                           "--best", str(tmp_path / "best.env")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| NCCL defaults | 38.0 (263.2) | 39.0" in proc.stdout
+    assert (tmp_path / "best.env").read_text() == chosen

@@ -45,6 +45,13 @@ def odd_inputs(u: dict, grid: tuple[int, int, int] = ODD_GRID) -> tuple[torch.Te
     return x, bias
 
 
+def batched_inputs(u: dict) -> tuple[torch.Tensor, ...]:
+    """A batch of two different odd-grid inputs (the second mirrored, another timestep): x, timestep, context, bias."""
+    x, bias = odd_inputs(u)
+    return (torch.cat([x, x.flip(-1)]), torch.cat([u["timestep"], u["timestep"] * 0.5]),
+            u["context"].expand(2, -1, -1), bias.expand(2, -1, -1, -1))
+
+
 def small_session():
     """A 2-step session on synth_small resized to SESSION_SIZE (seed 0, CFG 5, β 30), not stepped."""
     from wclab.conditions import load_json
@@ -97,6 +104,7 @@ def worker(out_dir: Path) -> None:
         res["unbiased"] = model(u["x"], u["timestep"], u["context"])
         x_odd, bias_odd = odd_inputs(u)
         res["odd"] = model(x_odd, u["timestep"], u["context"], bias_odd)
+        res["batched"] = model(*batched_inputs(u))
         _, cache = model.run_with_cache(u["x"], u["timestep"], u["context"], u["bias"],
                                         names_filter=["blocks.1.hook_out", "blocks.0.cross_attn.hook_bias"])
         res["block1_out_local"] = cache["blocks.1.hook_out"]
@@ -175,6 +183,7 @@ def single() -> dict[str, torch.Tensor]:
         res = dict(biased=model(u["x"], u["timestep"], u["context"], u["bias"]),
                    unbiased=model(u["x"], u["timestep"], u["context"]),
                    odd=model(x_odd, u["timestep"], u["context"], bias_odd),
+                   batched=model(*batched_inputs(u)),
                    block1_out=cache["blocks.1.hook_out"],
                    bf16=bf16(u["x"], u["timestep"], u["context"], u["bias"]).float())
     session = small_session()
@@ -185,7 +194,7 @@ def single() -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- tests
 
-@pytest.mark.parametrize("case", ["biased", "unbiased", "odd"])
+@pytest.mark.parametrize("case", ["biased", "unbiased", "odd", "batched"])
 def test_every_rank_returns_the_single_process_output(ranks, single, case):
     for r in ranks:
         torch.testing.assert_close(r[case], single[case], **PARITY)

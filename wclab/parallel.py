@@ -15,10 +15,11 @@ style: q, k, v [B, S/P, heads, head_dim] are resharded from tokens to heads by a
 over all S tokens with heads/P heads, and an all-to-all brings the output back. The head's output is all-gathered,
 so every rank returns the full [B, out_dim, F, H, W] and steps the sampler identically.
 
-Engine: each reshard is one ``torch.distributed.all_to_all_single`` per tensor with uneven split sizes (ranks hold
-torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with batch 1 what
-arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after); the final gather is an
-all-gather of equal (zero-padded) chunks. S need not be a multiple of P and no padding token ever acts as a key: the
+Engine: each reshard is one ``torch.distributed.all_to_all_single`` with uneven split sizes (ranks hold
+torch.chunk's pieces of the tokens and as even as possible a share of the heads): one for q, k and v together, laid
+out so that with batch 1 what arrives is already [S, 3, heads_r, head_dim] (q, k, v are views of it: one copy into
+the send buffer, none after), and one for the attention output; the final gather is an all-gather of equal
+(zero-padded) chunks. S need not be a multiple of P and no padding token ever acts as a key: the
 result equals one device's up to float rounding.
 PyTorch's ring `context_parallel` cannot do this (it patches every scaled_dot_product_attention call, including
 the cross-attention onto the text with its bias mask, and its ring kernels take no mask, so padding tokens would
@@ -129,7 +130,7 @@ def _split_mesh(mesh: DeviceMesh) -> tuple[DeviceMesh, Optional[DeviceMesh]]:
                         f"{mesh.mesh_dim_names} of shape {tuple(mesh.shape)}")
 
 
-def _counts(total: int, ranks: int, balanced: bool) -> list[int]:
+def split_counts(total: int, ranks: int, balanced: bool) -> list[int]:
     """How many of ``total`` items each of ``ranks`` ranks holds: torch.chunk's pieces (ceil(total / ranks) each,
     late ranks fewer, as `token_slice`) or, ``balanced``, floor or ceil of total / ranks (the first ones more)."""
     if balanced:
@@ -142,7 +143,7 @@ def token_slice(num_tokens: int, mesh: Optional[DeviceMesh] = None) -> slice:
     """This rank's tokens of ``num_tokens``: chunk r of ``torch.chunk`` over P ranks, i.e. [r·c, (r+1)·c)
     clipped to num_tokens with c = ceil(num_tokens / P) (late ranks may get fewer)."""
     mesh = _mesh(mesh)
-    counts = _counts(num_tokens, mesh.size(), balanced=False)
+    counts = split_counts(num_tokens, mesh.size(), balanced=False)
     start = sum(counts[:mesh.get_local_rank()])
     return slice(start, start + counts[mesh.get_local_rank()])
 
@@ -166,15 +167,15 @@ def _all_to_all(send: Tensor, send_numels: list[int], recv_numels: list[int], gr
 
 
 def _tokens_to_heads(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
-    """[B, S_local, H, D] (this rank's tokens, all heads) -> [B, S, H_r, D] (all tokens, this rank's heads;
-    rank j gets ``heads[j]`` consecutive heads)."""
-    B, _, _, D = x.shape
-    pieces = x.split(heads, dim=2)
-    sizes = [B * s * heads[rank] * D for s in tokens]
+    """[B, S_local, N, H, D] (this rank's tokens, all heads of N stacked tensors) -> [B, S, N, H_r, D] (all tokens,
+    this rank's heads; rank j gets ``heads[j]`` consecutive heads). One all-to-all for all N tensors."""
+    B, _, N, _, D = x.shape
+    pieces = x.split(heads, dim=3)
+    sizes = [B * s * N * heads[rank] * D for s in tokens]
     recv = _all_to_all(_flat(pieces), [p.numel() for p in pieces], sizes, group)
-    if B == 1:  # rank by rank = token by token: already [S, H_r, D]
-        return recv.view(1, sum(tokens), heads[rank], D)
-    return torch.cat([p.view(B, s, heads[rank], D) for p, s in zip(recv.split(sizes), tokens)], dim=1)
+    if B == 1:  # rank by rank = token by token: already [S, N, H_r, D]
+        return recv.view(1, sum(tokens), N, heads[rank], D)
+    return torch.cat([p.view(B, s, N, heads[rank], D) for p, s in zip(recv.split(sizes), tokens)], dim=1)
 
 
 def _heads_to_tokens(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
@@ -195,7 +196,7 @@ def gather_tokens(local: Tensor, num_tokens: int, dim: int = 1, mesh: Optional[D
     if local.shape[dim] != mine.stop - mine.start:
         raise ParallelError(f"gather_tokens: expected this rank's {mine.stop - mine.start} of {num_tokens} tokens "
                             f"along dim {dim}, got shape {list(local.shape)}")
-    counts = _counts(num_tokens, mesh.size(), balanced=False)
+    counts = split_counts(num_tokens, mesh.size(), balanced=False)
     padded = local.movedim(dim, 0)
     if padded.shape[0] < counts[0]:  # a late rank with fewer tokens: pad to the common chunk size
         padded = torch.cat([padded, padded.new_zeros((counts[0] - padded.shape[0], *padded.shape[1:]))])
@@ -268,13 +269,14 @@ class ParallelDiT(HookedModule):
         if ranks == 1:  # nothing to reshard
             yield
             return
-        tokens = _counts(num_tokens, ranks, balanced=False)  # as token_slice
-        heads = _counts(self.model.cfg.num_heads, ranks, balanced=True)
+        tokens = split_counts(num_tokens, ranks, balanced=False)  # as token_slice
+        heads = split_counts(self.model.cfg.num_heads, ranks, balanced=True)
 
         def sequence_parallel(local_attention):
             def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
-                q, k, v = (_tokens_to_heads(t, tokens, heads, rank, group) for t in (q, k, v))  # [B, S, H_r, D]
-                return _heads_to_tokens(local_attention(q, k, v), tokens, heads, rank, group)
+                qkv = _tokens_to_heads(torch.stack((q, k, v), dim=2), tokens, heads, rank, group)
+                # [B, S, 3, H_r, D]: q, k, v are strided views (token stride 3·H_r·D), as the kernels take them
+                return _heads_to_tokens(local_attention(*qkv.unbind(2)), tokens, heads, rank, group)
             return attention
 
         modules = [block.self_attn for block in self.model.blocks]
