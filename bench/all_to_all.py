@@ -70,11 +70,10 @@ def forward_ms(ops: list, repeat: int) -> float:
     return statistics.median(times)
 
 
-ALWAYS = {"NCCL_NVLS_ENABLE"}  # set in every run (wclab.parallel turns NVLink multicast off)
-
-
-def setting(row: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in row["nccl_env"].items() if k not in ALWAYS) or "NCCL defaults"
+def setting(row: dict, common: dict) -> dict:
+    """The NCCL variables of a row's launch that not every launch had (NCCL_NVLS_ENABLE, which wclab always sets,
+    and what the machine's image sets, such as NCCL_VERSION, are in every row)."""
+    return {k: v for k, v in row["nccl_env"].items() if common.get(k) != v}
 
 
 def qkv_ms(row: dict) -> float:
@@ -84,19 +83,22 @@ def qkv_ms(row: dict) -> float:
 
 def table(path: Path, best: Path | None) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    common = {k: v for k, v in rows[0]["nccl_env"].items() if all(r["nccl_env"].get(k) == v for r in rows)}
+    name = lambda row: " ".join(f"{k}={v}" for k, v in setting(row, common).items()) or "NCCL defaults"  # noqa: E731
     keys = [k for k in rows[0] if isinstance(rows[0][k], dict) and "ms_per_forward" in rows[0][k]]
+    print(f"every launch: {' '.join(f'{k}={v}' for k, v in common.items())}")
     print("| NCCL setting | " + " | ".join(f"{k}: ms / forward (GB/s)" for k in keys) + " |")
     print("| --- " * (len(keys) + 1) + "|")
     for row in rows:
         cells = [f"{row[k]['ms_per_forward']} ({row[k]['gb_per_s']})" if k in row else "failed" for k in keys]
-        print(f"| {setting(row)} | " + " | ".join(cells) + " |")
+        print(f"| {name(row)} | " + " | ".join(cells) + " |")
     if best is not None:
-        default = next((r for r in rows if setting(r) == "NCCL defaults"), None)
+        default = next((r for r in rows if not setting(r, common)), None)
         fastest = min(rows, key=qkv_ms)
         wins = default is None or qkv_ms(fastest) <= 0.98 * qkv_ms(default)
-        chosen = {k: v for k, v in fastest["nccl_env"].items() if k not in ALWAYS} if wins else {}
+        chosen = setting(fastest, common) if wins else {}
         best.write_text("".join(f"export {k}={v}\n" for k, v in chosen.items()))
-        print(f"best: {setting(fastest) if chosen else 'NCCL defaults'}")
+        print(f"best: {name(fastest) if chosen else 'NCCL defaults'}")
 
 
 def main() -> int:

@@ -4,12 +4,13 @@
 #
 #   bash bench/full_scale.sh setup            # wheels carried in .whl/ (bench/README.md) -> /tmp/site
 #   bash bench/full_scale.sh load OUT         # write + check the released layout, load it three ways
-#   bash bench/full_scale.sh notebooks OUT    # every notebook, profile "gpu", spread over the GPUs
+#   bash bench/full_scale.sh notebooks OUT    # every notebook (or NOTEBOOKS), profile "gpu", spread over the GPUs; then
+#                                             # 04 with every GPU visible (its multi-GPU cell) in OUT/all_gpus
 #   bash bench/full_scale.sh parallel OUT     # torchrun generation: layouts 1x1 .. 2x2, then 50 steps
 #   bash bench/full_scale.sh fa4              # FlashAttention 4 carried in .fa4/ (fa4.tar.xz, bench/README.md), with
 #                                             # the other wheels / .tar.xz archives it holds (ftfy, a slim diffusers)
 #   bash bench/full_scale.sh scaling OUT      # one DiT forward on 1, 2, 4 GPUs (compiled; ATTENTION, default flash4)
-#   bash bench/full_scale.sh alltoall OUT     # the forward's all-to-alls alone under each NCCL setting of NCCL_SETTINGS
+#   bash bench/full_scale.sh alltoall OUT     # the forward's all-to-alls alone under each NCCL setting of A2A_SETTINGS
 #                                             # (';'-separated, "" = NCCL's defaults); the fastest goes to OUT/nccl_best.env
 #
 # parallel: LAYOUTS, STEPS, FULL pick the runs; ATTENTION=flash4|sdpa|auto the kernel; RANDOM_WEIGHTS=1 builds random
@@ -27,8 +28,8 @@ if [ -z "${CKPT:-}" ]; then
   [ "$CKPT" = "//wclab_ckpt" ] && CKPT=/wclab_ckpt
 fi
 export WCLAB_CHECKPOINTS=$CKPT
-# NCCL_ENV: a file of export lines (as `alltoall` writes to OUT/nccl_best.env) to run under
-if [ -n "${NCCL_ENV:-}" ]; then source "$NCCL_ENV" || exit 1; env | grep "^NCCL_" | sort | tr '\n' ' '; echo; fi
+# ENV_FILE: a file of export lines (as `alltoall` writes to OUT/nccl_best.env) to run under
+if [ -n "${ENV_FILE:-}" ]; then source "$ENV_FILE" || exit 1; env | grep "^NCCL_" | sort | tr '\n' ' '; echo; fi
 # Fail before the long work when a carried package is missing (as when imageio-ffmpeg's archive was not carried).
 need() {
   python3 -c 'import importlib.util, sys
@@ -60,7 +61,10 @@ load)
 notebooks)
   need "${NOTEBOOK_MODULES[@]}" || exit 1
   gpus=$(nvidia-smi -L | awk -F'[ :]' '{printf "%s%s", sep, $2; sep=","}')
-  python3 bench/run_notebooks.py --profile gpu --gpus "$gpus" --out "$out" 2>&1 | tee "$out/notebooks.log"
+  python3 bench/run_notebooks.py --profile gpu --gpus "$gpus" --out "$out" ${NOTEBOOKS:-} 2>&1 | tee "$out/notebooks.log"
+  # the cells that use several GPUs (notebook 04's workers) run only with every GPU visible
+  python3 bench/run_notebooks.py --profile gpu --gpus all --out "$out/all_gpus" notebooks/04_attention.ipynb 2>&1 \
+    | tee "$out/all_gpus.log"
   ;;
 parallel)
   n=${NPROC:-$(nvidia-smi -L | wc -l)}
@@ -87,7 +91,7 @@ scaling)
   python3 bench/parallel_scaling.py --table "$out/scaling.jsonl" | tee "$out/scaling.md"
   ;;
 alltoall)
-  IFS=';' read -r -a settings <<< "${NCCL_SETTINGS:-;NCCL_MIN_NCHANNELS=32;NCCL_MIN_P2P_NCHANNELS=32;NCCL_P2P_NVL_CHUNKSIZE=2097152;NCCL_BUFFSIZE=16777216 NCCL_P2P_NVL_CHUNKSIZE=2097152;NCCL_P2P_USE_CUDA_MEMCPY=1}"
+  IFS=';' read -r -a settings <<< "${A2A_SETTINGS:-;NCCL_MIN_NCHANNELS=32;NCCL_MIN_P2P_NCHANNELS=32;NCCL_P2P_NVL_CHUNKSIZE=2097152;NCCL_BUFFSIZE=16777216 NCCL_P2P_NVL_CHUNKSIZE=2097152;NCCL_P2P_USE_CUDA_MEMCPY=1}"
   n=$(nvidia-smi -L | wc -l)
   NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT torchrun --nproc-per-node "$n" --master-port "${PORT:-29502}" bench/all_to_all.py \
     --out "$out/nccl_default_info.jsonl" 2>&1 | grep -i "channels\|NCCL version" | sort -u | head -8

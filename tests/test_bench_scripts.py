@@ -120,7 +120,7 @@ def test_bench_load_tiny_loads_the_experts_in_a_fresh_process(tmp_path):
 
 def _a2a_row(env: dict, ms_1x4: float, ms_2x2: float) -> dict:
     cell = lambda ms: {"ms_per_forward": ms, "sent_gb_per_forward": 10.0, "gb_per_s": round(10.0 / ms * 1e3, 1)}  # noqa: E731
-    return {"nccl_env": {"NCCL_NVLS_ENABLE": "0", **env}, "ranks": 4, "1x4 qkv": cell(ms_1x4),
+    return {"nccl_env": {"NCCL_NVLS_ENABLE": "0", "NCCL_VERSION": "2.28.3-1", **env}, "ranks": 4, "1x4 qkv": cell(ms_1x4),
             "1x4 q,k,v": cell(ms_1x4 + 1), "2x2 qkv": cell(ms_2x2), "2x2 q,k,v": cell(ms_2x2 + 1)}
 
 

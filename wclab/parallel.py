@@ -15,11 +15,10 @@ style: q, k, v [B, S/P, heads, head_dim] are resharded from tokens to heads by a
 over all S tokens with heads/P heads, and an all-to-all brings the output back. The head's output is all-gathered,
 so every rank returns the full [B, out_dim, F, H, W] and steps the sampler identically.
 
-Engine: each reshard is one ``torch.distributed.all_to_all_single`` with uneven split sizes (ranks hold
-torch.chunk's pieces of the tokens and as even as possible a share of the heads): one for q, k and v together, laid
-out so that with batch 1 what arrives is already [S, 3, heads_r, head_dim] (q, k, v are views of it: one copy into
-the send buffer, none after), and one for the attention output; the final gather is an all-gather of equal
-(zero-padded) chunks. S need not be a multiple of P and no padding token ever acts as a key: the
+Engine: each reshard is one ``torch.distributed.all_to_all_single`` per tensor with uneven split sizes (ranks hold
+torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with batch 1 what
+arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after); the final gather is an
+all-gather of equal (zero-padded) chunks. S need not be a multiple of P and no padding token ever acts as a key: the
 result equals one device's up to float rounding.
 PyTorch's ring `context_parallel` cannot do this (it patches every scaled_dot_product_attention call, including
 the cross-attention onto the text with its bias mask, and its ring kernels take no mask, so padding tokens would
@@ -167,15 +166,15 @@ def _all_to_all(send: Tensor, send_numels: list[int], recv_numels: list[int], gr
 
 
 def _tokens_to_heads(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
-    """[B, S_local, N, H, D] (this rank's tokens, all heads of N stacked tensors) -> [B, S, N, H_r, D] (all tokens,
-    this rank's heads; rank j gets ``heads[j]`` consecutive heads). One all-to-all for all N tensors."""
-    B, _, N, _, D = x.shape
-    pieces = x.split(heads, dim=3)
-    sizes = [B * s * N * heads[rank] * D for s in tokens]
+    """[B, S_local, H, D] (this rank's tokens, all heads) -> [B, S, H_r, D] (all tokens, this rank's heads;
+    rank j gets ``heads[j]`` consecutive heads)."""
+    B, _, _, D = x.shape
+    pieces = x.split(heads, dim=2)
+    sizes = [B * s * heads[rank] * D for s in tokens]
     recv = _all_to_all(_flat(pieces), [p.numel() for p in pieces], sizes, group)
-    if B == 1:  # rank by rank = token by token: already [S, N, H_r, D]
-        return recv.view(1, sum(tokens), N, heads[rank], D)
-    return torch.cat([p.view(B, s, N, heads[rank], D) for p, s in zip(recv.split(sizes), tokens)], dim=1)
+    if B == 1:  # rank by rank = token by token: already [S, H_r, D]
+        return recv.view(1, sum(tokens), heads[rank], D)
+    return torch.cat([p.view(B, s, heads[rank], D) for p, s in zip(recv.split(sizes), tokens)], dim=1)
 
 
 def _heads_to_tokens(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
@@ -274,9 +273,8 @@ class ParallelDiT(HookedModule):
 
         def sequence_parallel(local_attention):
             def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
-                qkv = _tokens_to_heads(torch.stack((q, k, v), dim=2), tokens, heads, rank, group)
-                # [B, S, 3, H_r, D]: q, k, v are strided views (token stride 3·H_r·D), as the kernels take them
-                return _heads_to_tokens(local_attention(*qkv.unbind(2)), tokens, heads, rank, group)
+                q, k, v = (_tokens_to_heads(t, tokens, heads, rank, group) for t in (q, k, v))  # [B, S, H_r, D]
+                return _heads_to_tokens(local_attention(q, k, v), tokens, heads, rank, group)
             return attention
 
         modules = [block.self_attn for block in self.model.blocks]

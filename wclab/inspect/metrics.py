@@ -192,8 +192,10 @@ def timing_comparison(videos: Mapping[str, np.ndarray], scene: Union[Scene, Mapp
 
 
 def mask_mass_fraction(heat: torch.Tensor, mask: torch.Tensor) -> float:
-    """Fraction (0..1) of the mass of a non-negative map inside a 0/1 ``mask`` of the same shape."""
-    heat, mask = torch.as_tensor(heat).float(), torch.as_tensor(mask).float()
+    """Fraction (0..1) of the mass of a non-negative map inside a 0/1 ``mask`` of the same shape. The mask may live
+    on another device than the map (a mask drawn on the CPU, maps recorded on the GPU)."""
+    heat = torch.as_tensor(heat).float()
+    mask = torch.as_tensor(mask).to(device=heat.device, dtype=torch.float32)
     if heat.shape != mask.shape:
         raise InspectError(f"map {list(heat.shape)} and mask {list(mask.shape)} must have the same shape")
     return float((heat * mask).sum() / heat.sum().clamp_min(1e-30))
