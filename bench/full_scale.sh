@@ -4,8 +4,9 @@
 #
 #   bash bench/full_scale.sh setup            # wheels carried in .whl/ (bench/README.md) -> /tmp/site
 #   bash bench/full_scale.sh load OUT         # write + check the released layout, load it three ways
-#   bash bench/full_scale.sh notebooks OUT    # every notebook (or NOTEBOOKS), profile "gpu", spread over the GPUs; then
-#                                             # 04 with every GPU visible (its multi-GPU cell) in OUT/all_gpus
+#   bash bench/full_scale.sh notebooks OUT    # the notebooks, profile "gpu": NOTEBOOKS (default: all but 04) one per
+#                                             # GPU, then ALL_GPU_NOTEBOOKS (default: 04, whose workers cell needs
+#                                             # several GPUs) with every GPU visible, in OUT/all_gpus
 #   bash bench/full_scale.sh parallel OUT     # torchrun generation: layouts 1x1 .. 2x2, then 50 steps
 #   bash bench/full_scale.sh fa4              # FlashAttention 4 carried in .fa4/ (fa4.tar.xz, bench/README.md), with
 #                                             # the other wheels / .tar.xz archives it holds (ftfy, a slim diffusers)
@@ -61,9 +62,12 @@ load)
 notebooks)
   need "${NOTEBOOK_MODULES[@]}" || exit 1
   gpus=$(nvidia-smi -L | awk -F'[ :]' '{printf "%s%s", sep, $2; sep=","}')
-  python3 bench/run_notebooks.py --profile gpu --gpus "$gpus" --out "$out" ${NOTEBOOKS:-} 2>&1 | tee "$out/notebooks.log"
-  # the cells that use several GPUs (notebook 04's workers) run only with every GPU visible
-  python3 bench/run_notebooks.py --profile gpu --gpus all --out "$out/all_gpus" notebooks/04_attention.ipynb 2>&1 \
+  # 04 runs with every GPU visible (its workers cell needs several), the others one per GPU
+  spread=${NOTEBOOKS-$(ls notebooks/0*.ipynb | grep -v 04_attention)}
+  every=${ALL_GPU_NOTEBOOKS-notebooks/04_attention.ipynb}
+  [ -n "$spread" ] && python3 bench/run_notebooks.py --profile gpu --gpus "$gpus" --out "$out" $spread 2>&1 \
+    | tee "$out/notebooks.log"
+  [ -n "$every" ] && python3 bench/run_notebooks.py --profile gpu --gpus all --out "$out/all_gpus" $every 2>&1 \
     | tee "$out/all_gpus.log"
   ;;
 parallel)

@@ -6,9 +6,9 @@
 Each notebook runs in a fresh python3 kernel (nbclient) with ``WCLAB_PROFILE`` set; with ``--gpus`` the notebooks
 are spread over the listed GPUs, one notebook per GPU at a time (``CUDA_VISIBLE_DEVICES``), and each GPU's used
 memory is sampled every 0.5 s with ``nvidia-smi`` (peak over the notebook's run, whole device); ``--gpus all`` runs
-them one at a time with every GPU visible (so cells that use several GPUs run) and reports each GPU's peak. Per notebook the
-report (``notebooks.json`` in ``--out``) has the wall time, the peak GPU memory, the executed file's size, the
-number of figures and inline videos it shows, the largest output, and the first error if any. ``--keep`` also
+them one at a time with every GPU visible (so cells that use several GPUs run) and reports each GPU's peak. Per
+notebook the report (``notebooks.json`` in ``--out``) has the wall time, the peak GPU memory, the executed file's
+size, the number of figures and inline videos it shows, the largest output, and the first error if any. ``--keep`` also
 saves the executed notebooks.
 """
 from __future__ import annotations
