@@ -31,9 +31,13 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import environment  # noqa: E402
 
+from wclab.models.dit import DiTConfig  # noqa: E402
 from wclab.parallel import split_counts  # noqa: E402
+from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, latent_frames  # noqa: E402
 
-TOKENS, HEADS, HEAD_DIM, BLOCKS = 32760, 40, 128, 40
+CONFIG = DiTConfig.worldcanvas_14b()
+TOKENS = latent_frames(DEFAULT_FRAMES) * (DEFAULT_HEIGHT // 16) * (DEFAULT_WIDTH // 16)  # 2x2 patches of 8x VAE cells
+HEADS, HEAD_DIM, BLOCKS = CONFIG.num_heads, CONFIG.head_dim, CONFIG.num_layers
 
 
 def calls(group, rank: int, size: int, stacked: int) -> tuple[list, int]:
