@@ -129,20 +129,27 @@ def test_clicking_a_trajectory_on_the_canvas_puts_it_in_the_kernel_scene(chromiu
 
 
 def _run_until_visible(page, cell, target) -> None:
-    """Run ``cell`` (Shift+Enter; queued until the kernel is up) until ``target`` shows. JupyterLab may first ask
-    which kernel to start (its "Select Kernel" dialog, seen in a clean-clone CI run: the cell did not run); the test
-    then accepts the proposed kernel, as a user would, and runs the cell again."""
+    """Run ``cell`` (Shift+Enter; queued until the kernel is up) until ``target`` shows. JupyterLab may drop the
+    run: it may first ask which kernel to start (its "Select Kernel" dialog, seen in a clean-clone CI run), or
+    take the keys before its kernel session is connected (seen in another: the cell stayed "[ ]:", kernel idle).
+    The test then does what a user would: accepts the proposed kernel and runs the cell again whenever its prompt
+    still shows neither a queued "[*]" nor a count a few seconds after the last try."""
     dialog = page.locator(".jp-Dialog")
-    cell.locator(".jp-InputArea-editor").click()
-    page.keyboard.press("Shift+Enter")
+    prompt = cell.locator(".jp-InputPrompt")
+
+    def run() -> float:
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        return time.monotonic()
+
+    tried = run()
     deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
     while time.monotonic() < deadline and not target.is_visible():
         if dialog.is_visible():
             dialog.locator(".jp-mod-accept").click()
             dialog.wait_for(state="hidden")
-            if not re.search(r"[0-9*]", cell.locator(".jp-InputPrompt").inner_text()):  # "[ ]:": run it again
-                cell.locator(".jp-InputArea-editor").click()
-                page.keyboard.press("Shift+Enter")
+        if time.monotonic() - tried > 3 and not re.search(r"[0-9*]", prompt.inner_text()):  # "[ ]:": not run
+            tried = run()
         page.wait_for_timeout(250)
     target.wait_for(state="visible", timeout=1000)  # Playwright's own error if it never showed
 
