@@ -21,6 +21,7 @@ mean |reference|, ``decoded_video_equal_to_1gpu`` (uint8 frames; expected whenev
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -44,8 +45,11 @@ FULL = dict(height=480, width=832, frames=81)
 TINY = dict(height=64, width=112, frames=9)
 
 
+@functools.lru_cache(maxsize=None)
 def layout_mesh(cfg: int, seq: int):
-    """A ("cfg", "seq") mesh over ranks 0 .. cfg·seq-1 (every rank must call this); None for 1x1."""
+    """A ("cfg", "seq") mesh over ranks 0 .. cfg·seq-1 (every rank must call this); None for 1x1. Made once per
+    layout: a layout's later runs (the ``--full`` run after its scan) reuse its process groups, whose NCCL
+    connections and compiled graphs the first run set up, as a process generating again would."""
     from torch.distributed.device_mesh import DeviceMesh
 
     if cfg * seq == 1:

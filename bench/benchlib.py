@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -103,6 +104,19 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+def gpu_memory_used_mib(index: Optional[int]) -> dict:
+    """``{"gpu<i>": used memory in MiB}`` by nvidia-smi (whole device, every process) for GPU ``index`` or, None,
+    for every GPU; {} if unknown."""
+    try:
+        out = subprocess.run(["nvidia-smi", *(["-i", str(index)] if index is not None else []),
+                              "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+        rows = [line.split(",") for line in out.stdout.strip().splitlines()]
+        return {f"gpu{int(i)}": int(mib) for i, mib in rows}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
 
 
 class PeakSampler:

@@ -11,6 +11,8 @@
 #   bash bench/full_scale.sh fa4              # FlashAttention 4 carried in .fa4/ (fa4.tar.xz, bench/README.md), with
 #                                             # the other wheels / .tar.xz archives it holds (ftfy, a slim diffusers)
 #   bash bench/full_scale.sh scaling OUT      # one DiT forward on 1, 2, 4 GPUs (compiled; ATTENTION, default flash4)
+#   bash bench/full_scale.sh cli OUT          # the launcher itself: torchrun -m wclab.parallel generate on GPUS
+#                                             # (default "1 2 4") processes, STEPS (default 4) steps, CKPT's files
 #   bash bench/full_scale.sh alltoall OUT     # the forward's all-to-alls alone under each NCCL setting of A2A_SETTINGS
 #                                             # (';'-separated, "" = NCCL's defaults); the fastest goes to OUT/nccl_best.env
 #
@@ -23,7 +25,7 @@
 # the WorldCanvas_ref pair).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ -z "${CKPT:-}" ]; then
   CKPT=$(df -P -BG --output=avail,target 2>/dev/null | tail -n +2 | sort -n | tail -1 | awk '{print $2}')/wclab_ckpt
   [ "$CKPT" = "//wclab_ckpt" ] && CKPT=/wclab_ckpt
@@ -38,7 +40,7 @@ missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]
 sys.exit(f"missing python modules {missing}: carry their wheels / archives (bench/README.md)" if missing else 0)' "$@"
 }
 NOTEBOOK_MODULES=(nbclient nbformat ipykernel ipycanvas ipywidgets mediapy imageio_ffmpeg diffusers ftfy)
-step=${1:?usage: full_scale.sh setup|load|notebooks|parallel|fa4|scaling|alltoall OUT}
+step=${1:?usage: full_scale.sh setup|load|notebooks|parallel|fa4|scaling|cli|alltoall OUT}
 out=${2:-bench/out/full_scale}
 mkdir -p "$out"
 
@@ -105,6 +107,12 @@ alltoall)
       --out "$out/alltoall.jsonl" 2>&1 | grep --line-buffered "^{\|Error\|error" | tail -3
   done
   python3 bench/all_to_all.py --table "$out/alltoall.jsonl" --best "$out/nccl_best.env" | tee "$out/alltoall.md"
+  ;;
+cli)
+  need mediapy imageio_ffmpeg || exit 1
+  gpus=$(echo "${GPUS:-1 2 4}" | tr ' ' ',')
+  python3 bench/cli_runs.py --checkpoints "$CKPT" --example "${EXAMPLE:-full/ball}" --gpus "$gpus" \
+    --steps "${STEPS:-4}" --compile --attention "${ATTENTION:-flash4}" --out "$out/cli" 2>&1 | tee "$out/cli.log"
   ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac

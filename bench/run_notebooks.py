@@ -27,7 +27,7 @@ from typing import Optional
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import PeakSampler  # noqa: E402
+from benchlib import PeakSampler, gpu_memory_used_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -71,19 +71,6 @@ def shown(nb: nbformat.NotebookNode) -> dict:
             counts["widgets"] += "application/vnd.jupyter.widget-view+json" in data
             counts["largest_output_bytes"] = max(counts["largest_output_bytes"], len(json.dumps(out)))
     return counts
-
-
-def gpu_memory_used_mib(index: Optional[int]) -> dict:
-    """``{"gpu<i>": used memory in MiB}`` by nvidia-smi (whole device, every process) for GPU ``index`` or, None,
-    for every GPU; {} if unknown."""
-    try:
-        out = subprocess.run(["nvidia-smi", *(["-i", str(index)] if index is not None else []),
-                              "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10)
-        rows = [line.split(",") for line in out.stdout.strip().splitlines()]
-        return {f"gpu{int(i)}": int(mib) for i, mib in rows}
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return {}
 
 
 def run_one(path: Path, profile: str, gpu: Optional[int], out_dir: Path, keep: bool, every_gpu: bool) -> dict:

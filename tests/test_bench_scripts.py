@@ -135,3 +135,29 @@ def test_all_to_all_table_keeps_an_nccl_setting_only_when_it_beats_the_defaults_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| NCCL defaults | 38.0 (263.2) | 39.0" in proc.stdout
     assert (tmp_path / "best.env").read_text() == chosen
+
+
+@pytest.mark.slow
+def test_cli_runs_times_the_launcher_per_process_count_and_compares_with_the_first(tmp_path):
+    """`bench/cli_runs.py --tiny`: the real `torchrun -m wclab.parallel generate` on 1 then 2 CPU processes."""
+    proc = subprocess.run([sys.executable, str(BENCH / "cli_runs.py"), "--tiny", "--gpus", "1,2", "--steps", "2",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "cli_runs.json").read_text())
+    one, two = report["runs"]["1"], report["runs"]["2"]
+    for r in (one, two):
+        assert r["returncode"] == 0 and r["wall_s"] > 0 and r["video_mb"] > 0
+        assert set(r["stages_s"]) == {"load", "prepare", "denoise", "decode"}
+        assert sum(r["stages_s"].values()) < r["wall_s"]
+    # 2 processes split the CFG branches (cfg-parallel auto), which computes each branch exactly as one process
+    assert two["vs_1proc"] == {"max_rel_err": 0.0, "mean_rel_err": 0.0, "bitwise_equal": True}
+    assert report["setup"]["process_counts"] == [1, 2] and report["setup"]["steps"] == 2
+
+
+def test_cli_runs_reads_the_launchers_stage_line():
+    sys.path.insert(0, str(BENCH))
+    from cli_runs import parse_stages
+
+    out = "wrote v.mp4 (9 frames, 64x112, 2 ranks)\nstages (rank 0): load 41.20 s, prepare 1.05 s, denoise 80.12 s, decode 1.90 s\n"
+    assert parse_stages(out) == {"load": 41.2, "prepare": 1.05, "denoise": 80.12, "decode": 1.9}
+    assert parse_stages("no such line") == {}

@@ -4,6 +4,7 @@ are bitwise equal; the sequence split (tests/test_parallel.py) equals one proces
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,8 @@ def test_two_nodes_by_c10d_rendezvous_with_cfg_split_equal_one_process_bitwise(t
         assert a.returncode == 0, out[-2000:] + err[-4000:]
     assert "1 ranks" not in "".join(o for o, _ in outputs)
     assert any("2 ranks as 2 CFG x 1 sequence" in o for o, _ in outputs)
+    assert any(re.search(r"stages \(rank 0\): load [\d.]+ s, prepare [\d.]+ s, denoise [\d.]+ s, decode [\d.]+ s", o)
+               for o, _ in outputs)
     assert nodes.is_file()
     assert torch.equal(load_file(str(nodes.with_suffix(".safetensors")))["latents"], one_process_latents(tiny))
 
