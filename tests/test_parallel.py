@@ -87,6 +87,32 @@ def session_run(session) -> dict[str, torch.Tensor]:
     return {"latents": session.latents, **{f"maps_step{i}": s for i, s in maps.sums.items()}}
 
 
+def collective_calls(model, *inputs) -> torch.Tensor:
+    """[all-to-all calls, flat all-gather calls] during one forward of ``model`` (``all_gather_single``, called
+    ``all_gather_into_tensor`` before torch 2.13)."""
+    import torch.distributed as dist
+
+    counts = [0, 0]
+    names = {"all_to_all_single": 0, "all_gather_single": 1, "all_gather_into_tensor": 1}
+    originals = {name: getattr(dist, name) for name in names if hasattr(dist, name)}
+
+    def counting(name, fn):
+        def call(*args, **kwargs):
+            counts[names[name]] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    for name, fn in originals.items():
+        setattr(dist, name, counting(name, fn))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+    return torch.tensor(counts)
+
+
 # ---------------------------------------------------------------- the 2-rank run (this file as a torchrun worker)
 
 def worker(out_dir: Path) -> None:
@@ -111,6 +137,7 @@ def worker(out_dir: Path) -> None:
         res["block1_out_gathered"] = gather_tokens(cache["blocks.1.hook_out"], 72)
         res["bias_local"] = cache["blocks.0.cross_attn.hook_bias"]
         res["odd_slice"] = torch.tensor([token_slice(45).start, token_slice(45).stop])
+        res["collective_calls"] = collective_calls(model, x_odd, u["timestep"], u["context"], bias_odd)
         bf16 = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4, dtype=torch.bfloat16), mesh)
         res["bf16"] = bf16(u["x"], u["timestep"], u["context"], u["bias"]).float()
     session = small_session()
@@ -134,6 +161,7 @@ def uneven_worker(out_dir: Path) -> None:
     x, bias = odd_inputs(u, UNEVEN_GRID)
     with torch.no_grad():
         res = {"uneven": model(x, u["timestep"], u["context"], bias)}
+    res["collective_calls"] = collective_calls(model, x, u["timestep"], u["context"], bias)
     n = UNEVEN_GRID[0] * UNEVEN_GRID[1] * UNEVEN_GRID[2]
     res["uneven_slice"] = torch.tensor([token_slice(n).start, token_slice(n).stop])
     save_file(res, str(out_dir / f"rank{dist.get_rank()}.safetensors"))
@@ -210,6 +238,12 @@ def test_odd_token_count_splits_like_torch_chunk(ranks):
     assert ranks[0]["odd_slice"].tolist() == [0, 23] and ranks[1]["odd_slice"].tolist() == [23, 45]
 
 
+def test_two_ranks_gather_keys_and_values_instead_of_resharding_by_all_to_all(ranks):
+    """Per block one all-gather of k and one of v (the 2 blocks: 4), no all-to-all; the head's gather is a list
+    all-gather, not counted."""
+    assert all(r["collective_calls"].tolist() == [0, 4] for r in ranks)
+
+
 def test_block_hooks_see_this_ranks_tokens_and_bias_rows(ranks, single):
     full_bias = units()["bias"]
     for r, rows in zip(ranks, (slice(0, 36), slice(36, 72))):
@@ -255,6 +289,8 @@ def test_three_ranks_split_tokens_and_heads_unevenly_and_equal_one_process(ranks
     with torch.no_grad():
         expected = DiT.from_checkpoint(CHECKPOINT, num_heads=4)(x, u["timestep"], u["context"], bias)
     assert [r["uneven_slice"].tolist() for r in got] == [[0, 7], [7, 14], [14, 20]]
+    # Ulysses: q, k, v and the output resharded by one all-to-all each, in each of the 2 blocks
+    assert all(r["collective_calls"].tolist() == [8, 0] for r in got)
     for r in got:
         torch.testing.assert_close(r["uneven"], expected, **PARITY)
 

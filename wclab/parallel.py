@@ -10,16 +10,20 @@
 How (P ranks, S video tokens): after the patch embedding, rank r keeps the tokens of chunk r of
 ``torch.chunk(range(S), P)`` (`token_slice`) with the matching rows of the RoPE table and of the cross-attention
 bias [B, 1, S, L]. Modulation, cross-attention onto the text, feed-forward and the head work token by token, so
-they run on the slice unchanged. Self-attention is the only op that mixes tokens; it runs DeepSpeed-Ulysses
-style: q, k, v [B, S/P, heads, head_dim] are resharded from tokens to heads by an all-to-all, each rank attends
-over all S tokens with heads/P heads, and an all-to-all brings the output back. The head's output is all-gathered,
-so every rank returns the full [B, out_dim, F, H, W] and steps the sampler identically.
+they run on the slice unchanged. Self-attention is the only op that mixes tokens. On more than 2 ranks it runs
+DeepSpeed-Ulysses style: q, k, v [B, S/P, heads, head_dim] are resharded from tokens to heads by an all-to-all,
+each rank attends over all S tokens with heads/P heads, and an all-to-all brings the output back. On 2 ranks each
+rank instead all-gathers every token's k and v and attends with its own queries and all heads: the same bytes as
+Ulysses' four all-to-alls at P = 2 (twice as many at P = 4), in two calls, with no packing copies and no output
+reshard. The head's output is all-gathered, so every rank returns the full [B, out_dim, F, H, W] and steps the
+sampler identically.
 
-Engine: each reshard is one ``torch.distributed.all_to_all_single`` per tensor with uneven split sizes (ranks hold
-torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with batch 1 what
-arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after); the final gather is an
-all-gather of equal (zero-padded) chunks. S need not be a multiple of P and no padding token ever acts as a key: the
-result equals one device's up to float rounding.
+Engine: each Ulysses reshard is one ``torch.distributed.all_to_all_single`` per tensor with uneven split sizes
+(ranks hold torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with
+batch 1 what arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after); the k / v
+gathers and the final gather are all-gathers of equal chunks, late ranks zero-padded, of which only the first S
+rows are read. S need not be a multiple of P and no padding token ever acts as a key: the result equals one
+device's up to float rounding.
 PyTorch's ring `context_parallel` cannot do this (it patches every scaled_dot_product_attention call, including
 the cross-attention onto the text with its bias mask, and its ring kernels take no mask, so padding tokens would
 be keys), nor xDiT's Ulysses as the reference uses it (zero-padded chunks whose tokens act as keys; yunchang 0.6.4's
@@ -188,6 +192,26 @@ def _heads_to_tokens(x: Tensor, tokens: list[int], heads: list[int], rank: int, 
     return torch.cat([p.view(B, tokens[rank], h, D) for p, h in zip(recv.split(sizes), heads)], dim=2)
 
 
+def _all_gather_flat():
+    """``torch.distributed.all_gather_single`` (torch >= 2.13), else its older name ``all_gather_into_tensor``."""
+    return getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def _all_gather_tokens(x: Tensor, tokens: list[int], group) -> Tensor:
+    """[B, S_local, H, D] on each rank -> [B, S, H, D] (every rank's tokens, all heads) on every rank: one all-gather
+    of equal chunks, late ranks zero-padded. With torch.chunk's split only the buffer's tail is padding, so the
+    first S rows are the tokens in order (a view when B = 1)."""
+    B, local, H, D = x.shape
+    chunk = tokens[0]
+    if local < chunk:
+        x = torch.cat([x, x.new_zeros(B, chunk - local, H, D)], dim=1)
+    out = x.new_empty(len(tokens) * B * chunk * H * D)
+    _all_gather_flat()(out, x.reshape(-1), group=group)
+    out = out.view(len(tokens), B, chunk, H, D)
+    out = out.view(1, -1, H, D) if B == 1 else out.movedim(0, 1).reshape(B, -1, H, D)
+    return out[:, :sum(tokens)]
+
+
 def gather_tokens(local: Tensor, num_tokens: int, dim: int = 1, mesh: Optional[DeviceMesh] = None) -> Tensor:
     """All-gather per-token slices along ``dim``: [..., S_local, ...] on each rank -> [..., num_tokens, ...] on
     every rank (``S_local`` = this rank's `token_slice`). A collective: every rank must call it."""
@@ -263,8 +287,9 @@ class ParallelDiT(HookedModule):
             return getattr(self.model, name)
 
     @contextmanager
-    def _ulysses(self, num_tokens: int) -> Iterator[None]:
-        """Swap every block's self-attention for the all-to-all version over ``num_tokens`` tokens."""
+    def _sequence_attention(self, num_tokens: int) -> Iterator[None]:
+        """Swap every block's self-attention for one over all ``num_tokens`` tokens across the ranks: on 2 ranks
+        each gathers every token's keys and values and attends with its own queries; on more, Ulysses."""
         ranks, rank, group = self.mesh.size(), self.mesh.get_local_rank(), self.mesh.get_group()
         if ranks == 1:  # nothing to reshard
             yield
@@ -273,10 +298,15 @@ class ParallelDiT(HookedModule):
         heads = split_counts(self.model.cfg.num_heads, ranks, balanced=True)
 
         def sequence_parallel(local_attention):
-            def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
+            if ranks == 2:
+                def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
+                    return local_attention(q, _all_gather_tokens(k, tokens, group), _all_gather_tokens(v, tokens, group))
+                return attention
+
+            def ulysses(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
                 q, k, v = (_tokens_to_heads(t, tokens, heads, rank, group) for t in (q, k, v))  # [B, S, H_r, D]
                 return _heads_to_tokens(local_attention(q, k, v), tokens, heads, rank, group)
-            return attention
+            return ulysses
 
         modules = [block.self_attn for block in self.model.blocks]
         saved = [m.attention for m in modules]
@@ -298,7 +328,7 @@ class ParallelDiT(HookedModule):
         x = e.tokens[:, mine].clone(memory_format=torch.contiguous_format)
         freqs = e.freqs[mine]
         bias = None if e.bias is None else e.bias[:, :, mine]  # [B, 1, S_local, L]
-        with self._ulysses(num_tokens):
+        with self._sequence_attention(num_tokens):
             for block in m.blocks:
                 x = block(x, e.context, e.t_mod, freqs, bias)
         x = gather_tokens(m.head(x, e.t), num_tokens, dim=1, mesh=self.mesh)  # [B, S, out_dim·prod(patch)]
