@@ -110,7 +110,8 @@ def main() -> int:
         generate = ["generate", "--conditions", str(example.with_suffix(".json")), "--image",
                     str(example.with_suffix(".png")), "--checkpoints", str(args.checkpoints), "--out", str(video),
                     "--save-latents", str(latents), "--steps", str(args.steps),
-                    *(["--compile"] if args.compile else []), *(["--attention", args.attention] if args.attention else [])]
+                    *(["--compile"] if args.compile else []),
+                    *(["--attention", args.attention] if args.attention else [])]
         run = launch(n, generate, args.port + i, gpus, args.out / f"cli_{n}proc.log")
         if run["returncode"] == 0:
             run["video_mb"] = round(video.stat().st_size / 1e6, 2)

@@ -158,6 +158,7 @@ def test_cli_runs_reads_the_launchers_stage_line():
     sys.path.insert(0, str(BENCH))
     from cli_runs import parse_stages
 
-    out = "wrote v.mp4 (9 frames, 64x112, 2 ranks)\nstages (rank 0): load 41.20 s, prepare 1.05 s, denoise 80.12 s, decode 1.90 s\n"
+    out = ("wrote v.mp4 (9 frames, 64x112, 2 ranks)\n"
+           "stages (rank 0): load 41.20 s, prepare 1.05 s, denoise 80.12 s, decode 1.90 s\n")
     assert parse_stages(out) == {"load": 41.2, "prepare": 1.05, "denoise": 80.12, "decode": 1.9}
     assert parse_stages("no such line") == {}

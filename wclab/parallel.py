@@ -300,7 +300,8 @@ class ParallelDiT(HookedModule):
         def sequence_parallel(local_attention):
             if ranks == 2:
                 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
-                    return local_attention(q, _all_gather_tokens(k, tokens, group), _all_gather_tokens(v, tokens, group))
+                    k, v = (_all_gather_tokens(t, tokens, group) for t in (k, v))  # [B, S, heads, head_dim]
+                    return local_attention(q, k, v)
                 return attention
 
             def ulysses(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
