@@ -38,7 +38,7 @@ from benchlib import GiB, environment, random_models, reset_peak, sync  # noqa: 
 
 from wclab.image import solid_image  # noqa: E402
 from wclab.models.loading import load_models  # noqa: E402
-from wclab.parallel import ParallelDiT, init_distributed, parallelize_models  # noqa: E402
+from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed, parallelize_models  # noqa: E402
 from wclab.sampler import Session, Settings  # noqa: E402
 
 FULL = dict(height=480, width=832, frames=81)
@@ -64,10 +64,11 @@ def settings_for(steps: int, distilled: bool) -> Settings:
                                                                                       record="none")
 
 
-def generate(models, scene, size: dict, steps: int, mesh, distilled: bool = False) -> dict:
+def generate(models, scene, size: dict, steps: int, mesh, distilled: bool = False,
+             sequence_attention: str = "auto") -> dict:
     """One generation on this rank (a member of ``mesh``): per-stage seconds, step times, final latents."""
     rank = dist.get_rank()
-    used = parallelize_models(models, mesh) if mesh is not None else models
+    used = parallelize_models(models, mesh, sequence_attention) if mesh is not None else models
     reset_peak()
     t0 = time.perf_counter()
     session = Session(used, scene, solid_image(size["height"], size["width"], (90, 120, 150)),
@@ -96,7 +97,8 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
     """Run layout ``cfg``x``seq`` (a collective over all ranks); rank 0 writes ``out/name.json``."""
     rank, n = dist.get_rank(), cfg * seq
     mesh = layout_mesh(cfg, seq)
-    result = generate(models, scene, size, steps, mesh, setup["distilled"]) if rank < n else None
+    result = (generate(models, scene, size, steps, mesh, setup["distilled"], setup["sequence_attention"])
+              if rank < n else None)
     peaks = [None] * dist.get_world_size()
     dist.all_gather_object(peaks, result["peak_gib"] if result else None)
     dist.barrier()
@@ -148,6 +150,8 @@ def main() -> int:
     p.add_argument("--distilled", action="store_true",
                    help="the 4-step distilled preset (CFG 1: sequence-split layouts 1xS only; --steps 4, N:4)")
     p.add_argument("--compile", action="store_true", help="wclab.models.fast.speed_up on both experts")
+    p.add_argument("--sequence-attention", default="auto", choices=SEQUENCE_ATTENTION,
+                   help="how split tokens attend (wclab.parallel.ParallelDiT; default auto)")
     p.add_argument("--attention", default=None, help="attention backend (default: auto)")
     p.add_argument("--out", type=Path, default=Path("bench/out/parallel_e2e"))
     args = p.parse_args()
@@ -202,7 +206,8 @@ def main() -> int:
              "compile": bool(args.compile), "attention": backend,
              "self_attention_kernel": attention_mod._AUTO if backend == "auto" else backend,
              "load_s_rank0": round(load_s, 1), "world": world, "tiled_vae": True, "vae_tiles_split": True,
-             "distilled": args.distilled, "cfg": settings_for(args.steps, args.distilled).cfg}
+             "distilled": args.distilled, "cfg": settings_for(args.steps, args.distilled).cfg,
+             "sequence_attention": args.sequence_attention}
     if rank == 0:
         print(f"loaded in {load_s:.1f} s on {world} ranks", flush=True)
 

@@ -33,7 +33,7 @@ from wclab.models import attention as attention_mod  # noqa: E402
 from wclab.models.attention import BACKENDS  # noqa: E402
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
 from wclab.models.fast import speed_up  # noqa: E402
-from wclab.parallel import ParallelDiT, init_distributed  # noqa: E402
+from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed  # noqa: E402
 
 TINY_CONFIG = DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
                         num_layers=2)
@@ -75,11 +75,12 @@ def run(args) -> None:
     if args.compile:
         speed_up(model, backend="eager" if args.tiny else "inductor")
     inputs = make_inputs(cfg, *size, device, dtype)
-    split = ParallelDiT(model, mesh)
+    split = ParallelDiT(model, mesh, sequence_attention=args.sequence_attention)
     record = {"ranks": world, "height": size[0], "width": size[1], "frames": size[2], "text_len": size[3],
               "tokens": int(inputs["bias"].shape[2]), "dtype": str(dtype).removeprefix("torch."),
               "model": "tiny" if args.tiny else "worldcanvas_14b (random weights)", "compile": args.compile,
-              "attention": attention_mod._AUTO if args.attention == "auto" else args.attention, "env": environment()}
+              "attention": attention_mod._AUTO if args.attention == "auto" else args.attention,
+              "sequence_attention": split.sequence_attention, "env": environment()}
     with torch.no_grad():
         reset_peak()
         dist.barrier()
@@ -150,6 +151,8 @@ def table(path: Path) -> str:
         s = r["split"]["median_s"]
         speed_up = f"{base / s:.2f}x" if base else "-"
         path = f"{'compiled' if r.get('compile') else 'eager'}, {r.get('attention', 'auto')}"
+        if r["ranks"] > 1 and "sequence_attention" in r:
+            path += f", {r['sequence_attention']}"
         rows.append(f"| {r['ranks']} | {path} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
                     f"{speed_up} | {r['split_memory'].get('peak_allocated_gib', '-')} | "
                     f"{r.get('check_max_rel_err', '-')} |")
@@ -167,6 +170,8 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="compare with the unsplit DiT on rank 0")
     p.add_argument("--compile", action="store_true", help="wclab.models.fast.speed_up (compiled blocks)")
     p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend (default: auto)")
+    p.add_argument("--sequence-attention", default="auto", choices=SEQUENCE_ATTENTION,
+                   help="how the split tokens attend (wclab.parallel.ParallelDiT; default auto)")
     p.add_argument("--tiny", action="store_true", help="tiny random DiT, float32, 128x224x17 (CPU)")
     p.add_argument("--out", default=None, help="append the run as one JSON line")
     p.add_argument("--profile", default=None, metavar="TABLE",

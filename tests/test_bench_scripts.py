@@ -162,3 +162,24 @@ def test_cli_runs_reads_the_launchers_stage_line():
            "stages (rank 0): load 41.20 s, prepare 1.05 s, denoise 80.12 s, decode 1.90 s\n")
     assert parse_stages(out) == {"load": 41.2, "prepare": 1.05, "denoise": 80.12, "decode": 1.9}
     assert parse_stages("no such line") == {}
+
+
+@pytest.mark.slow
+def test_parallel_scaling_tiny_times_both_sequence_attentions_and_tabulates_them(tmp_path):
+    """`bench/parallel_scaling.py --tiny` on 2 CPU processes, once per engine: each split forward equals the
+    unsplit one (float32) and the table names the engine."""
+    from conftest import free_port
+
+    out = tmp_path / "scaling.jsonl"
+    for engine in ("ulysses", "kv_gather"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), str(BENCH / "parallel_scaling.py"), "--tiny",
+               "--sequence-attention", engine, "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["sequence_attention"] for r in runs] == ["ulysses", "kv_gather"]
+    assert all(r["ranks"] == 2 and r["check_max_rel_err"] < 1e-5 for r in runs)
+    table = subprocess.run([sys.executable, str(BENCH / "parallel_scaling.py"), "--table", str(out)],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "| 2 | eager, sdpa, ulysses |" in table and "| 2 | eager, sdpa, kv_gather |" in table

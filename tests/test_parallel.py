@@ -138,6 +138,9 @@ def worker(out_dir: Path) -> None:
         res["bias_local"] = cache["blocks.0.cross_attn.hook_bias"]
         res["odd_slice"] = torch.tensor([token_slice(45).start, token_slice(45).stop])
         res["collective_calls"] = collective_calls(model, x_odd, u["timestep"], u["context"], bias_odd)
+        ulysses = ParallelDiT(model.model, mesh, sequence_attention="ulysses")
+        res["odd_ulysses"] = ulysses(x_odd, u["timestep"], u["context"], bias_odd)
+        res["collective_calls_ulysses"] = collective_calls(ulysses, x_odd, u["timestep"], u["context"], bias_odd)
         bf16 = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4, dtype=torch.bfloat16), mesh)
         res["bf16"] = bf16(u["x"], u["timestep"], u["context"], u["bias"]).float()
     session = small_session()
@@ -162,6 +165,10 @@ def uneven_worker(out_dir: Path) -> None:
     with torch.no_grad():
         res = {"uneven": model(x, u["timestep"], u["context"], bias)}
     res["collective_calls"] = collective_calls(model, x, u["timestep"], u["context"], bias)
+    gather = ParallelDiT(model.model, model.mesh, sequence_attention="kv_gather")
+    with torch.no_grad():
+        res["uneven_kv_gather"] = gather(x, u["timestep"], u["context"], bias)
+    res["collective_calls_kv_gather"] = collective_calls(gather, x, u["timestep"], u["context"], bias)
     n = UNEVEN_GRID[0] * UNEVEN_GRID[1] * UNEVEN_GRID[2]
     res["uneven_slice"] = torch.tensor([token_slice(n).start, token_slice(n).stop])
     save_file(res, str(out_dir / f"rank{dist.get_rank()}.safetensors"))
@@ -244,6 +251,25 @@ def test_two_ranks_gather_keys_and_values_instead_of_resharding_by_all_to_all(ra
     assert all(r["collective_calls"].tolist() == [0, 4] for r in ranks)
 
 
+def test_ulysses_asked_for_on_two_ranks_reshards_by_all_to_all_and_equals_one_process(ranks, single):
+    for r in ranks:
+        assert r["collective_calls_ulysses"].tolist() == [8, 0]
+        torch.testing.assert_close(r["odd_ulysses"], single["odd"], **PARITY)
+
+
+def test_an_unknown_sequence_attention_is_refused_naming_the_choices():
+    from wclab.parallel import ParallelDiT, ParallelError
+
+    class OneRank:  # a 1-D mesh of one rank, enough for the constructor
+        ndim = 1
+
+        def size(self):
+            return 1
+
+    with pytest.raises(ParallelError, match=r"sequence_attention: expected one of \('auto', 'ulysses', 'kv_gather'\)"):
+        ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), OneRank(), sequence_attention="ring")
+
+
 def test_block_hooks_see_this_ranks_tokens_and_bias_rows(ranks, single):
     full_bias = units()["bias"]
     for r, rows in zip(ranks, (slice(0, 36), slice(36, 72))):
@@ -291,6 +317,10 @@ def test_three_ranks_split_tokens_and_heads_unevenly_and_equal_one_process(ranks
     assert [r["uneven_slice"].tolist() for r in got] == [[0, 7], [7, 14], [14, 20]]
     # Ulysses: q, k, v and the output resharded by one all-to-all each, in each of the 2 blocks
     assert all(r["collective_calls"].tolist() == [8, 0] for r in got)
+    # asked for on 3 ranks, the k / v gather (the last rank's 6 tokens padded to 7) gives the same output
+    for r in got:
+        torch.testing.assert_close(r["uneven_kv_gather"], expected, **PARITY)
+        assert r["collective_calls_kv_gather"].tolist() == [0, 4]
     for r in got:
         torch.testing.assert_close(r["uneven"], expected, **PARITY)
 

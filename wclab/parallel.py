@@ -66,6 +66,9 @@ from wclab.models.loading import load_models
 from wclab.sampler import Session
 
 
+SEQUENCE_ATTENTION = ("auto", "ulysses", "kv_gather")  # how split tokens attend to all tokens (module docstring)
+
+
 class ParallelError(WclabError, RuntimeError):
     """The process group is missing or cannot split this model / these tensors."""
 
@@ -252,13 +255,21 @@ class ParallelDiT(HookedModule):
     Same call and result as the wrapped model: ``forward(x [B, in_dim, F, H, W], timestep [B], context
     [B, L, text_dim], bias [B, 1, S, L] | None) -> [B, out_dim, F, H, W]`` on every rank; every rank must call
     it with the same inputs. Hook points, ``cfg``, ``token_grid``... are the wrapped model's.
+    ``sequence_attention``: "ulysses" (all-to-alls to a head split and back; at most ``num_heads`` ranks),
+    "kv_gather" (every rank gathers all keys and values) or "auto" (default): "kv_gather" on 2 sequence ranks,
+    where it moves as many bytes as Ulysses in fewer calls, else "ulysses", which moves fewer.
     """
 
-    def __init__(self, model: DiT, mesh: Optional[DeviceMesh] = None):
+    def __init__(self, model: DiT, mesh: Optional[DeviceMesh] = None, sequence_attention: str = "auto"):
         super().__init__()
         self.model = model
         self.mesh, self.cfg_mesh = _split_mesh(_mesh(mesh))  # sequence mesh; CFG mesh (None: no CFG split)
-        if model.cfg.num_heads < self.mesh.size():
+        if sequence_attention not in SEQUENCE_ATTENTION:
+            raise ParallelError(f"sequence_attention: expected one of {SEQUENCE_ATTENTION}, got {sequence_attention!r}")
+        if sequence_attention == "auto":
+            sequence_attention = "kv_gather" if self.mesh.size() == 2 else "ulysses"
+        self.sequence_attention = sequence_attention  # "ulysses" or "kv_gather" (see the module docstring)
+        if sequence_attention == "ulysses" and model.cfg.num_heads < self.mesh.size():
             raise ParallelError(f"Ulysses attention splits the {model.cfg.num_heads} heads across ranks: at most "
                                 f"{model.cfg.num_heads} ranks, got {self.mesh.size()}")
         self._hook_points = model.hook_points()
@@ -288,8 +299,9 @@ class ParallelDiT(HookedModule):
 
     @contextmanager
     def _sequence_attention(self, num_tokens: int) -> Iterator[None]:
-        """Swap every block's self-attention for one over all ``num_tokens`` tokens across the ranks: on 2 ranks
-        each gathers every token's keys and values and attends with its own queries; on more, Ulysses."""
+        """Swap every block's self-attention for one over all ``num_tokens`` tokens across the ranks:
+        ``self.sequence_attention`` "kv_gather" (each rank gathers every token's keys and values and attends with
+        its own queries) or "ulysses"."""
         ranks, rank, group = self.mesh.size(), self.mesh.get_local_rank(), self.mesh.get_group()
         if ranks == 1:  # nothing to reshard
             yield
@@ -298,7 +310,7 @@ class ParallelDiT(HookedModule):
         heads = split_counts(self.model.cfg.num_heads, ranks, balanced=True)
 
         def sequence_parallel(local_attention):
-            if ranks == 2:
+            if self.sequence_attention == "kv_gather":
                 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
                     k, v = (_all_gather_tokens(t, tokens, group) for t in (k, v))  # [B, S, heads, head_dim]
                     return local_attention(q, k, v)
@@ -399,15 +411,16 @@ class ParallelVAE(torch.nn.Module):
             return self.vae.decode(latents, **kwargs)
 
 
-def parallelize_models(models, mesh: Optional[DeviceMesh] = None):
+def parallelize_models(models, mesh: Optional[DeviceMesh] = None, sequence_attention: str = "auto"):
     """A copy of `wclab.models.loading.Models` whose two experts are `ParallelDiT` and whose VAE is a
     `ParallelVAE` (text encoder and weights shared): ``Session(parallelize_models(models), ...)`` runs
     sequence-parallel, and CFG-parallel too when ``mesh`` comes from ``make_mesh(cfg=2)``; tiled VAE work is
-    spread over all ranks (every rank must then call ``session.decode()``)."""
+    spread over all ranks (every rank must then call ``session.decode()``). ``sequence_attention``: as
+    `ParallelDiT`'s."""
     mesh = _mesh(mesh)
 
     def split(dit):
-        return ParallelDiT(dit.model if isinstance(dit, ParallelDiT) else dit, mesh)
+        return ParallelDiT(dit.model if isinstance(dit, ParallelDiT) else dit, mesh, sequence_attention)
 
     vae = models.vae.vae if isinstance(models.vae, ParallelVAE) else models.vae
     return dataclasses.replace(models, high=split(models.high), low=split(models.low), vae=ParallelVAE(vae, mesh))
