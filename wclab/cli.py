@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -22,7 +23,7 @@ from wclab.inspect.display import save_video
 from wclab.models.device import DeviceError, check_device
 from wclab.models.layout import VARIANTS
 from wclab.models.loading import load_models
-from wclab.sampler import Settings, generate
+from wclab.sampler import Session, Settings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
@@ -104,11 +105,36 @@ def write_outputs(args: argparse.Namespace, video, latents: torch.Tensor, note: 
         print(f"wrote {args.save_latents}")
 
 
+class StageClock:
+    """Seconds between marks (a CUDA GPU synchronised at each), printed as ``load 41.20 s, prepare 1.10 s, ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.seconds[stage], self._last = now - self._last, now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+
+
 def _generate(args: argparse.Namespace) -> int:
     inputs = generation_inputs(args)
+    clock = StageClock()
     models = load_models(**inputs.model_kwargs)
-    result = generate(models, inputs.scene, args.image, inputs.settings)
-    write_outputs(args, result.video, result.latents)
+    clock.mark("load")
+    session = Session(models, inputs.scene, args.image, inputs.settings)  # T5 + VAE encode
+    clock.mark("prepare")
+    session.run()
+    clock.mark("denoise")
+    video = session.decode()
+    clock.mark("decode")
+    write_outputs(args, video, session.latents)
+    print(f"stages: {clock}")
     return 0
 
 

@@ -47,7 +47,6 @@ import dataclasses
 import math
 import os
 import sys
-import time
 from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
@@ -56,7 +55,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from wclab.cli import add_generate_arguments, generation_inputs, write_outputs
+from wclab.cli import StageClock, add_generate_arguments, generation_inputs, write_outputs
 from wclab.errors import WclabError
 from wclab.models.attention import BACKENDS
 from wclab.models.fast import speed_up
@@ -436,23 +435,6 @@ def cfg_groups(choice: str, world: int, cfg_scale: float) -> int:
     return int(choice)
 
 
-class _StageClock:
-    """Seconds between marks (the GPU synchronised at each), printed as ``load 41.2 s, prepare 1.1 s, ...``."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def mark(self, stage: str) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.seconds[stage], self._last = now - self._last, now
-
-    def __str__(self) -> str:
-        return ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
-
-
 def _generate(args) -> int:
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -461,7 +443,7 @@ def _generate(args) -> int:
     try:
         inputs = generation_inputs(args)
         mesh = make_mesh(cfg_groups(args.cfg_parallel, world, inputs.settings.cfg))
-        clock = _StageClock()
+        clock = StageClock()
         models = load_models(**inputs.model_kwargs)
         for expert in (models.high, models.low):
             expert.set_attention_backend(args.attention)
