@@ -199,14 +199,22 @@ def _all_gather_flat():
     return getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
+def _pad_tokens(x: Tensor, count: int, dim: int) -> Tensor:
+    """``x`` zero-padded along ``dim`` to ``count`` tokens (a late rank's short chunk, for an all-gather of equal
+    chunks); ``x`` itself when it has ``count`` already."""
+    missing = count - x.shape[dim]
+    if missing == 0:
+        return x
+    return torch.cat([x, x.new_zeros((*x.shape[:dim], missing, *x.shape[dim + 1:]))], dim=dim)
+
+
 def _all_gather_tokens(x: Tensor, tokens: list[int], group) -> Tensor:
     """[B, S_local, H, D] on each rank -> [B, S, H, D] (every rank's tokens, all heads) on every rank: one all-gather
     of equal chunks, late ranks zero-padded. With torch.chunk's split only the buffer's tail is padding, so the
     first S rows are the tokens in order (a view when B = 1)."""
-    B, local, H, D = x.shape
+    B, _, H, D = x.shape
     chunk = tokens[0]
-    if local < chunk:
-        x = torch.cat([x, x.new_zeros(B, chunk - local, H, D)], dim=1)
+    x = _pad_tokens(x, chunk, dim=1)
     out = x.new_empty(len(tokens) * B * chunk * H * D)
     _all_gather_flat()(out, x.reshape(-1), group=group)
     out = out.view(len(tokens), B, chunk, H, D)
@@ -223,9 +231,7 @@ def gather_tokens(local: Tensor, num_tokens: int, dim: int = 1, mesh: Optional[D
         raise ParallelError(f"gather_tokens: expected this rank's {mine.stop - mine.start} of {num_tokens} tokens "
                             f"along dim {dim}, got shape {list(local.shape)}")
     counts = split_counts(num_tokens, mesh.size(), balanced=False)
-    padded = local.movedim(dim, 0)
-    if padded.shape[0] < counts[0]:  # a late rank with fewer tokens: pad to the common chunk size
-        padded = torch.cat([padded, padded.new_zeros((counts[0] - padded.shape[0], *padded.shape[1:]))])
+    padded = _pad_tokens(local.movedim(dim, 0), counts[0], dim=0)
     parts = [torch.empty_like(padded, memory_format=torch.contiguous_format) for _ in counts]
     dist.all_gather(parts, padded.contiguous(), group=mesh.get_group())
     return torch.cat([part[:n] for part, n in zip(parts, counts)]).movedim(0, dim).contiguous()
