@@ -29,6 +29,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import PeakSampler, environment, gpu_memory_used_mib  # noqa: E402
 
+from wclab.models.fast import relative_error  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = re.compile(r"stages \(rank 0\): (.*)")
 
@@ -41,9 +43,9 @@ def parse_stages(output: str) -> dict:
 
 def compare(latents: torch.Tensor, first: torch.Tensor) -> dict:
     """How far ``latents`` are from ``first`` (the first N's run)."""
-    diff = (latents - first).abs()
-    return {"max_rel_err": float(diff.max() / first.abs().max()),
-            "mean_rel_err": float(diff.mean() / first.abs().mean()), "bitwise_equal": bool(torch.equal(latents, first))}
+    error = relative_error(latents, first)
+    return {"max_rel_err": error["max_rel"], "mean_rel_err": error["mean_rel"],
+            "bitwise_equal": bool(torch.equal(latents, first))}
 
 
 def launch(n: int, generate_args: list[str], port: int, gpus: bool, log: Path) -> dict:
