@@ -91,6 +91,8 @@ def run(args) -> None:
             record["comm_overlap"] = args.comm_overlap
             _, codes = run_and_get_code(lambda: split(**inputs))
             record["collectives_issued"], record["collectives_overlapped"] = collective_overlap(codes)
+            if args.code and rank == 0:
+                Path(args.code).write_text("\n\n".join(codes))
         record["split"], out = timed(lambda: split(**inputs), repeat=args.repeat, warmup=args.warmup)
         record["split_memory"] = memory()
         if world == 1:
@@ -185,6 +187,7 @@ def main() -> None:
     p.add_argument("--comm-overlap", default="on", choices=["on", "off"],
                    help="with --compile: speed_up's passes that overlap collectives with compute (off: Inductor's "
                         "default schedule, the baseline); the JSON line counts the block graph's overlapped ones")
+    p.add_argument("--code", default=None, metavar="FILE", help="with --compile: rank 0 writes Inductor's code to FILE")
     p.add_argument("--tiny", action="store_true", help="tiny random DiT, float32, 128x224x17 (CPU)")
     p.add_argument("--out", default=None, help="append the run as one JSON line")
     p.add_argument("--profile", default=None, metavar="TABLE",
