@@ -3,7 +3,6 @@
     export NCCL_NVLS_ENABLE=0   # also forced by wclab.parallel.init_distributed
     for n in 1 2 4 8; do torchrun --nproc-per-node $n bench/parallel_scaling.py --out bench/out/parallel.jsonl; done
     ... --compile --attention flash4 --warmup 2      # the compiled path with FlashAttention 4
-    ... --compile --comm-overlap off                  # without speed_up's compute / communication overlap passes
     python bench/parallel_scaling.py --table bench/out/parallel.jsonl     # markdown rows for bench/RESULTS.md
     torchrun --nproc-per-node 2 bench/parallel_scaling.py --tiny          # CPU, gloo, tiny DiT (seconds; CI)
 
@@ -34,7 +33,7 @@ from wclab.models.conditioning import latent_shape  # noqa: E402
 from wclab.models import attention as attention_mod  # noqa: E402
 from wclab.models.attention import BACKENDS  # noqa: E402
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
-from wclab.models.fast import collective_overlap, speed_up  # noqa: E402
+from wclab.models.fast import speed_up  # noqa: E402
 from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed  # noqa: E402
 
 TINY_CONFIG = DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
@@ -75,8 +74,7 @@ def run(args) -> None:
     model = DiT.from_config(cfg, device=device, dtype=dtype).eval().requires_grad_(False)
     model.set_attention_backend(args.attention)
     if args.compile:
-        options = {} if args.comm_overlap == "on" or args.tiny else {"reorder_for_compute_comm_overlap": False}
-        speed_up(model, backend="eager" if args.tiny else "inductor", **({"options": options} if options else {}))
+        speed_up(model, backend="eager" if args.tiny else "inductor")
     inputs = make_inputs(cfg, *size, device, dtype)
     split = ParallelDiT(model, mesh, sequence_attention=args.sequence_attention)
     record = {"ranks": world, "height": size[0], "width": size[1], "frames": size[2], "text_len": size[3],
@@ -87,11 +85,9 @@ def run(args) -> None:
     with torch.no_grad():
         reset_peak()
         dist.barrier()
-        if args.compile and not args.tiny:  # compile now, reading the block graph's schedule
-            record["comm_overlap"] = args.comm_overlap
+        if args.code:  # compile now, keeping the generated code (rank 0 writes it)
             _, codes = run_and_get_code(lambda: split(**inputs))
-            record["collectives_issued"], record["collectives_overlapped"] = collective_overlap(codes)
-            if args.code and rank == 0:
+            if rank == 0:
                 Path(args.code).write_text("\n\n".join(codes))
         record["split"], out = timed(lambda: split(**inputs), repeat=args.repeat, warmup=args.warmup)
         record["split_memory"] = memory()
@@ -162,9 +158,6 @@ def table(path: Path) -> str:
         path = f"{'compiled' if r.get('compile') else 'eager'}, {r.get('attention', 'auto')}"
         if r["ranks"] > 1 and "sequence_attention" in r:
             path += f", {r['sequence_attention']}"
-        if r["ranks"] > 1 and "collectives_overlapped" in r:
-            path += (f", overlap {r['comm_overlap']} ({r['collectives_overlapped']} of {r['collectives_issued']} "
-                     "collectives in flight during a GEMM)")
         rows.append(f"| {r['ranks']} | {path} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
                     f"{speed_up} | {r['split_memory'].get('peak_allocated_gib', '-')} | "
                     f"{r.get('check_max_rel_err', '-')} |")
@@ -184,10 +177,8 @@ def main() -> None:
     p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend (default: auto)")
     p.add_argument("--sequence-attention", default="auto", choices=SEQUENCE_ATTENTION,
                    help="how the split tokens attend (wclab.parallel.ParallelDiT; default auto)")
-    p.add_argument("--comm-overlap", default="on", choices=["on", "off"],
-                   help="with --compile: speed_up's passes that overlap collectives with compute (off: Inductor's "
-                        "default schedule, the baseline); the JSON line counts the block graph's overlapped ones")
-    p.add_argument("--code", default=None, metavar="FILE", help="with --compile: rank 0 writes Inductor's code to FILE")
+    p.add_argument("--code", default=None, metavar="FILE",
+                   help="write the code Inductor generates for the forward (with --compile) to FILE (rank 0)")
     p.add_argument("--tiny", action="store_true", help="tiny random DiT, float32, 128x224x17 (CPU)")
     p.add_argument("--out", default=None, help="append the run as one JSON line")
     p.add_argument("--profile", default=None, metavar="TABLE",

@@ -113,23 +113,6 @@ def collective_calls(model, *inputs) -> torch.Tensor:
     return torch.tensor(counts)
 
 
-def compiled_forwards(mesh, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                      bias: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`speed_up` (Inductor) blocks under each sequence engine: the output and `collective_overlap`."""
-    from torch._inductor.utils import run_and_get_code
-
-    from wclab.models.fast import collective_overlap, speed_up
-    from wclab.parallel import ParallelDiT
-
-    model = speed_up(DiT.from_checkpoint(CHECKPOINT, num_heads=4))
-    res = {}
-    for engine in ("ulysses", "kv_gather"):
-        out, codes = run_and_get_code(ParallelDiT(model, mesh, sequence_attention=engine), x, timestep, context,
-                                      bias)
-        res[f"compiled_{engine}"], res[f"overlap_{engine}"] = out, torch.tensor(collective_overlap(codes))
-    return res
-
-
 # ---------------------------------------------------------------- the 2-rank run (this file as a torchrun worker)
 
 def worker(out_dir: Path) -> None:
@@ -160,7 +143,6 @@ def worker(out_dir: Path) -> None:
         res["collective_calls_ulysses"] = collective_calls(ulysses, x_odd, u["timestep"], u["context"], bias_odd)
         bf16 = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4, dtype=torch.bfloat16), mesh)
         res["bf16"] = bf16(u["x"], u["timestep"], u["context"], u["bias"]).float()
-        res.update(compiled_forwards(mesh, x_odd, u["timestep"], u["context"], bias_odd))
     session = small_session()
     session.models = parallelize_models(session.models, mesh)
     res.update({f"session_{k}": v for k, v in session_run(session).items()})
@@ -273,19 +255,6 @@ def test_ulysses_asked_for_on_two_ranks_reshards_by_all_to_all_and_equals_one_pr
     for r in ranks:
         assert r["collective_calls_ulysses"].tolist() == [8, 0]
         torch.testing.assert_close(r["odd_ulysses"], single["odd"], **PARITY)
-
-
-@pytest.mark.parametrize("engine, collectives, overlapped", [("ulysses", 4, 2), ("kv_gather", 2, 1)])
-def test_compiled_blocks_keep_collectives_in_flight_during_projections(ranks, single, engine, collectives,
-                                                                        overlapped):
-    """`speed_up`'s Inductor passes issue each collective early and wait late: under Ulysses the all-to-alls of q
-    and k travel while v is projected (v's and the output's may find nothing left to overlap), under the k / v
-    gather k's gather does. Per block graph: the collectives issued, and at least that many with a matrix
-    multiply in flight (without the passes: none). The output still equals one process (float32 RoPE: 1e-4)."""
-    for r in ranks:
-        issued, in_flight = r[f"overlap_{engine}"].tolist()
-        assert issued == collectives and in_flight >= overlapped, r[f"overlap_{engine}"].tolist()
-        torch.testing.assert_close(r[f"compiled_{engine}"], single["odd"], rtol=1e-4, atol=1e-4)
 
 
 def test_an_unknown_sequence_attention_is_refused_naming_the_choices():

@@ -13,13 +13,11 @@
                                policy: FixedCache(every=2), FirstBlockCache (default), EasyCache (adaptive,
                                training-free); `step_caches(models, policy)` covers both experts
   relative_error(a, b)         max / mean / L2 relative differences, for reporting a fast path's deviation
-  collective_overlap(codes)    how many of a compiled graph's collectives have a matrix multiply in flight
 
 Per-object cross-attention maps (with or without these fast paths) are `wclab.inspect.AttentionMaps`.
 """
 from __future__ import annotations
 
-import re
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,56 +50,17 @@ def speed_up(model: DiT, compile: bool = True, **compile_kwargs) -> DiT:
     which fuses norms, modulation, RoPE and gates. Inductor is told to keep eager's bf16 rounding between fused
     ops (``emulate_precision_casts``), so graph breaks (hooks that run eagerly, e.g. attention-map capture) move
     outputs by rounding only. Not bitwise eager: fused kernels round differently (measured deviation:
-    ``bench/RESULTS.md``). Collectives inside the blocks (`wclab.parallel`) are scheduled to overlap with compute
-    (`COMM_OVERLAP_PASSES`). Hook points keep working (a hook attached later triggers one
+    ``bench/RESULTS.md``). Hook points keep working (a hook attached later triggers one
     recompilation). All blocks share one compiled graph. Each block's ``forward`` becomes the compiled one (an
     instance attribute; module hooks registered on a block still run eagerly around it).
     """
     model.rope_dtype = torch.float32
     if compile:
         if compile_kwargs.get("backend", "inductor") == "inductor":
-            compile_kwargs["options"] = {"emulate_precision_casts": True, **comm_overlap_options(),
-                                         **compile_kwargs.get("options", {})}
+            compile_kwargs["options"] = {"emulate_precision_casts": True, **compile_kwargs.get("options", {})}
         for block in model.blocks:
             block.forward = torch.compile(type(block).forward.__get__(block), **compile_kwargs)
     return model
-
-
-# Inductor scheduler passes that issue a compiled graph's collectives as early and wait for them as late as the data
-# and peak memory allow. Under `wclab.parallel` the all-to-alls (or k / v gathers) of q and k then travel while v's
-# projection runs, and the attention output's while the cross-attention projects the text; a graph without
-# collectives (one GPU) is scheduled as before.
-COMM_OVERLAP_PASSES = ("reorder_communication_preserving_peak_memory", "sink_waits_iterative",
-                       "reorder_communication_preserving_peak_memory")
-
-
-def comm_overlap_options() -> dict:
-    """``torch.compile`` options (Inductor config) that turn `COMM_OVERLAP_PASSES` on, as `speed_up` uses them;
-    empty when this torch's Inductor lacks one of the passes. ``{"reorder_for_compute_comm_overlap": False}`` in
-    speed_up's ``options`` turns them off (the benches' baseline)."""
-    from torch._inductor import comms
-
-    if not all(hasattr(comms, name) for name in COMM_OVERLAP_PASSES):
-        return {}
-    return {"reorder_for_compute_comm_overlap": True,
-            "reorder_for_compute_comm_overlap_passes": list(COMM_OVERLAP_PASSES)}
-
-
-def collective_overlap(codes: list[str]) -> tuple[int, int]:
-    """(collectives issued, collectives with a matrix multiply issued between them and their wait) in Inductor's
-    generated code ``codes`` (as ``torch._inductor.utils.run_and_get_code`` returns it), read in issue order:
-    how many of a compiled graph's collectives have compute to hide behind."""
-    issued, overlapped, in_flight = 0, 0, {}
-    for line in "\n".join(codes).splitlines():
-        if m := re.search(r"(buf\d+) = torch\.ops\._c10d_functional\.(all_to_all_single|all_gather_into_tensor)\b",
-                          line):
-            issued += 1
-            in_flight[m.group(1)] = False
-        elif m := re.search(r"_c10d_functional\.wait_tensor\.default\((buf\d+)\)", line):
-            overlapped += in_flight.pop(m.group(1), False)
-        elif re.search(r"extern_kernels\.(addmm|mm|bmm)\(", line):
-            in_flight = dict.fromkeys(in_flight, True)
-    return issued, overlapped
 
 
 def reset_speed_up(model: DiT) -> DiT:
