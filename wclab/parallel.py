@@ -20,7 +20,8 @@ sampler identically.
 
 Engine: each Ulysses reshard is one ``torch.distributed.all_to_all_single`` per tensor with uneven split sizes
 (ranks hold torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with
-batch 1 what arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after); the k / v
+batch 1 what arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after; when the heads
+divide evenly that copy is a single permute, which compiled code writes straight from RoPE's kernel); the k / v
 gathers and the final gather are all-gathers of equal chunks, late ranks zero-padded, of which only the first S
 rows are read. S need not be a multiple of P and no padding token ever acts as a key: the result equals one
 device's up to float rounding.
@@ -175,10 +176,14 @@ def _all_to_all(send: Tensor, send_numels: list[int], recv_numels: list[int], gr
 def _tokens_to_heads(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
     """[B, S_local, H, D] (this rank's tokens, all heads) -> [B, S, H_r, D] (all tokens, this rank's heads;
     rank j gets ``heads[j]`` consecutive heads)."""
-    B, _, _, D = x.shape
+    B, S_local, H, D = x.shape
     pieces = x.split(heads, dim=2)
+    if len(set(heads)) == 1:  # rank by rank in one permuted copy, which a compiled RoPE writes directly
+        send = x.view(B, S_local, len(heads), heads[0], D).permute(2, 0, 1, 3, 4).contiguous().view(-1)
+    else:
+        send = _flat(pieces)
     sizes = [B * s * heads[rank] * D for s in tokens]
-    recv = _all_to_all(_flat(pieces), [p.numel() for p in pieces], sizes, group)
+    recv = _all_to_all(send, [p.numel() for p in pieces], sizes, group)
     if B == 1:  # rank by rank = token by token: already [S, H_r, D]
         return recv.view(1, sum(tokens), heads[rank], D)
     return torch.cat([p.view(B, s, heads[rank], D) for p, s in zip(recv.split(sizes), tokens)], dim=1)
