@@ -1,9 +1,10 @@
-"""Sequence-parallel DiT (wclab.parallel) on 2 and 3 CPU processes (torchrun, gloo) equals the single-process run.
+"""Sequence-parallel DiT (wclab.parallel) on 2, 3 and 4 CPU processes (torchrun, gloo) equals the single-process run.
 
 One torchrun launch of 2 ranks runs every scenario (process start-up dominates the cost), one of 3 ranks the DiT
-forward with tokens and heads that do not divide evenly: this file is also the worker script (``__main__``); each
-rank saves its results, and the tests compare them with the same computation done here in one process, with the
-tiny fixture DiT (4 heads, 2 blocks) and the golden ``units`` inputs.
+forward with tokens and heads that do not divide evenly, one of 4 ranks an odd token count with one head per rank:
+this file is also the worker script (``__main__``); each rank saves its results, and the tests compare them with
+the same computation done here in one process, with the tiny fixture DiT (4 heads, 2 blocks) and the golden
+``units`` inputs.
 
 Tolerance (float32): rtol = atol = 1e-5. Splitting can change only float rounding (linear layers over fewer rows
 and attention over a subset of heads may take other blocked kernels); on the 2-core CI CPU every compared tensor
@@ -153,8 +154,8 @@ def worker(out_dir: Path) -> None:
     dist.destroy_process_group()
 
 
-def uneven_worker(out_dir: Path) -> None:
-    """The 3-rank launch: the biased forward on UNEVEN_GRID."""
+def uneven_worker(out_dir: Path, grid: tuple[int, int, int] = UNEVEN_GRID) -> None:
+    """The 3-rank launch (and the 4-rank one): the biased forward on ``grid``, Ulysses and the k / v gather."""
     import torch.distributed as dist
     from safetensors.torch import save_file
 
@@ -162,7 +163,7 @@ def uneven_worker(out_dir: Path) -> None:
 
     model = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), init_distributed())
     u = units()
-    x, bias = odd_inputs(u, UNEVEN_GRID)
+    x, bias = odd_inputs(u, grid)
     with torch.no_grad():
         res = {"uneven": model(x, u["timestep"], u["context"], bias)}
     res["collective_calls"] = collective_calls(model, x, u["timestep"], u["context"], bias)
@@ -170,7 +171,7 @@ def uneven_worker(out_dir: Path) -> None:
     with torch.no_grad():
         res["uneven_kv_gather"] = gather(x, u["timestep"], u["context"], bias)
     res["collective_calls_kv_gather"] = collective_calls(gather, x, u["timestep"], u["context"], bias)
-    n = UNEVEN_GRID[0] * UNEVEN_GRID[1] * UNEVEN_GRID[2]
+    n = grid[0] * grid[1] * grid[2]
     res["uneven_slice"] = torch.tensor([token_slice(n).start, token_slice(n).stop])
     save_file(res, str(out_dir / f"rank{dist.get_rank()}.safetensors"))
     dist.barrier()
@@ -327,6 +328,25 @@ def test_three_ranks_split_tokens_and_heads_unevenly_and_equal_one_process(ranks
         torch.testing.assert_close(r["uneven"], expected, **PARITY)
 
 
+def test_four_ranks_split_an_odd_token_count_one_head_each_and_equal_one_process(ranks, tmp_path):
+    """45 tokens over 4 ranks (12, 12, 12, 9), the 4 heads one per rank (Ulysses' even-heads send buffer), and the
+    k / v gather asked for on 4 ranks; started after the 2-rank launch finished."""
+    from safetensors.torch import load_file
+
+    proc = launch(tmp_path, 4, "--four")
+    finish(proc, "torchrun with 4 ranks", TIMEOUT_S)
+    got = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(4)]
+    u = units()
+    x, bias = odd_inputs(u)
+    with torch.no_grad():
+        expected = DiT.from_checkpoint(CHECKPOINT, num_heads=4)(x, u["timestep"], u["context"], bias)
+    assert [r["uneven_slice"].tolist() for r in got] == [[0, 12], [12, 24], [24, 36], [36, 45]]
+    for r in got:
+        assert r["collective_calls"].tolist() == [8, 0] and r["collective_calls_kv_gather"].tolist() == [0, 4]
+        torch.testing.assert_close(r["uneven"], expected, **PARITY)
+        torch.testing.assert_close(r["uneven_kv_gather"], expected, **PARITY)
+
+
 def test_without_a_process_group_parallel_dit_raises_naming_torchrun(monkeypatch):
     from wclab.parallel import ParallelDiT, ParallelError, init_distributed
 
@@ -338,4 +358,9 @@ def test_without_a_process_group_parallel_dit_raises_naming_torchrun(monkeypatch
 
 
 if __name__ == "__main__":
-    (uneven_worker if sys.argv[2:] == ["--uneven"] else worker)(Path(sys.argv[1]))
+    if sys.argv[2:] == ["--uneven"]:
+        uneven_worker(Path(sys.argv[1]))
+    elif sys.argv[2:] == ["--four"]:
+        uneven_worker(Path(sys.argv[1]), ODD_GRID)
+    else:
+        worker(Path(sys.argv[1]))
