@@ -176,14 +176,13 @@ def _all_to_all(send: Tensor, send_numels: list[int], recv_numels: list[int], gr
 def _tokens_to_heads(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
     """[B, S_local, H, D] (this rank's tokens, all heads) -> [B, S, H_r, D] (all tokens, this rank's heads;
     rank j gets ``heads[j]`` consecutive heads)."""
-    B, S_local, H, D = x.shape
-    pieces = x.split(heads, dim=2)
+    B, S_local, _, D = x.shape
     if len(set(heads)) == 1:  # rank by rank in one permuted copy, which a compiled RoPE writes directly
         send = x.view(B, S_local, len(heads), heads[0], D).permute(2, 0, 1, 3, 4).contiguous().view(-1)
     else:
-        send = _flat(pieces)
+        send = _flat(x.split(heads, dim=2))
     sizes = [B * s * heads[rank] * D for s in tokens]
-    recv = _all_to_all(send, [p.numel() for p in pieces], sizes, group)
+    recv = _all_to_all(send, [B * S_local * h * D for h in heads], sizes, group)
     if B == 1:  # rank by rank = token by token: already [S, H_r, D]
         return recv.view(1, sum(tokens), heads[rank], D)
     return torch.cat([p.view(B, s, heads[rank], D) for p, s in zip(recv.split(sizes), tokens)], dim=1)
