@@ -89,7 +89,8 @@ def generate(models, scene, size: dict, steps: int, mesh, distilled: bool = Fals
         sync()
     decode_s = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / GiB if torch.cuda.is_available() else 0.0
-    return dict(prepare_s=prepare_s, step_s=step_s, decode_s=decode_s, peak_gib=peak,
+    engine = used.high.sequence_attention if mesh is not None else None  # "auto" resolved for this layout
+    return dict(prepare_s=prepare_s, step_s=step_s, decode_s=decode_s, peak_gib=peak, sequence_engine=engine,
                 latents=session.latents.float().cpu(), video=video)
 
 
@@ -113,7 +114,7 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
         "title": f"WorldCanvas generation on {n} GPU(s): {cfg} CFG x {seq} sequence",
         "env": environment(),
         "setup": {**setup, "ranks": n, "layout": f"{cfg}x{seq}", "cfg_groups": cfg, "sequence_ranks": seq,
-                  "steps": steps, "video": size},
+                  "sequence_engine": result["sequence_engine"] if seq > 1 else None, "steps": steps, "video": size},
         "summary": {
             "prepare_s (T5 + VAE encode)": round(result["prepare_s"], 2),
             "denoise_s": round(denoise_s, 2),

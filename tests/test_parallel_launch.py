@@ -125,6 +125,9 @@ def test_parallel_e2e_bench_scans_layouts_up_to_two_cfg_groups_of_two_and_compar
     seq_split = json.loads((out / "scan_1x2_2steps.json").read_text())
     mesh = json.loads((out / "scan_2x2_2steps.json").read_text())
     assert cfg_split["setup"]["ranks"] == 2 and cfg_split["setup"]["steps"] == 2 and mesh["setup"]["ranks"] == 4
+    # "auto" as each layout resolved it: the 2-rank k/v gather on sequence pairs, no engine without a sequence split
+    assert (seq_split["setup"]["sequence_engine"], mesh["setup"]["sequence_engine"]) == ("kv_gather", "kv_gather")
+    assert cfg_split["setup"]["sequence_engine"] is None
     for report in (cfg_split, mesh):  # the CFG split is exact; tiles are blended in one order on every rank
         assert report["summary"]["bitwise_equal_to_1gpu"] is True
         assert report["summary"]["decoded_video_equal_to_1gpu"] is True
