@@ -7,21 +7,24 @@ runs. Here each rank's heads are cut into ``rounds`` head groups, and the exchan
 ``cudaMemcpyAsync`` copies into PyTorch symmetric memory (`torch.distributed._symmetric_memory`: every rank maps
 every other rank's buffer), which the GPU's copy engines carry over NVLink without taking SMs:
 
-    side stream:     [barrier][q,k,v of group 0 ->][barrier][group 1 ->][barrier]...   [<- out 0][<- out 1][barrier]
-    compute stream:                                [attend group 0]    [attend group 1] ...
+    side stream:     [q, k, v of group 0 ->][group 1 ->][group 2 ->] ...  [out 0 ->]       [out 1 ->]
+    compute stream:                         [attend group 0]        [attend group 1][place 0][attend group 2]...
 
 so while the kernels attend over one head group, the next group's q, k, v arrive and the previous group's
-output leaves. Barriers (a GPU kernel of `SymmetricMemory.barrier`, stream-ordered, no host synchronisation)
-make the data safe to read and the buffers safe to overwrite. Per head the attention is the one kernel call over
-the same tokens as the NCCL engine's, so the result is the same.
+output leaves; arrived outputs are placed into the result between rounds. Each copy is followed by a 32-bit
+flag written into the receiving rank's symmetric memory, and a stream waits for flags before it reads data or
+overwrites a peer's buffer, both with the driver's stream memory operations (cuStreamWriteValue32 /
+cuStreamWaitValue32, run by the GPU's front end: unlike a barrier kernel they need no SM, which the attention
+kernels hold). Per head the attention is the one kernel call over the same tokens as the NCCL engine's, so the
+result is the same (bitwise, measured).
 
 Layouts (P ranks, this rank r with S_r of the S tokens, H_r = H / P heads in ``rounds`` groups of h, head_dim D):
 the caller packs q, k, v into ``packed`` [rounds, P, B, S_r, 3, h, D] (`pack_qkv`: compiled code writes it
 straight from RoPE's kernel), so that what goes to rank p for group g is one contiguous run; it lands in rank
 p's symmetric buffer ``recv`` [rounds, B, S, 3, h, D] at rank r's tokens, where q, k, v of a group are strided
 views over all S tokens (flash kernels take them as they are). The attention output [B, S, h, D] of group g goes
-back as rank p's token rows into rank p's ``back`` [rounds, P, B, S_max, h, D], which one permuted copy turns
-into [B, S_r, H, D].
+back as rank p's token rows into rank p's ``back`` [rounds, P, B, S_max, h, D], from which round g is copied into
+the result [B, S_r, H, D] as soon as it is complete.
 """
 from __future__ import annotations
 
@@ -106,7 +109,7 @@ class _Exchange:
     device: torch.device
     recv: list[Tensor] = field(init=False)  # per rank p: p's [rounds, B, S, 3, h, D] (mapped here)
     back: list[Tensor] = field(init=False)  # per rank p: p's [rounds, P, B, S_max, h, D]
-    flags: list[int] = field(init=False)  # per rank p: address of p's int32 flags [rounds + 2, P] (mapped here)
+    flags: list[int] = field(init=False)  # per rank p: address of p's int32 flags (mapped here)
     calls: int = 0  # calls so far: call n writes n into the flags
 
     def __post_init__(self):
@@ -120,12 +123,12 @@ class _Exchange:
         handle = symm_mem.rendezvous(self.buffer, name)
         self.recv = [handle.get_buffer(p, recv_shape, self.dtype, 0) for p in range(P)]
         self.back = [handle.get_buffer(p, back_shape, self.dtype, recv_numel) for p in range(P)]
-        # flags[g, q] (g < rounds): rank q's round-g q, k, v of call n are here; flags[rounds, q]: all of q's
-        # outputs of call n are here; flags[rounds + 1, q]: q is done with its buffers of call n.
-        self.flag_tensor = symm_mem.empty((G + 2) * P, dtype=torch.int32, device=self.device)
+        # flags [2 · rounds + 1, P] of int32, call n writes n: [g, q] (g < rounds): rank q's round-g q, k, v are
+        # here; [rounds + g, q]: q's round-g output is here; [2 · rounds, q]: q is done with its buffers.
+        self.flag_tensor = symm_mem.empty((2 * G + 1) * P, dtype=torch.int32, device=self.device)
         self.flag_tensor.zero_()
         flag_handle = symm_mem.rendezvous(self.flag_tensor, name)
-        self.flags = [flag_handle.get_buffer(p, ((G + 2) * P,), torch.int32, 0).data_ptr() for p in range(P)]
+        self.flags = [flag_handle.get_buffer(p, self.flag_tensor.shape, torch.int32, 0).data_ptr() for p in range(P)]
         self.handles = (handle, flag_handle)
         torch.cuda.synchronize(self.device)
         dist.barrier(group=self.group)  # every rank's flags are zero before anyone writes one
@@ -139,22 +142,30 @@ class _Exchange:
     def __call__(self, packed: Tensor, attend: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Tensor:
         """packed [rounds, P, B, S_r, 3, h, D] (`pack_qkv`) -> attention output [B, S_r, P·rounds·h, D]."""
         wait, write = _stream_memory_ops()
-        P, r, G = len(self.tokens), self.group.rank(), self.rounds
+        P, r, G, B = len(self.tokens), self.group.rank(), self.rounds, self.batch
         self.calls += 1
-        n = self.calls
+        n, done = self.calls, 2 * G  # done: the flag row "finished with its buffers"
         starts = [sum(self.tokens[:p]) for p in range(P)]
         mine, S_r = starts[r], self.tokens[r]
         order = [(r + i) % P for i in range(1, P + 1)]  # others first, each rank starting at a different peer
         main, side = torch.cuda.current_stream(self.device), self.stream
         side.wait_stream(main)  # packed is written; this rank is done with its buffers of call n - 1
         for p in order:  # ... and so is every other rank
-            _driver_call(wait, side, self._flag(r, G + 1, p), n - 1, _WAIT_GEQ)
+            _driver_call(wait, side, self._flag(r, done, p), n - 1, _WAIT_GEQ)
         with torch.cuda.stream(side):
             for g in range(G):
                 for p in order:
-                    for b in range(self.batch):
+                    for b in range(B):
                         self.recv[p][g, b, mine:mine + S_r].copy_(packed[g, p, b])
                     _driver_call(write, side, self._flag(p, g, r), n, _WRITE_FENCED)
+        result = torch.empty(B, S_r, P, G, self.heads, self.head_dim, dtype=self.dtype, device=self.device)
+        back = self.back[r][:, :, :, :S_r].permute(0, 2, 3, 1, 4, 5)  # [rounds, B, S_r, P, h, D]
+
+        def place(g: int) -> None:  # round g's outputs, once every rank's have landed, into the result
+            for q in order:
+                _driver_call(wait, main, self._flag(r, G + g, q), n, _WAIT_GEQ)
+            result[:, :, :, g].copy_(back[g])
+
         outputs = []
         for g in range(G):
             for q in order:
@@ -166,19 +177,16 @@ class _Exchange:
             side.wait_event(self.attended[g])
             with torch.cuda.stream(side):
                 for p in order:
-                    for b in range(self.batch):
+                    for b in range(B):
                         self.back[p][g, r, b, :self.tokens[p]].copy_(out[b, starts[p]:starts[p] + self.tokens[p]])
-        for p in order:
-            _driver_call(write, side, self._flag(p, G, r), n, _WRITE_FENCED)
+                    _driver_call(write, side, self._flag(p, G + g, r), n, _WRITE_FENCED)
+            if g:  # the previous round's outputs have arrived while this round attended
+                place(g - 1)
+        place(G - 1)
         main.wait_stream(side)  # (keeps `outputs` alive until sent)
-        for q in order:
-            _driver_call(wait, main, self._flag(r, G, q), n, _WAIT_GEQ)
-        back = self.back[r][:, :, :, :S_r]  # [rounds, P, B, S_r, h, D]
-        _, _, B, _, h, D = back.shape
-        result = back.permute(2, 3, 1, 0, 4, 5).reshape(B, S_r, P * G * h, D)
         for p in order:
-            _driver_call(write, main, self._flag(p, G + 1, r), n, _WRITE_FENCED)
-        return result
+            _driver_call(write, main, self._flag(p, done, r), n, _WRITE_FENCED)
+        return result.view(B, S_r, P * G * self.heads, self.head_dim)
 
 
 _exchanges: dict[tuple, _Exchange] = {}
