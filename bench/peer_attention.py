@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import environment  # noqa: E402
+from benchlib import cuda_ms, environment  # noqa: E402
 
 from wclab.models.attention import attention  # noqa: E402
 from wclab.models.dit import DiTConfig  # noqa: E402
@@ -34,20 +33,9 @@ TOKENS = latent_frames(DEFAULT_FRAMES) * (DEFAULT_HEIGHT // 16) * (DEFAULT_WIDTH
 
 
 def forward_ms(fn, blocks: int, repeat: int) -> float:
-    """Median ms of ``blocks`` calls of ``fn`` (after one warm-up round)."""
-    times = []
-    for i in range(repeat + 1):
-        dist.barrier()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(blocks):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        if i:
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median ms of ``blocks`` calls of ``fn`` (after one warm-up round), every rank starting together."""
+    dist.barrier()
+    return cuda_ms(lambda: [fn() for _ in range(blocks)], repeat=repeat, warmup=1)
 
 
 def main() -> int:
