@@ -34,7 +34,6 @@ from wclab.models import attention as attention_mod  # noqa: E402
 from wclab.models.attention import BACKENDS  # noqa: E402
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
 from wclab.models.fast import speed_up  # noqa: E402
-from wclab import peer_attention  # noqa: E402
 from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed  # noqa: E402
 
 TINY_CONFIG = DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
@@ -77,16 +76,12 @@ def run(args) -> None:
     if args.compile:
         speed_up(model, backend="eager" if args.tiny else "inductor")
     inputs = make_inputs(cfg, *size, device, dtype)
-    if args.peer_rounds:
-        peer_attention.ROUNDS = args.peer_rounds
     split = ParallelDiT(model, mesh, sequence_attention=args.sequence_attention)
     record = {"ranks": world, "height": size[0], "width": size[1], "frames": size[2], "text_len": size[3],
               "tokens": int(inputs["bias"].shape[2]), "dtype": str(dtype).removeprefix("torch."),
               "model": "tiny" if args.tiny else "worldcanvas_14b (random weights)", "compile": args.compile,
               "attention": attention_mod._AUTO if args.attention == "auto" else args.attention,
               "sequence_attention": split.sequence_attention, "env": environment()}
-    if split.sequence_attention == "ulysses_p2p":
-        record["peer_rounds"] = peer_attention.ROUNDS
     with torch.no_grad():
         reset_peak()
         dist.barrier()
@@ -162,7 +157,7 @@ def table(path: Path) -> str:
         speed_up = f"{base / s:.2f}x" if base else "-"
         path = f"{'compiled' if r.get('compile') else 'eager'}, {r.get('attention', 'auto')}"
         if r["ranks"] > 1 and "sequence_attention" in r:
-            path += f", {r['sequence_attention']}" + (f" ({r['peer_rounds']} rounds)" if "peer_rounds" in r else "")
+            path += f", {r['sequence_attention']}"
         rows.append(f"| {r['ranks']} | {path} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
                     f"{speed_up} | {r['split_memory'].get('peak_allocated_gib', '-')} | "
                     f"{r.get('check_max_rel_err', '-')} |")
@@ -182,8 +177,6 @@ def main() -> None:
     p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend (default: auto)")
     p.add_argument("--sequence-attention", default="auto", choices=SEQUENCE_ATTENTION,
                    help="how the split tokens attend (wclab.parallel.ParallelDiT; default auto)")
-    p.add_argument("--peer-rounds", type=int, default=None,
-                   help="head rounds of the ulysses_p2p engine (default: wclab.peer_attention.ROUNDS)")
     p.add_argument("--code", default=None, metavar="FILE",
                    help="write the code Inductor generates for the forward (with --compile) to FILE (rank 0)")
     p.add_argument("--tiny", action="store_true", help="tiny random DiT, float32, 128x224x17 (CPU)")

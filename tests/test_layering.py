@@ -1,7 +1,7 @@
 """Imports only go down the layers, and no modules import each other in a circle.
 
 Layers, bottom to top: shared basics (errors, sizes, image) → conditions → encode → models → sampler → inspect →
-front ends and tools (cli, demo, parallel, peer_attention, workers, profile, testing, checkpoints, widgets). Every import statement
+front ends and tools (cli, demo, parallel, workers, profile, testing, checkpoints, widgets). Every import statement
 counts, also those inside functions.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["base", "conditions", "encode", "models", "sampler", "inspect", "front"]
-FRONT_ENDS = {"wclab.cli", "wclab.demo", "wclab.parallel", "wclab.peer_attention", "wclab.workers", "wclab.profile",
-              "wclab.testing", "wclab.checkpoints"}
+FRONT_ENDS = {"wclab.cli", "wclab.demo", "wclab.parallel", "wclab.workers", "wclab.profile", "wclab.testing",
+              "wclab.checkpoints"}
 
 
 def module_name(path: Path) -> str:
@@ -88,5 +88,5 @@ def test_the_layer_map_knows_every_package():
     assert layer_of("wclab.models.loading") < layer_of("wclab.checkpoints") == layer_of("widgets.segmenter")
     assert layer_of("wclab.sizes") == layer_of("wclab.errors") == 0
     assert {m.split(".")[1] for m in project_modules() if m.startswith("wclab.") and m.count(".") >= 1} <= \
-        {"conditions", "encode", "models", "sampler", "inspect", "cli", "demo", "parallel", "peer_attention", "workers",
-         "profile", "testing", "checkpoints", "errors", "sizes", "image", "colors"}
+        {"conditions", "encode", "models", "sampler", "inspect", "cli", "demo", "parallel", "workers", "profile",
+         "testing", "checkpoints", "errors", "sizes", "image", "colors"}

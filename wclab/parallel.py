@@ -58,17 +58,15 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from wclab.cli import StageClock, add_generate_arguments, generation_inputs, write_outputs
 from wclab.errors import WclabError
-from wclab import peer_attention
-from wclab.models.attention import BACKENDS, get_attention_backend
+from wclab.models.attention import BACKENDS
 from wclab.models.fast import speed_up
 from wclab.models.dit import DiT
 from wclab.models.hooks import HookedModule
 from wclab.models.loading import load_models
-from wclab.peer_attention import check_peer_attention
 from wclab.sampler import Session
 
 
-SEQUENCE_ATTENTION = ("auto", "ulysses", "kv_gather", "ulysses_p2p")  # how split tokens attend (module docstring)
+SEQUENCE_ATTENTION = ("auto", "ulysses", "kv_gather")  # how split tokens attend to all tokens (module docstring)
 
 
 class ParallelError(WclabError, RuntimeError):
@@ -268,8 +266,7 @@ class ParallelDiT(HookedModule):
     it with the same inputs. Hook points, ``cfg``, ``token_grid``... are the wrapped model's.
     ``sequence_attention``: "ulysses" (all-to-alls to a head split and back; at most ``num_heads`` ranks),
     "kv_gather" (every rank gathers all keys and values) or "auto" (default): "kv_gather" on 2 sequence ranks,
-    where it moves as many bytes as Ulysses in fewer calls, else "ulysses", which moves fewer. "ulysses_p2p"
-    (CUDA): Ulysses with copy-engine exchanges overlapped with the attention (`wclab.peer_attention`).
+    where it moves as many bytes as Ulysses in fewer calls, else "ulysses", which moves fewer.
     """
 
     def __init__(self, model: DiT, mesh: Optional[DeviceMesh] = None, sequence_attention: str = "auto"):
@@ -281,12 +278,9 @@ class ParallelDiT(HookedModule):
         if sequence_attention == "auto":
             sequence_attention = "kv_gather" if self.mesh.size() == 2 else "ulysses"
         self.sequence_attention = sequence_attention  # "ulysses" or "kv_gather" (see the module docstring)
-        if sequence_attention != "kv_gather" and model.cfg.num_heads < self.mesh.size():
+        if sequence_attention == "ulysses" and model.cfg.num_heads < self.mesh.size():
             raise ParallelError(f"Ulysses attention splits the {model.cfg.num_heads} heads across ranks: at most "
                                 f"{model.cfg.num_heads} ranks, got {self.mesh.size()}")
-        if sequence_attention == "ulysses_p2p":
-            heads = split_counts(model.cfg.num_heads, self.mesh.size(), balanced=True)
-            check_peer_attention(next(model.parameters()).device, heads, peer_attention.ROUNDS)
         self._hook_points = model.hook_points()
 
     @property
@@ -316,7 +310,7 @@ class ParallelDiT(HookedModule):
     def _sequence_attention(self, num_tokens: int) -> Iterator[None]:
         """Swap every block's self-attention for one over all ``num_tokens`` tokens across the ranks:
         ``self.sequence_attention`` "kv_gather" (each rank gathers every token's keys and values and attends with
-        its own queries), "ulysses" or "ulysses_p2p"."""
+        its own queries) or "ulysses"."""
         ranks, rank, group = self.mesh.size(), self.mesh.get_local_rank(), self.mesh.get_group()
         if ranks == 1:  # nothing to reshard
             yield
@@ -324,13 +318,7 @@ class ParallelDiT(HookedModule):
         tokens = split_counts(num_tokens, ranks, balanced=False)  # as token_slice
         heads = split_counts(self.model.cfg.num_heads, ranks, balanced=True)
 
-        def sequence_parallel(module, local_attention):
-            if self.sequence_attention == "ulysses_p2p":
-                backend = module.backend or get_attention_backend()
-
-                def overlapped(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-                    return peer_attention.attention_over_ranks(q, k, v, tokens, group, peer_attention.ROUNDS, backend)
-                return overlapped
+        def sequence_parallel(local_attention):
             if self.sequence_attention == "kv_gather":
                 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
                     k, v = (_all_gather_tokens(t, tokens, group) for t in (k, v))  # [B, S, heads, head_dim]
@@ -345,7 +333,7 @@ class ParallelDiT(HookedModule):
         modules = [block.self_attn for block in self.model.blocks]
         saved = [m.attention for m in modules]
         for m, local_attention in zip(modules, saved):
-            m.attention = sequence_parallel(m, local_attention)
+            m.attention = sequence_parallel(local_attention)
         try:
             yield
         finally:
