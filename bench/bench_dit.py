@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Report, cuda_ms, memory, reset_peak, sync, timed  # noqa: E402
+from benchlib import Report, cuda_ms, memory, reset_peak, sync, timed, tiny_dit_config  # noqa: E402
 
 from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.inspect.attention import cross_attention_hooks, span_mass, span_selector  # noqa: E402
@@ -67,8 +67,7 @@ from wclab.models.dit import DiT, DiTConfig  # noqa: E402
 
 FULL_SIZE = dict(frames=81, height=480, width=832, text_len=512)
 TINY_SIZE = dict(frames=17, height=64, width=96, text_len=24)  # tokens (5, 4, 6) = 120
-TINY_CONFIG = DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
-                        num_layers=2)
+TINY_CONFIG = tiny_dit_config()
 FULL_SPANS = [(1, 19), (21, 40), (42, 63)]
 TINY_SPANS = [(1, 5), (6, 11), (12, 18)]
 

@@ -29,6 +29,13 @@ if str(REPO) not in sys.path:
 GiB = 2 ** 30
 
 
+def tiny_dit_config():
+    """The tiny DiT the benches' ``--tiny`` smoke tests run on the CPU (4 heads of 32, 2 blocks)."""
+    from wclab.models.dit import DiTConfig
+    return DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
+                     num_layers=2)
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import environment, memory, reset_peak, timed  # noqa: E402
+from benchlib import environment, memory, reset_peak, timed, tiny_dit_config  # noqa: E402
 
 from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.models.conditioning import latent_shape  # noqa: E402
@@ -36,8 +36,7 @@ from wclab.models.dit import DiT, DiTConfig  # noqa: E402
 from wclab.models.fast import speed_up  # noqa: E402
 from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed  # noqa: E402
 
-TINY_CONFIG = DiTConfig(dim=128, ffn_dim=256, freq_dim=256, text_dim=32, in_dim=53, out_dim=16, num_heads=4,
-                        num_layers=2)
+TINY_CONFIG = tiny_dit_config()
 
 
 def make_inputs(cfg: DiTConfig, height: int, width: int, frames: int, text_len: int, device, dtype) -> dict:

@@ -183,3 +183,18 @@ def test_parallel_scaling_tiny_times_both_sequence_attentions_and_tabulates_them
     table = subprocess.run([sys.executable, str(BENCH / "parallel_scaling.py"), "--table", str(out)],
                            capture_output=True, text=True, timeout=60).stdout
     assert "| 2 | eager, sdpa, ulysses |" in table and "| 2 | eager, sdpa, kv_gather |" in table
+
+
+def test_gemm_rows_tiny_times_each_split_row_count_against_the_whole_sequence(tmp_path):
+    """`bench/gemm_rows.py --tiny`: the block's GEMMs at S = 60 rows, at S / P and padded, each as P · t(S / P) / t(S)."""
+    report = run("gemm_rows.py", tmp_path / "gemm.json", "--ranks", "2,4", "--repeat", "2")
+    rows = report["rows"]
+    assert [(r["rows"], r["ranks"], r["how"]) for r in rows] == [
+        (60, 1, "one rank"), (30, 2, "split"), (64, 2, "padded to 64"), (15, 4, "split"), (64, 4, "padded to 64")]
+    base = rows[0]["forward_ms"]
+    for r in rows:
+        assert set(r["ms"]) == {"dim_x_dim", "ffn_up", "ffn_down"} and all(ms > 0 for ms in r["ms"].values())
+        blocks = report["setup"]["blocks"]
+        assert r["forward_ms"] == pytest.approx(blocks * (6 * r["ms"]["dim_x_dim"] + r["ms"]["ffn_up"]
+                                                          + r["ms"]["ffn_down"]), rel=1e-3)
+        assert r["ratio_vs_one"] == pytest.approx(r["ranks"] * r["forward_ms"] / base, rel=1e-2, abs=1e-3)

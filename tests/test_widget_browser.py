@@ -176,9 +176,30 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
     def button(name: str) -> None:
         cell.get_by_role("button", name=name, exact=True).click()
 
-    def shown(text: str) -> None:
-        """Wait until the widget (synced back from the kernel) shows ``text``."""
-        page.wait_for_function("s => document.body.innerText.includes(s)", arg=text)
+    def shown(text: str, timeout_ms: float = STEP_TIMEOUT_MS) -> None:
+        """Wait until the widget (synced back from the kernel) shows ``text``; if it never does, fail with what the
+        editor shows instead (its status line and any error)."""
+        try:
+            page.wait_for_function("s => document.body.innerText.includes(s)", arg=text, timeout=timeout_ms)
+        except Exception as e:
+            lines = cell.locator(".jp-OutputArea-output .widget-html-content").all_inner_texts()
+            shows = "\n".join(line for line in lines if line.strip())
+            raise AssertionError(f"the editor never showed {text!r}; its messages:\n{shows}") from e
+
+    def enter(field, value: str, text: str) -> None:
+        """Type ``value`` into ``field`` and press Enter until the editor shows ``text``, as a user retypes an entry
+        that did not take (a CI run saw the first one lost: no reply in 60 s, cause not caught)."""
+        deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
+        while True:
+            field.fill(value)
+            field.press("Enter")
+            try:
+                return shown(text, timeout_ms=10_000)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                field.fill("")                        # Enter again sends a change only if the value changed
+                field.press("Enter")
 
     shown("Click on object 1 to pick it")             # the next-step hint
     shown("first frame / end frame (exclusive)")
@@ -203,9 +224,7 @@ def _draw_in_browser(page, base: str, token: str, out_json: Path) -> None:
     drag(polyline[-1], moved)                         # a real drag moves its last point
     shown("moved point 2")
     timing = cell.get_by_placeholder("frame of each point, e.g. 0, 6, 16")
-    timing.fill("0, 4, 12")                           # the timing control: reach each point at these frames
-    timing.press("Enter")
-    shown("timing: points reached at frames 0, 4, 12")
+    enter(timing, "0, 4, 12", "timing: points reached at frames 0, 4, 12")  # reach each point at these frames
     button("Add trajectory")
     shown("saved trajectory 0")
     button("Save JSON")
