@@ -29,14 +29,13 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import environment  # noqa: E402
+from benchlib import environment, full_size_tokens  # noqa: E402
 
 from wclab.models.dit import DiTConfig  # noqa: E402
 from wclab.parallel import split_counts  # noqa: E402
-from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, latent_frames  # noqa: E402
 
 CONFIG = DiTConfig.worldcanvas_14b()
-TOKENS = latent_frames(DEFAULT_FRAMES) * (DEFAULT_HEIGHT // 16) * (DEFAULT_WIDTH // 16)  # 2x2 patches of 8x VAE cells
+TOKENS = full_size_tokens()
 HEADS, HEAD_DIM, BLOCKS = CONFIG.num_heads, CONFIG.head_dim, CONFIG.num_layers
 
 

@@ -36,6 +36,12 @@ def tiny_dit_config():
                      num_layers=2)
 
 
+def full_size_tokens() -> int:
+    """DiT tokens of the released video size: 480×832×81 -> 21 latent frames × 30 × 52 tokens = 32 760."""
+    from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, TOKEN_CELL, latent_frames
+    return latent_frames(DEFAULT_FRAMES) * (DEFAULT_HEIGHT // TOKEN_CELL) * (DEFAULT_WIDTH // TOKEN_CELL)
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

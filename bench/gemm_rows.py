@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import cuda_ms, environment, tiny_dit_config  # noqa: E402
+from benchlib import cuda_ms, environment, full_size_tokens, tiny_dit_config  # noqa: E402
 
 from wclab.models.dit import DiTConfig  # noqa: E402
-from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, latent_frames  # noqa: E402
+from wclab.parallel import split_counts  # noqa: E402
 
 
 def block_shapes(cfg: DiTConfig) -> dict[str, tuple[int, int, int]]:
@@ -67,9 +67,7 @@ def main(argv=None) -> int:
     if args.tiny:
         cfg, tokens, device, dtype = tiny_dit_config(), 60, "cpu", torch.float32
     else:
-        cfg = DiTConfig.worldcanvas_14b()
-        tokens = latent_frames(DEFAULT_FRAMES) * (DEFAULT_HEIGHT // 16) * (DEFAULT_WIDTH // 16)
-        device, dtype = "cuda", torch.bfloat16
+        cfg, tokens, device, dtype = DiTConfig.worldcanvas_14b(), full_size_tokens(), "cuda", torch.bfloat16
     shapes = block_shapes(cfg)
     report = {"env": environment(), "setup": {"tokens": tokens, "blocks": cfg.num_layers, "dtype": str(dtype),
                                               "shapes": shapes, "repeat": args.repeat}, "rows": []}
@@ -79,7 +77,7 @@ def main(argv=None) -> int:
                            "ratio_vs_one": 1.0})
     print(f"M = {tokens:6d} (1 rank): {base:8.2f} ms of GEMMs per forward")
     for ranks in (int(r) for r in args.ranks.split(",")):
-        split = -(-tokens // ranks)
+        split = split_counts(tokens, ranks, balanced=False)[0]  # rank 0's share, the largest (as ParallelDiT)
         for rows, how in ((split, "split"), (round_up(split, 64), "padded to 64")):
             ms = time_shapes(rows, shapes, device, dtype, args.repeat)
             fwd = forward_ms(ms, shapes, cfg.num_layers)
