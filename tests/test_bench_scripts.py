@@ -186,15 +186,22 @@ def test_parallel_scaling_tiny_times_both_sequence_attentions_and_tabulates_them
 
 
 def test_gemm_rows_tiny_times_each_split_row_count_against_the_whole_sequence(tmp_path):
-    """`bench/gemm_rows.py --tiny`: the block's GEMMs at S = 60 rows, at S / P and padded, each as P · t(S / P) / t(S)."""
+    """`bench/gemm_rows.py --tiny`: the block's GEMMs at S = 60 rows, at S / P and padded, in both layouts (q, k, v
+    separate or fused), each as P · t(S / P) / t(S)."""
     report = run("gemm_rows.py", tmp_path / "gemm.json", "--ranks", "2,4", "--repeat", "2")
     rows = report["rows"]
-    assert [(r["rows"], r["ranks"], r["how"]) for r in rows] == [
-        (60, 1, "one rank"), (30, 2, "split"), (64, 2, "padded to 64"), (15, 4, "split"), (64, 4, "padded to 64")]
+    assert [(r["rows"], r["ranks"], r["how"], r["kernel"]) for r in rows] == [
+        (60, 1, "one rank", "cublas"), (30, 2, "split", "cublas"), (64, 2, "padded to 64", "cublas"),
+        (15, 4, "split", "cublas"), (64, 4, "padded to 64", "cublas")]
     base = rows[0]["forward_ms"]
+    blocks = report["setup"]["blocks"]
     for r in rows:
-        assert set(r["ms"]) == {"dim_x_dim", "ffn_up", "ffn_down"} and all(ms > 0 for ms in r["ms"].values())
-        blocks = report["setup"]["blocks"]
-        assert r["forward_ms"] == pytest.approx(blocks * (6 * r["ms"]["dim_x_dim"] + r["ms"]["ffn_up"]
-                                                          + r["ms"]["ffn_down"]), rel=1e-3)
-        assert r["ratio_vs_one"] == pytest.approx(r["ranks"] * r["forward_ms"] / base, rel=1e-2, abs=1e-3)
+        ms = r["ms"]
+        assert set(ms) == {"dim_x_dim", "qkv", "ffn_up", "ffn_down"} and all(t > 0 for t in ms.values())
+        assert r["forward_ms"]["separate"] == pytest.approx(
+            blocks * (6 * ms["dim_x_dim"] + ms["ffn_up"] + ms["ffn_down"]), rel=1e-3)
+        assert r["forward_ms"]["qkv_fused"] == pytest.approx(
+            blocks * (ms["qkv"] + 3 * ms["dim_x_dim"] + ms["ffn_up"] + ms["ffn_down"]), rel=1e-3)
+        for layout in ("separate", "qkv_fused"):
+            assert r["ratio_vs_one"][layout] == pytest.approx(r["ranks"] * r["forward_ms"][layout] / base[layout],
+                                                              rel=1e-2, abs=1e-3)
