@@ -73,13 +73,12 @@ def run(args) -> None:
     model = DiT.from_config(cfg, device=device, dtype=dtype).eval().requires_grad_(False)
     model.set_attention_backend(args.attention)
     if args.compile:
-        speed_up(model, backend="eager" if args.tiny else "inductor", autotune_gemms=args.autotune_gemms)
+        speed_up(model, backend="eager" if args.tiny else "inductor")
     inputs = make_inputs(cfg, *size, device, dtype)
     split = ParallelDiT(model, mesh, sequence_attention=args.sequence_attention)
     record = {"ranks": world, "height": size[0], "width": size[1], "frames": size[2], "text_len": size[3],
               "tokens": int(inputs["bias"].shape[2]), "dtype": str(dtype).removeprefix("torch."),
               "model": "tiny" if args.tiny else "worldcanvas_14b (random weights)", "compile": args.compile,
-              "autotune_gemms": args.autotune_gemms,
               "attention": attention_mod._AUTO if args.attention == "auto" else args.attention,
               "sequence_attention": split.sequence_attention, "env": environment()}
     with torch.no_grad():
@@ -155,8 +154,7 @@ def table(path: Path) -> str:
     for r in runs:
         s = r["split"]["median_s"]
         speed_up = f"{base / s:.2f}x" if base else "-"
-        path = f"{'compiled' if r.get('compile') else 'eager'}{' + tuned GEMMs' * bool(r.get('autotune_gemms'))}, " \
-               f"{r.get('attention', 'auto')}"
+        path = f"{'compiled' if r.get('compile') else 'eager'}, {r.get('attention', 'auto')}"
         if r["ranks"] > 1 and "sequence_attention" in r:
             path += f", {r['sequence_attention']}"
         rows.append(f"| {r['ranks']} | {path} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
@@ -175,8 +173,6 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--check", action="store_true", help="compare with the unsplit DiT on rank 0")
     p.add_argument("--compile", action="store_true", help="wclab.models.fast.speed_up (compiled blocks)")
-    p.add_argument("--autotune-gemms", action="store_true",
-                   help="with --compile: Inductor picks each GEMM's kernel by timing (speed_up(autotune_gemms=True))")
     p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend (default: auto)")
     p.add_argument("--sequence-attention", default="auto", choices=SEQUENCE_ATTENTION,
                    help="how the split tokens attend (wclab.parallel.ParallelDiT; default auto)")

@@ -75,22 +75,6 @@ def test_speed_up_compiles_each_block_into_one_graph_and_reset_restores_the_defa
     assert torch.equal(model(*inputs), ref)
 
 
-def test_speed_up_asks_inductor_to_time_gemm_kernels_only_when_told(monkeypatch):
-    """``autotune_gemms``: Inductor times cuBLAS against its Triton GEMM templates (persistent TMA ones included)
-    on top of the eager-rounding option; off by default, and a caller's own options still win."""
-    seen = []
-    monkeypatch.setattr(fast.torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
-    fast.speed_up(make_model())
-    fast.speed_up(make_model(), autotune_gemms=True)
-    fast.speed_up(make_model(), autotune_gemms=True, options={"max_autotune_gemm": False})
-    plain, tuned, overridden = seen[0], seen[CFG.num_layers], seen[2 * CFG.num_layers]
-    assert plain["options"] == {"emulate_precision_casts": True}
-    assert tuned["options"] == {"emulate_precision_casts": True, "max_autotune_gemm": True,
-                                "triton.enable_persistent_tma_matmul": True}
-    assert overridden["options"]["max_autotune_gemm"] is False
-    assert len(seen) == 3 * CFG.num_layers  # one compiled forward per block
-
-
 def test_fp8_linear_is_the_product_of_row_quantised_weight_and_tokens():
     torch.manual_seed(0)
     linear = nn.Linear(64, 32)

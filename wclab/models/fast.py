@@ -42,7 +42,7 @@ class FastPathError(WclabError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- compiled bf16 path
-def speed_up(model: DiT, compile: bool = True, autotune_gemms: bool = False, **compile_kwargs) -> DiT:
+def speed_up(model: DiT, compile: bool = True, **compile_kwargs) -> DiT:
     """Make ``model`` faster without changing what it computes beyond rounding (in place; returns it).
 
     RoPE rotates in float32 from a cached (cos, sin) table instead of float64 complex numbers, and each block
@@ -50,18 +50,14 @@ def speed_up(model: DiT, compile: bool = True, autotune_gemms: bool = False, **c
     which fuses norms, modulation, RoPE and gates. Inductor is told to keep eager's bf16 rounding between fused
     ops (``emulate_precision_casts``), so graph breaks (hooks that run eagerly, e.g. attention-map capture) move
     outputs by rounding only. Not bitwise eager: fused kernels round differently (measured deviation:
-    ``bench/RESULTS.md``). ``autotune_gemms``: Inductor times cuBLAS against its Triton GEMM templates (persistent
-    TMA ones on Hopper) for each GEMM shape it compiles and keeps the fastest — about a minute more per compiled
-    shape the first time (cached on disk after); it pays where cuBLAS' tiles fit the shape badly (a sequence
-    rank's share of the tokens, ``bench/RESULTS.md``). Hook points keep working (a hook attached later triggers one
+    ``bench/RESULTS.md``). Hook points keep working (a hook attached later triggers one
     recompilation). All blocks share one compiled graph. Each block's ``forward`` becomes the compiled one (an
     instance attribute; module hooks registered on a block still run eagerly around it).
     """
     model.rope_dtype = torch.float32
     if compile:
         if compile_kwargs.get("backend", "inductor") == "inductor":
-            tuning = {"max_autotune_gemm": True, "triton.enable_persistent_tma_matmul": True} if autotune_gemms else {}
-            compile_kwargs["options"] = {"emulate_precision_casts": True, **tuning, **compile_kwargs.get("options", {})}
+            compile_kwargs["options"] = {"emulate_precision_casts": True, **compile_kwargs.get("options", {})}
         for block in model.blocks:
             block.forward = torch.compile(type(block).forward.__get__(block), **compile_kwargs)
     return model
