@@ -205,3 +205,17 @@ def test_gemm_rows_tiny_times_each_split_row_count_against_the_whole_sequence(tm
         for layout in ("separate", "qkv_fused"):
             assert r["ratio_vs_one"][layout] == pytest.approx(r["ranks"] * r["forward_ms"][layout] / base[layout],
                                                               rel=1e-2, abs=1e-3)
+
+@pytest.mark.slow
+def test_gemm_rows_autotune_times_inductors_pick_at_the_whole_and_the_split_row_counts(tmp_path):
+    """`--autotune`: Inductor's max-autotune pick per shape beside the eager GEMMs, at S and at S / P (not padded),
+    its ratio taken against the autotuned S."""
+    report = run("gemm_rows.py", tmp_path / "gemm.json", "--ranks", "4", "--repeat", "2", "--autotune")
+    rows = {(r["rows"], r["how"], r["kernel"]): r for r in report["rows"]}
+    assert list(rows) == [(60, "one rank", "cublas"), (60, "one rank", "max_autotune"), (15, "split", "cublas"),
+                          (15, "split", "max_autotune"), (64, "padded to 64", "cublas")]
+    tuned_one, tuned_split = rows[60, "one rank", "max_autotune"], rows[15, "split", "max_autotune"]
+    assert tuned_one["ratio_vs_one"] == {"separate": 1.0, "qkv_fused": 1.0}
+    for layout in ("separate", "qkv_fused"):
+        assert tuned_split["ratio_vs_one"][layout] == pytest.approx(
+            4 * tuned_split["forward_ms"][layout] / tuned_one["forward_ms"][layout], rel=1e-2, abs=1e-3)
