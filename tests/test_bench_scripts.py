@@ -206,6 +206,7 @@ def test_gemm_rows_tiny_times_each_split_row_count_against_the_whole_sequence(tm
             assert r["ratio_vs_one"][layout] == pytest.approx(r["ranks"] * r["forward_ms"][layout] / base[layout],
                                                               rel=1e-2, abs=1e-3)
 
+
 @pytest.mark.slow
 def test_gemm_rows_autotune_times_inductors_pick_at_the_whole_and_the_split_row_counts(tmp_path):
     """`--autotune`: Inductor's max-autotune pick per shape beside the eager GEMMs, at S and at S / P (not padded),
