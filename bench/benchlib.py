@@ -105,7 +105,7 @@ def environment() -> dict:
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         env.update(device=p.name, device_memory_gib=round(p.total_memory / GiB, 1), sms=p.multi_processor_count,
-                   cudnn=torch.backends.cudnn.version())
+                   cudnn=torch.backends.cudnn.version(), gpus=gpu_state())
     else:
         env.update(device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     nccl = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")}
@@ -130,6 +130,41 @@ def gpu_memory_used_mib(index: Optional[int]) -> dict:
         return {f"gpu{int(i)}": int(mib) for i, mib in rows}
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return {}
+
+
+# nvidia-smi's clocks_event_reasons.active bits (NVML's nvmlClocksEventReasons): why the SM clock is below max.
+CLOCK_EVENT_REASONS = {0x1: "idle", 0x2: "applications clocks setting", 0x4: "software power cap",
+                       0x8: "hardware slowdown", 0x10: "sync boost", 0x20: "software thermal slowdown",
+                       0x40: "hardware thermal slowdown", 0x80: "hardware power brake", 0x100: "display clock setting"}
+GPU_STATE_FIELDS = "index,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,clocks_event_reasons.active"
+
+
+def parse_gpu_state(csv_text: str) -> list[dict]:
+    """Rows of ``nvidia-smi --query-gpu=GPU_STATE_FIELDS --format=csv,noheader,nounits`` as dicts: SM clock and its
+    max (MHz), temperature (°C), power draw (W) and the named reasons the clock is held down ("[N/A]" -> None)."""
+    def number(text: str):
+        text = text.strip()
+        return None if text.startswith("[") or text in ("N/A", "") else float(text)
+
+    rows = []
+    for line in csv_text.strip().splitlines():
+        index, sm, max_sm, temp, power, reasons = (field.strip() for field in line.split(","))
+        mask = int(reasons, 16) if reasons.startswith("0x") else 0
+        rows.append({"gpu": int(index), "sm_mhz": number(sm), "max_sm_mhz": number(max_sm),
+                     "temperature_c": number(temp), "power_w": number(power),
+                     "clock_reasons": [name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit]})
+    return rows
+
+
+def gpu_state() -> list[dict]:
+    """Every visible GPU's clocks, temperature, power and throttle reasons now (:func:`parse_gpu_state`); [] without
+    nvidia-smi. Taken before and after timed runs, it tells a throttling machine from a slow program."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={GPU_STATE_FIELDS}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+        return parse_gpu_state(out.stdout) if out.returncode == 0 else []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return []
 
 
 class PeakSampler:
@@ -162,6 +197,46 @@ class PeakSampler:
         self._stop.set()
         self._thread.join()
         self._take()
+
+
+class GpuWatch:
+    """Takes :func:`gpu_state` every ``interval_s`` on a thread while the ``with`` block runs (and once at each end).
+    ``summary()``: per GPU the lowest and median SM clock (MHz) against its max, the highest temperature (°C) and
+    power (W), and every reason other than idle that held the clock down — what tells a throttling machine from a
+    slow program."""
+
+    def __init__(self, interval_s: float = 2.0):
+        self.samples: list[list[dict]] = []
+        self._sampler = PeakSampler(self._take, interval_s)
+
+    def _take(self) -> dict:
+        self.samples.append(gpu_state())
+        return {}
+
+    def __enter__(self) -> "GpuWatch":
+        self._sampler.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._sampler.__exit__(*exc)
+
+    def summary(self) -> list[dict]:
+        by_gpu: dict[int, list[dict]] = {}
+        for rows in self.samples:
+            for row in rows:
+                by_gpu.setdefault(row["gpu"], []).append(row)
+        out = []
+        for gpu, rows in sorted(by_gpu.items()):
+            def values(key):
+                return [r[key] for r in rows if r[key] is not None]
+            sm = values("sm_mhz")
+            out.append({"gpu": gpu, "samples": len(rows), "min_sm_mhz": min(sm, default=None),
+                        "median_sm_mhz": statistics.median(sm) if sm else None,
+                        "max_sm_mhz": max(values("max_sm_mhz"), default=None),
+                        "max_temperature_c": max(values("temperature_c"), default=None),
+                        "max_power_w": max(values("power_w"), default=None),
+                        "clock_reasons": sorted({n for r in rows for n in r["clock_reasons"] if n != "idle"})})
+        return out
 
 
 class Report:

@@ -20,13 +20,14 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import environment, memory, reset_peak, timed, tiny_dit_config  # noqa: E402
+from benchlib import GpuWatch, environment, memory, reset_peak, timed, tiny_dit_config  # noqa: E402
 
 from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.models.conditioning import latent_shape  # noqa: E402
@@ -88,10 +89,13 @@ def run(args) -> None:
             _, codes = run_and_get_code(lambda: split(**inputs))
             if rank == 0:
                 Path(args.code).write_text("\n\n".join(codes))
-        record["split"], out = timed(lambda: split(**inputs), repeat=args.repeat, warmup=args.warmup)
-        record["split_memory"] = memory()
+        with GpuWatch() as watch:  # clocks and throttle reasons while timing: a throttling machine shows here
+            record["split"], out = timed(lambda: split(**inputs), repeat=args.repeat, warmup=args.warmup)
+        record["split_memory"], record["split_gpus"] = memory(), watch.summary()
         if world == 1:
-            record["unsplit"], _ = timed(lambda: model(**inputs), repeat=args.repeat, warmup=args.warmup)
+            with GpuWatch() as watch:
+                record["unsplit"], _ = timed(lambda: model(**inputs), repeat=args.repeat, warmup=args.warmup)
+            record["unsplit_gpus"] = watch.summary()
         if (args.check or args.tiny) and rank == 0:
             ref = model(**inputs).float()
             err = (out.float() - ref).abs().max() / ref.abs().max()
@@ -146,11 +150,12 @@ def table(path: Path) -> str:
     """Markdown rows from a JSON-lines file of runs: ranks, s/forward, speed-up vs the 1-rank unsplit DiT."""
     runs = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
                   key=lambda r: r["ranks"])
-    base = next((r["unsplit"]["median_s"] for r in runs if "unsplit" in r), None)
-    rows = ["| GPUs | path | size (HxWxT) | tokens | s / forward (median) | speed-up | peak GiB / GPU | max rel. err |",
-            "|---|---|---|---|---|---|---|---|"]
+    baseline = next((r for r in runs if "unsplit" in r), None)
+    base = baseline["unsplit"]["median_s"] if baseline else None
+    rows = ["| GPUs | path | size (HxWxT) | tokens | s / forward (median) | speed-up | peak GiB / GPU | max rel. err "
+            "| lowest SM clock while timed |", "|---|---|---|---|---|---|---|---|---|"]
     if base:
-        rows.append(f"| 1 (unsplit DiT) | | | | {base:.3f} | 1.00x | | |")
+        rows.append(f"| 1 (unsplit DiT) | | | | {base:.3f} | 1.00x | | | {lowest_clock(baseline.get('unsplit_gpus'))} |")
     for r in runs:
         s = r["split"]["median_s"]
         speed_up = f"{base / s:.2f}x" if base else "-"
@@ -159,8 +164,18 @@ def table(path: Path) -> str:
             path += f", {r['sequence_attention']}"
         rows.append(f"| {r['ranks']} | {path} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
                     f"{speed_up} | {r['split_memory'].get('peak_allocated_gib', '-')} | "
-                    f"{r.get('check_max_rel_err', '-')} |")
+                    f"{r.get('check_max_rel_err', '-')} | {lowest_clock(r.get('split_gpus'))} |")
     return "\n".join(rows)
+
+
+def lowest_clock(gpus: Optional[list[dict]]) -> str:
+    """The lowest SM clock any GPU showed while timed, against its max, and the reasons it was held down."""
+    seen = [g for g in gpus or [] if g["min_sm_mhz"] is not None]
+    if not seen:
+        return "-"
+    low = min(seen, key=lambda g: g["min_sm_mhz"])
+    reasons = sorted({n for g in seen for n in g["clock_reasons"]})
+    return f"{low['min_sm_mhz']:.0f} / {low['max_sm_mhz']:.0f} MHz" + (f" ({', '.join(reasons)})" if reasons else "")
 
 
 def main() -> None:

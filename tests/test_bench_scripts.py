@@ -185,6 +185,45 @@ def test_parallel_scaling_tiny_times_both_sequence_attentions_and_tabulates_them
     assert "| 2 | eager, sdpa, ulysses |" in table and "| 2 | eager, sdpa, kv_gather |" in table
 
 
+def test_gpu_state_reads_nvidia_smis_clocks_and_names_what_holds_the_clock_down():
+    sys.path.insert(0, str(BENCH))
+    from benchlib import parse_gpu_state
+
+    text = "0, 1980, 1980, 41, 698.12, 0x0000000000000000\n1, 1215, 1980, 87, 701.50, 0x0000000000000024\n" \
+           "2, 345, 1980, 30, [N/A], 0x0000000000000001\n"
+    gpus = parse_gpu_state(text)
+    assert gpus[0] == {"gpu": 0, "sm_mhz": 1980.0, "max_sm_mhz": 1980.0, "temperature_c": 41.0, "power_w": 698.12,
+                       "clock_reasons": []}
+    assert gpus[1]["clock_reasons"] == ["software power cap", "software thermal slowdown"]
+    assert gpus[2]["power_w"] is None and gpus[2]["clock_reasons"] == ["idle"]
+
+
+def test_gpu_watch_reports_each_gpus_lowest_clock_and_every_reason_but_idle(monkeypatch):
+    sys.path.insert(0, str(BENCH))
+    import benchlib
+
+    def state(sm0, sm1, reasons1):
+        return [{"gpu": 0, "sm_mhz": sm0, "max_sm_mhz": 1980.0, "temperature_c": 50.0, "power_w": 600.0,
+                 "clock_reasons": ["idle"]},
+                {"gpu": 1, "sm_mhz": sm1, "max_sm_mhz": 1980.0, "temperature_c": 85.0, "power_w": 700.0,
+                 "clock_reasons": reasons1}]
+
+    states = iter([state(1980.0, 1980.0, []), state(1980.0, 1410.0, ["hardware thermal slowdown"])])
+    monkeypatch.setattr(benchlib, "gpu_state", lambda: next(states))
+    with benchlib.GpuWatch(interval_s=3600) as watch:  # one sample as the block starts, one as it ends
+        pass
+    gpu0, gpu1 = watch.summary()
+    assert gpu0["samples"] == 2 and gpu0["min_sm_mhz"] == 1980.0 and gpu0["clock_reasons"] == []
+    assert gpu1["min_sm_mhz"] == 1410.0 and gpu1["median_sm_mhz"] == 1695.0
+    assert gpu1["clock_reasons"] == ["hardware thermal slowdown"] and gpu1["max_temperature_c"] == 85.0
+
+    sys.path.insert(0, str(BENCH))
+    from parallel_scaling import lowest_clock
+
+    assert lowest_clock(watch.summary()) == "1410 / 1980 MHz (hardware thermal slowdown)"
+    assert lowest_clock([]) == "-"  # no nvidia-smi (the CPU)
+
+
 def test_gemm_rows_tiny_times_each_split_row_count_against_the_whole_sequence(tmp_path):
     """`bench/gemm_rows.py --tiny`: the block's GEMMs at S = 60 rows, at S / P and padded, in both layouts (q, k, v
     separate or fused), each as P · t(S / P) / t(S)."""
