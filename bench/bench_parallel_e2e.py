@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import GiB, environment, random_models, reset_peak, sync  # noqa: E402
+from benchlib import GiB, GpuWatch, environment, random_models, reset_peak, sync  # noqa: E402
 
 from wclab.image import solid_image  # noqa: E402
 from wclab.models.fast import relative_error  # noqa: E402
@@ -99,8 +99,9 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
     """Run layout ``cfg``x``seq`` (a collective over all ranks); rank 0 writes ``out/name.json``."""
     rank, n = dist.get_rank(), cfg * seq
     mesh = layout_mesh(cfg, seq)
-    result = (generate(models, scene, size, steps, mesh, setup["distilled"], setup["sequence_attention"])
-              if rank < n else None)
+    with GpuWatch() as watch:  # every GPU's clocks and throttle reasons over the run (rank 0 reports them)
+        result = (generate(models, scene, size, steps, mesh, setup["distilled"], setup["sequence_attention"])
+                  if rank < n else None)
     peaks = [None] * dist.get_world_size()
     dist.all_gather_object(peaks, result["peak_gib"] if result else None)
     dist.barrier()
@@ -127,6 +128,7 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
             "peak_allocated_gib_per_rank": [round(p, 2) for p in peaks if p is not None],
         },
         "step_s": [round(s, 3) for s in steps_s],
+        "gpus": watch.summary(),
     }
     if reference is not None:
         ref = reference["latents"]

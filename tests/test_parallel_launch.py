@@ -100,6 +100,7 @@ def test_parallel_e2e_bench_runs_the_distilled_preset_on_a_sequence_split(tmp_pa
     split = json.loads((out / "scan_1x2_4steps.json").read_text())
     assert split["setup"]["distilled"] is True and split["setup"]["cfg"] == 1.0 and len(split["step_s"]) == 4
     assert split["summary"]["max_rel_err_vs_1gpu"] < 1e-5
+    assert all(g["samples"] >= 2 for g in split["gpus"])  # clocks over the run; [] where there is no nvidia-smi
 
 
 def test_parallel_e2e_bench_refuses_a_cfg_split_of_the_distilled_preset(monkeypatch, capsys):
