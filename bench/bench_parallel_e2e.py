@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import GiB, GpuWatch, environment, random_models, reset_peak, sync  # noqa: E402
+from benchlib import GiB, GpuWatch, environment, random_models, reset_peak, sync, used_gpus  # noqa: E402
 
 from wclab.image import solid_image  # noqa: E402
 from wclab.models.fast import relative_error  # noqa: E402
@@ -99,7 +99,7 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
     """Run layout ``cfg``x``seq`` (a collective over all ranks); rank 0 writes ``out/name.json``."""
     rank, n = dist.get_rank(), cfg * seq
     mesh = layout_mesh(cfg, seq)
-    with GpuWatch() as watch:  # every GPU's clocks and throttle reasons over the run (rank 0 reports them)
+    with GpuWatch(used_gpus(n)) as watch:  # the layout's GPUs' clocks, throttle reasons (rank 0 reports them)
         result = (generate(models, scene, size, steps, mesh, setup["distilled"], setup["sequence_attention"])
                   if rank < n else None)
     peaks = [None] * dist.get_world_size()

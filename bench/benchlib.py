@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -167,6 +167,15 @@ def gpu_state() -> list[dict]:
         return []
 
 
+def used_gpus(count: int) -> list[int]:
+    """nvidia-smi indexes of ``cuda:0`` … ``cuda:count-1`` on this node (through ``CUDA_VISIBLE_DEVICES`` when it
+    lists indexes)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").replace(" ", "")
+    if visible and all(part.isdigit() for part in visible.split(",")):
+        return [int(part) for part in visible.split(",")[:count]]
+    return list(range(count))
+
+
 class PeakSampler:
     """Calls ``sample() -> {name: number}`` every ``interval_s`` on a thread while the ``with`` block runs (and once
     at each end); ``base`` holds the first sample, ``peak`` each name's largest value."""
@@ -203,14 +212,16 @@ class GpuWatch:
     """Takes :func:`gpu_state` every ``interval_s`` on a thread while the ``with`` block runs (and once at each end).
     ``summary()``: per GPU the lowest and median SM clock (MHz) against its max, the highest temperature (°C) and
     power (W), and every reason other than idle that held the clock down — what tells a throttling machine from a
-    slow program."""
+    slow program. ``gpus``: the nvidia-smi indexes of the GPUs doing the work (:func:`used_gpus`; None: all), so
+    an idle GPU beside them does not read as a slow one."""
 
-    def __init__(self, interval_s: float = 2.0):
+    def __init__(self, gpus: Optional[Iterable[int]] = None, interval_s: float = 2.0):
+        self.gpus = None if gpus is None else set(gpus)
         self.samples: list[list[dict]] = []
         self._sampler = PeakSampler(self._take, interval_s)
 
     def _take(self) -> dict:
-        self.samples.append(gpu_state())
+        self.samples.append([row for row in gpu_state() if self.gpus is None or row["gpu"] in self.gpus])
         return {}
 
     def __enter__(self) -> "GpuWatch":

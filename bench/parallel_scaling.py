@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import GpuWatch, environment, memory, reset_peak, timed, tiny_dit_config  # noqa: E402
+from benchlib import GpuWatch, environment, memory, reset_peak, timed, tiny_dit_config, used_gpus  # noqa: E402
 
 from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.models.conditioning import latent_shape  # noqa: E402
@@ -89,11 +89,11 @@ def run(args) -> None:
             _, codes = run_and_get_code(lambda: split(**inputs))
             if rank == 0:
                 Path(args.code).write_text("\n\n".join(codes))
-        with GpuWatch() as watch:  # clocks and throttle reasons while timing: a throttling machine shows here
+        with GpuWatch(used_gpus(world)) as watch:  # clocks, throttle reasons while timing: a throttling machine shows
             record["split"], out = timed(lambda: split(**inputs), repeat=args.repeat, warmup=args.warmup)
         record["split_memory"], record["split_gpus"] = memory(), watch.summary()
         if world == 1:
-            with GpuWatch() as watch:
+            with GpuWatch(used_gpus(1)) as watch:
                 record["unsplit"], _ = timed(lambda: model(**inputs), repeat=args.repeat, warmup=args.warmup)
             record["unsplit_gpus"] = watch.summary()
         if (args.check or args.tiny) and rank == 0:
@@ -155,7 +155,8 @@ def table(path: Path) -> str:
     rows = ["| GPUs | path | size (HxWxT) | tokens | s / forward (median) | speed-up | peak GiB / GPU | max rel. err "
             "| lowest SM clock while timed |", "|---|---|---|---|---|---|---|---|---|"]
     if base:
-        rows.append(f"| 1 (unsplit DiT) | | | | {base:.3f} | 1.00x | | | {lowest_clock(baseline.get('unsplit_gpus'))} |")
+        clock = lowest_clock(baseline.get("unsplit_gpus"))
+        rows.append(f"| 1 (unsplit DiT) | | | | {base:.3f} | 1.00x | | | {clock} |")
     for r in runs:
         s = r["split"]["median_s"]
         speed_up = f"{base / s:.2f}x" if base else "-"

@@ -223,6 +223,22 @@ def test_gpu_watch_reports_each_gpus_lowest_clock_and_every_reason_but_idle(monk
     assert lowest_clock(watch.summary()) == "1410 / 1980 MHz (hardware thermal slowdown)"
     assert lowest_clock([]) == "-"  # no nvidia-smi (the CPU)
 
+    # watching only the GPUs that do the work: an idle one beside them is not "the lowest clock"
+    states = iter([state(1980.0, 345.0, ["idle"])] * 2)
+    with benchlib.GpuWatch(gpus=[0], interval_s=3600) as watch:
+        pass
+    assert [g["gpu"] for g in watch.summary()] == [0] and lowest_clock(watch.summary()) == "1980 / 1980 MHz"
+
+
+def test_used_gpus_follows_cuda_visible_devices(monkeypatch):
+    sys.path.insert(0, str(BENCH))
+    from benchlib import used_gpus
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert used_gpus(2) == [0, 1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert used_gpus(1) == [2] and used_gpus(2) == [2, 3]
+
 
 def test_gemm_rows_tiny_times_each_split_row_count_against_the_whole_sequence(tmp_path):
     """`bench/gemm_rows.py --tiny`: the block's GEMMs at S = 60 rows, at S / P and padded, in both layouts (q, k, v
