@@ -158,7 +158,7 @@ def parse_gpu_state(csv_text: str) -> list[dict]:
 
 def gpu_state() -> list[dict]:
     """Every visible GPU's clocks, temperature, power and throttle reasons now (:func:`parse_gpu_state`); [] without
-    nvidia-smi. Taken before and after timed runs, it tells a throttling machine from a slow program."""
+    nvidia-smi. Sampled while timing (:class:`GpuWatch`), it tells a throttling machine from a slow program."""
     try:
         out = subprocess.run(["nvidia-smi", f"--query-gpu={GPU_STATE_FIELDS}", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=10)
