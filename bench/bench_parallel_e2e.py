@@ -99,7 +99,7 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
     """Run layout ``cfg``x``seq`` (a collective over all ranks); rank 0 writes ``out/name.json``."""
     rank, n = dist.get_rank(), cfg * seq
     mesh = layout_mesh(cfg, seq)
-    with GpuWatch(used_gpus(n)) as watch:  # the layout's GPUs' clocks, throttle reasons (rank 0 reports them)
+    with GpuWatch(used_gpus(n) if rank == 0 else []) as watch:  # the layout's GPUs' clocks, throttle reasons
         result = (generate(models, scene, size, steps, mesh, setup["distilled"], setup["sequence_attention"])
                   if rank < n else None)
     peaks = [None] * dist.get_world_size()

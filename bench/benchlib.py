@@ -105,7 +105,7 @@ def environment() -> dict:
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         env.update(device=p.name, device_memory_gib=round(p.total_memory / GiB, 1), sms=p.multi_processor_count,
-                   cudnn=torch.backends.cudnn.version(), gpus=gpu_state())
+                   cudnn=torch.backends.cudnn.version())
     else:
         env.update(device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     nccl = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")}
@@ -213,7 +213,7 @@ class GpuWatch:
     ``summary()``: per GPU the lowest and median SM clock (MHz) against its max, the highest temperature (°C) and
     power (W), and every reason other than idle that held the clock down — what tells a throttling machine from a
     slow program. ``gpus``: the nvidia-smi indexes of the GPUs doing the work (:func:`used_gpus`; None: all), so
-    an idle GPU beside them does not read as a slow one."""
+    an idle GPU beside them does not read as a slow one; an empty list watches nothing (ranks that do not report)."""
 
     def __init__(self, gpus: Optional[Iterable[int]] = None, interval_s: float = 2.0):
         self.gpus = None if gpus is None else set(gpus)
@@ -221,7 +221,8 @@ class GpuWatch:
         self._sampler = PeakSampler(self._take, interval_s)
 
     def _take(self) -> dict:
-        self.samples.append([row for row in gpu_state() if self.gpus is None or row["gpu"] in self.gpus])
+        if self.gpus != set():
+            self.samples.append([row for row in gpu_state() if self.gpus is None or row["gpu"] in self.gpus])
         return {}
 
     def __enter__(self) -> "GpuWatch":

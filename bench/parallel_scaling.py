@@ -89,7 +89,7 @@ def run(args) -> None:
             _, codes = run_and_get_code(lambda: split(**inputs))
             if rank == 0:
                 Path(args.code).write_text("\n\n".join(codes))
-        with GpuWatch(used_gpus(world)) as watch:  # clocks, throttle reasons while timing: a throttling machine shows
+        with GpuWatch(used_gpus(world) if rank == 0 else []) as watch:  # clocks, throttle reasons while timing
             record["split"], out = timed(lambda: split(**inputs), repeat=args.repeat, warmup=args.warmup)
         record["split_memory"], record["split_gpus"] = memory(), watch.summary()
         if world == 1:

@@ -217,7 +217,6 @@ def test_gpu_watch_reports_each_gpus_lowest_clock_and_every_reason_but_idle(monk
     assert gpu1["min_sm_mhz"] == 1410.0 and gpu1["median_sm_mhz"] == 1695.0
     assert gpu1["clock_reasons"] == ["hardware thermal slowdown"] and gpu1["max_temperature_c"] == 85.0
 
-    sys.path.insert(0, str(BENCH))
     from parallel_scaling import lowest_clock
 
     assert lowest_clock(watch.summary()) == "1410 / 1980 MHz (hardware thermal slowdown)"
@@ -228,6 +227,11 @@ def test_gpu_watch_reports_each_gpus_lowest_clock_and_every_reason_but_idle(monk
     with benchlib.GpuWatch(gpus=[0], interval_s=3600) as watch:
         pass
     assert [g["gpu"] for g in watch.summary()] == [0] and lowest_clock(watch.summary()) == "1980 / 1980 MHz"
+
+    monkeypatch.setattr(benchlib, "gpu_state", lambda: pytest.fail("a watch of no GPUs asked nvidia-smi"))
+    with benchlib.GpuWatch(gpus=[], interval_s=3600) as watch:  # a rank that does not report
+        pass
+    assert watch.summary() == []
 
 
 def test_used_gpus_follows_cuda_visible_devices(monkeypatch):
