@@ -49,17 +49,40 @@ def sync() -> None:
 
 def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> tuple[dict, object]:
     """Run ``fn`` warmup + repeat times (device synchronised around each call): seconds per call and the last
-    result. ``first_s`` is the first call (incl. any compilation)."""
-    times, out = [], None
+    result. ``first_s`` is the first call (incl. any compilation); ``issue_median_s`` the time until ``fn``
+    returned, before the sync (the host's share: close to ``median_s`` when launching kernels is the limit)."""
+    times, issued, out = [], [], None
     for i in range(warmup + repeat):
         sync()
         t0 = time.perf_counter()
         out = fn()
+        issued.append(time.perf_counter() - t0)
         sync()
         times.append(time.perf_counter() - t0)
     timed_runs = times[warmup:] or times
     return {"first_s": round(times[0], 4), "median_s": round(statistics.median(timed_runs), 4),
-            "min_s": round(min(timed_runs), 4), "runs_s": [round(t, 4) for t in timed_runs]}, out
+            "min_s": round(min(timed_runs), 4), "runs_s": [round(t, 4) for t in timed_runs],
+            "issue_median_s": round(statistics.median(issued[warmup:] or issued), 4)}, out
+
+
+def cuda_graphed(fn: Callable[[], object], warmup: int = 2) -> Callable[[], object]:
+    """``fn`` (no arguments, static inputs) captured once as a CUDA graph; returns a function that replays it and
+    returns the output tensors captured (the same tensors every call, overwritten). ``fn`` runs ``warmup`` times
+    on a side stream first, as capture needs (compilation, NCCL communicators, cuDNN plans ready)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay():
+        graph.replay()
+        return out
+    return replay
 
 
 def cuda_ms(fn: Callable[[], object], repeat: int = 10, warmup: int = 3) -> float:
