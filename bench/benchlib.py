@@ -65,26 +65,6 @@ def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> tuple[d
             "issue_median_s": round(statistics.median(issued[warmup:] or issued), 4)}, out
 
 
-def cuda_graphed(fn: Callable[[], object], warmup: int = 2) -> Callable[[], object]:
-    """``fn`` (no arguments, static inputs) captured once as a CUDA graph; returns a function that replays it and
-    returns the output tensors captured (the same tensors every call, overwritten). ``fn`` runs ``warmup`` times
-    on a side stream first, as capture needs (compilation, NCCL communicators, cuDNN plans ready)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-
-    def replay():
-        graph.replay()
-        return out
-    return replay
-
-
 def cuda_ms(fn: Callable[[], object], repeat: int = 10, warmup: int = 3) -> float:
     """Median milliseconds of ``fn`` timed with CUDA events (wall clock on CPU)."""
     for _ in range(warmup):

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import GpuWatch, cuda_graphed, environment, memory, reset_peak, timed, tiny_dit_config, used_gpus  # noqa: E402
+from benchlib import GpuWatch, environment, memory, reset_peak, timed, tiny_dit_config, used_gpus  # noqa: E402
 
 from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.models.conditioning import latent_shape  # noqa: E402
@@ -67,8 +67,6 @@ def run(args) -> None:
     mesh = init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if mesh.device_type == "cuda" else torch.device("cpu")
-    if args.cuda_graph and device.type != "cuda":
-        raise SystemExit("--cuda-graph: CUDA graphs need a GPU (this run is on the CPU)")
     dtype = torch.float32 if args.tiny else torch.bfloat16
     cfg = TINY_CONFIG if args.tiny else DiTConfig.worldcanvas_14b()
     size = (128, 224, 17, 24) if args.tiny else (args.height, args.width, args.frames, args.text_len)
@@ -98,17 +96,10 @@ def run(args) -> None:
             with GpuWatch(used_gpus(1)) as watch:
                 record["unsplit"], _ = timed(lambda: model(**inputs), repeat=args.repeat, warmup=args.warmup)
             record["unsplit_gpus"] = watch.summary()
-        if args.cuda_graph:  # the same forwards replayed from one CUDA graph each (no per-kernel launches)
-            split_graph = cuda_graphed(lambda: split(**inputs))
-            record["split_graph"], out_graph = timed(split_graph, repeat=args.repeat, warmup=1)
-            if world == 1:
-                record["unsplit_graph"], _ = timed(cuda_graphed(lambda: model(**inputs)), repeat=args.repeat, warmup=1)
         if (args.check or args.tiny) and rank == 0:
             ref = model(**inputs).float()
             err = (out.float() - ref).abs().max() / ref.abs().max()
             record["check_max_rel_err"] = float(err)
-            if args.cuda_graph:
-                record["graph_check_max_rel_err"] = float((out_graph.float() - ref).abs().max() / ref.abs().max())
         if args.profile:
             record["profile"] = profile_forward(lambda: split(**inputs), device, args.profile if rank == 0 else None)
         dist.barrier()
@@ -203,8 +194,6 @@ def main() -> None:
                    help="how the split tokens attend (wclab.parallel.ParallelDiT; default auto)")
     p.add_argument("--code", default=None, metavar="FILE",
                    help="write the code Inductor generates for the forward (with --compile) to FILE (rank 0)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="also time each forward replayed from a CUDA graph (split_graph, unsplit_graph; GPU only)")
     p.add_argument("--tiny", action="store_true", help="tiny random DiT, float32, 128x224x17 (CPU)")
     p.add_argument("--out", default=None, help="append the run as one JSON line")
     p.add_argument("--profile", default=None, metavar="TABLE",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -279,3 +280,19 @@ def test_gemm_rows_autotune_times_inductors_pick_at_the_whole_and_the_split_row_
     for layout in ("separate", "qkv_fused"):
         assert tuned_split["ratio_vs_one"][layout] == pytest.approx(
             4 * tuned_split["forward_ms"][layout] / tuned_one["forward_ms"][layout], rel=1e-2, abs=1e-3)
+
+
+def test_timed_reports_how_long_the_host_took_to_issue_each_call_besides_the_whole_call():
+    sys.path.insert(0, str(BENCH))
+    from benchlib import timed
+
+    calls = []
+
+    def fn():
+        time.sleep(0.02)
+        calls.append(1)
+        return len(calls)
+
+    stats, last = timed(fn, repeat=3, warmup=1)
+    assert last == 4 and len(stats["runs_s"]) == 3
+    assert 0.02 <= stats["issue_median_s"] <= stats["median_s"] + 1e-3  # on the CPU the call is all host time
