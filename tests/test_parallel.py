@@ -143,9 +143,6 @@ def worker(out_dir: Path) -> None:
         res["odd_ulysses"] = ulysses(x_odd, u["timestep"], u["context"], bias_odd)
         res["batched_ulysses"] = ulysses(*batched_inputs(u))
         res["collective_calls_ulysses"] = collective_calls(ulysses, x_odd, u["timestep"], u["context"], bias_odd)
-        overlap = ParallelDiT(model.model, mesh, sequence_attention="kv_overlap")
-        res["odd_kv_overlap"] = overlap(x_odd, u["timestep"], u["context"], bias_odd)
-        res["batched_kv_overlap"] = overlap(*batched_inputs(u))
         bf16 = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4, dtype=torch.bfloat16), mesh)
         res["bf16"] = bf16(u["x"], u["timestep"], u["context"], u["bias"]).float()
     session = small_session()
@@ -174,9 +171,6 @@ def uneven_worker(out_dir: Path, grid: tuple[int, int, int] = UNEVEN_GRID) -> No
     with torch.no_grad():
         res["uneven_kv_gather"] = gather(x, u["timestep"], u["context"], bias)
     res["collective_calls_kv_gather"] = collective_calls(gather, x, u["timestep"], u["context"], bias)
-    with torch.no_grad():
-        res["uneven_kv_overlap"] = ParallelDiT(model.model, model.mesh, sequence_attention="kv_overlap")(
-            x, u["timestep"], u["context"], bias)
     n = grid[0] * grid[1] * grid[2]
     res["uneven_slice"] = torch.tensor([token_slice(n).start, token_slice(n).stop])
     save_file(res, str(out_dir / f"rank{dist.get_rank()}.safetensors"))
@@ -266,13 +260,6 @@ def test_ulysses_asked_for_on_two_ranks_reshards_by_all_to_all_and_equals_one_pr
         torch.testing.assert_close(r["batched_ulysses"], single["batched"], **PARITY)  # batch 2: sent rank-major
 
 
-def test_overlapped_kv_exchange_on_two_ranks_equals_one_process(ranks, single):
-    """"kv_overlap": each rank attends over its own keys while the other's arrive, then joins both parts."""
-    for r in ranks:
-        torch.testing.assert_close(r["odd_kv_overlap"], single["odd"], **PARITY)
-        torch.testing.assert_close(r["batched_kv_overlap"], single["batched"], **PARITY)  # batch 2: pieces joined
-
-
 def test_an_unknown_sequence_attention_is_refused_naming_the_choices():
     from wclab.parallel import ParallelDiT, ParallelError
 
@@ -282,7 +269,7 @@ def test_an_unknown_sequence_attention_is_refused_naming_the_choices():
         def size(self):
             return 1
 
-    with pytest.raises(ParallelError, match=r"sequence_attention: expected one of \('auto', 'ulysses', 'kv_gather', 'kv_overlap'\)"):
+    with pytest.raises(ParallelError, match=r"sequence_attention: expected one of \('auto', 'ulysses', 'kv_gather'\)"):
         ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), OneRank(), sequence_attention="ring")
 
 
@@ -337,7 +324,6 @@ def test_three_ranks_split_tokens_and_heads_unevenly_and_equal_one_process(ranks
     for r in got:
         torch.testing.assert_close(r["uneven_kv_gather"], expected, **PARITY)
         assert r["collective_calls_kv_gather"].tolist() == [0, 4]
-        torch.testing.assert_close(r["uneven_kv_overlap"], expected, **PARITY)
     for r in got:
         torch.testing.assert_close(r["uneven"], expected, **PARITY)
 
@@ -359,7 +345,6 @@ def test_four_ranks_split_an_odd_token_count_one_head_each_and_equal_one_process
         assert r["collective_calls"].tolist() == [8, 0] and r["collective_calls_kv_gather"].tolist() == [0, 4]
         torch.testing.assert_close(r["uneven"], expected, **PARITY)
         torch.testing.assert_close(r["uneven_kv_gather"], expected, **PARITY)
-        torch.testing.assert_close(r["uneven_kv_overlap"], expected, **PARITY)
 
 
 def test_without_a_process_group_parallel_dit_raises_naming_torchrun(monkeypatch):

@@ -55,11 +55,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.distributed_c10d import _resolve_process_group
 
 from wclab.cli import StageClock, add_generate_arguments, generation_inputs, write_outputs
 from wclab.errors import WclabError
-from wclab.models.attention import BACKENDS, attention_lse, join_attention
+from wclab.models.attention import BACKENDS
 from wclab.models.fast import speed_up
 from wclab.models.dit import DiT
 from wclab.models.hooks import HookedModule
@@ -67,7 +66,7 @@ from wclab.models.loading import load_models
 from wclab.sampler import Session
 
 
-SEQUENCE_ATTENTION = ("auto", "ulysses", "kv_gather", "kv_overlap")  # how split tokens attend to all tokens (module docstring)
+SEQUENCE_ATTENTION = ("auto", "ulysses", "kv_gather")  # how split tokens attend to all tokens (module docstring)
 
 
 class ParallelError(WclabError, RuntimeError):
@@ -227,50 +226,6 @@ def _all_gather_tokens(x: Tensor, tokens: list[int], group) -> Tensor:
     return out[:, :sum(tokens)]
 
 
-@torch.library.custom_op("wclab::overlapped_kv_attention", mutates_args=())
-def overlapped_kv_attention(q: Tensor, k: Tensor, v: Tensor, tokens: list[int], group_name: str,
-                            backend: Optional[str]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """This rank's queries over its own keys while every other rank's keys and values arrive, then over those:
-    q, k, v [B, S_local, H, D] (``tokens``: every rank's token count over the group named ``group_name``) ->
-    (out_own, lse_own, out_others, lse_others) as `attention_lse` gives them, for `join_attention`.
-    The k / v exchange is one batch of point-to-point sends and receives (each peer's chunk placed straight
-    into one buffer, peers in cyclic order from this rank: key order does not change attention)."""
-    group = _resolve_process_group(group_name)
-    ranks, rank = len(tokens), dist.get_rank(group)
-    B, _, H, D = k.shape
-    k, v = k.contiguous(), v.contiguous()
-    peers = [(rank + i) % ranks for i in range(1, ranks)]
-    k_others, v_others = (k.new_empty(B, sum(tokens[p] for p in peers), H, D) for _ in range(2))
-    if B == 1:  # each peer's chunk is a contiguous slice of the buffer
-        k_parts, v_parts = (list(buf.split([tokens[p] for p in peers], dim=1)) for buf in (k_others, v_others))
-    else:
-        k_parts, v_parts = ([k.new_empty(B, tokens[p], H, D) for p in peers] for _ in range(2))
-    ops = []
-    for p, k_in, v_in in zip(peers, k_parts, v_parts):
-        if k.shape[1]:
-            ops += [dist.P2POp(dist.isend, k, group=group, group_peer=p),
-                    dist.P2POp(dist.isend, v, group=group, group_peer=p)]
-        if tokens[p]:
-            ops += [dist.P2POp(dist.irecv, k_in, group=group, group_peer=p),
-                    dist.P2POp(dist.irecv, v_in, group=group, group_peer=p)]
-    works = dist.batch_isend_irecv(ops) if ops else []
-    out_own, lse_own = attention_lse(q, k, v, backend)  # runs while the exchange is under way
-    for work in works:
-        work.wait()
-    if B > 1:
-        k_others, v_others = torch.cat(k_parts, dim=1), torch.cat(v_parts, dim=1)
-    out_others, lse_others = attention_lse(q, k_others, v_others, backend)
-    return tuple(t.contiguous() for t in (out_own, lse_own, out_others, lse_others))  # dense, as the fake says
-
-
-@overlapped_kv_attention.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, tokens: list[int], group_name: str,
-      backend: Optional[str]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    B, S, H, _ = q.shape
-    out, lse = q.new_empty((B, S, H, v.shape[-1])), q.new_empty((B, H, S), dtype=torch.float32)
-    return out, lse, torch.empty_like(out), torch.empty_like(lse)
-
-
 def gather_tokens(local: Tensor, num_tokens: int, dim: int = 1, mesh: Optional[DeviceMesh] = None) -> Tensor:
     """All-gather per-token slices along ``dim``: [..., S_local, ...] on each rank -> [..., num_tokens, ...] on
     every rank (``S_local`` = this rank's `token_slice`). A collective: every rank must call it."""
@@ -363,11 +318,7 @@ class ParallelDiT(HookedModule):
         tokens = split_counts(num_tokens, ranks, balanced=False)  # as token_slice
         heads = split_counts(self.model.cfg.num_heads, ranks, balanced=True)
 
-        def sequence_parallel(local_attention, backend: Optional[str]):
-            if self.sequence_attention == "kv_overlap":
-                def overlapped(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-                    return join_attention(*overlapped_kv_attention(q, k, v, tokens, group.group_name, backend))
-                return overlapped
+        def sequence_parallel(local_attention):
             if self.sequence_attention == "kv_gather":
                 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
                     k, v = (_all_gather_tokens(t, tokens, group) for t in (k, v))  # [B, S, heads, head_dim]
@@ -382,7 +333,7 @@ class ParallelDiT(HookedModule):
         modules = [block.self_attn for block in self.model.blocks]
         saved = [m.attention for m in modules]
         for m, local_attention in zip(modules, saved):
-            m.attention = sequence_parallel(local_attention, m.backend)
+            m.attention = sequence_parallel(local_attention)
         try:
             yield
         finally:

@@ -150,44 +150,6 @@ def _(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
     return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
-_LSE_FLAG = {"flash4": "return_lse", "flash3": "return_attn_probs", "flash2": "return_attn_probs"}
-
-
-@torch.library.custom_op("wclab::flash_attention_lse", mutates_args=())
-def flash_attention_lse(q: Tensor, k: Tensor, v: Tensor, backend: str) -> tuple[Tensor, Tensor]:
-    """`flash_attention` that also returns each query's log-sum-exp of its scaled scores: q [B, Lq, H, D],
-    k/v [B, Lk, H, D] -> (out [B, Lq, H, D], lse [B, H, Lq] float32, natural log)."""
-    out = _require_flash_kernel(backend)(q, k, v, **{_LSE_FLAG[backend]: True})
-    return out[0], out[1]
-
-
-@flash_attention_lse.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, backend: str) -> tuple[Tensor, Tensor]:
-    B, Lq, H, _ = q.shape
-    return q.new_empty((B, Lq, H, v.shape[-1])), q.new_empty((B, H, Lq), dtype=torch.float32)
-
-
-def attention_lse(q: Tensor, k: Tensor, v: Tensor, backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
-    """softmax(QKᵀ/√D)·V and the log-sum-exp of each query's scores, for joining attentions over disjoint key
-    sets (`join_attention`): q [B, Lq, H, D], k/v [B, Lk, H, D] -> (out [B, Lq, H, D], lse [B, H, Lq] float32).
-    Flash backends where they apply (as `attention`), else the float32 math."""
-    backend = _choose(q, None, backend or _backend)
-    if backend in _FLASH_MODULES:
-        return flash_attention_lse(q, k, v, backend)
-    logits = attention_logits(q, k)  # [B, H, Lq, Lk]
-    lse = logits.logsumexp(-1)
-    return attention_from_probs((logits - lse.unsqueeze(-1)).exp(), v), lse
-
-
-def join_attention(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
-    """The attention over the union of two disjoint key sets from each set's `attention_lse`: out [B, Lq, H, D],
-    lse [B, H, Lq] -> [B, Lq, H, D]. Each part weighs in by its share of the softmax mass, sigmoid(lse_a - lse_b)
-    for part a (computed in float32)."""
-    w = torch.sigmoid(lse_a - lse_b).transpose(1, 2).unsqueeze(-1)  # [B, Lq, H, 1]
-    b = out_b.float()
-    return (b + w * (out_a.float() - b)).to(out_a.dtype)
-
-
 def _flash_applies(q: Tensor, bias: Optional[Tensor]) -> bool:
     return bias is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
