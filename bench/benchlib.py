@@ -87,6 +87,50 @@ def cuda_ms(fn: Callable[[], object], repeat: int = 10, warmup: int = 3) -> floa
     return statistics.median(times)
 
 
+def kernel_timeline(trace: dict, collective: Iterable[str] = ("nccl",), gaps: int = 12) -> dict:
+    """Where a profiled stretch of GPU time went, from a Chrome trace (``torch.profiler``'s
+    ``export_chrome_trace``): device kernels, copies and sets, by time covered rather than summed per kernel.
+
+    Seconds of the span from the first kernel's start to the last one's end: ``compute_only`` (no collective
+    running), ``collective_only`` (only collectives: exchanges nothing hides), ``overlap`` (both) and ``idle``
+    (nothing on any stream). ``gaps``: the idle stretches summed by the kernel that ends each (``after``) and the
+    one that starts it (``before``), longest total first — where the GPU waits, and on what."""
+    words = tuple(w.lower() for w in collective)
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e.get("name", "?"))
+                   for e in trace.get("traceEvents", [])
+                   if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
+    if not spans:
+        return {"kernels": 0}
+    edges = []  # (time µs, +1/-1, is collective)
+    for t0, t1, name in spans:
+        is_coll = any(w in name.lower() for w in words)
+        edges += [(t0, 1, is_coll), (t1, -1, is_coll)]
+    edges.sort(key=lambda e: (e[0], e[1]))  # ends before starts at the same instant
+    totals = dict(compute_only=0.0, collective_only=0.0, overlap=0.0, idle=0.0)
+    running = {True: 0, False: 0}
+    last = edges[0][0]
+    for t, step, is_coll in edges:
+        coll, comp = running[True] > 0, running[False] > 0
+        kind = "overlap" if coll and comp else "collective_only" if coll else "compute_only" if comp else "idle"
+        totals[kind] += t - last
+        running[is_coll] += step
+        last = t
+    where: dict[tuple[str, str], list] = {}
+    end, end_name = spans[0][1], spans[0][2]
+    for t0, t1, name in spans[1:]:
+        if t0 > end:
+            key = (end_name[:70], name[:70])
+            where.setdefault(key, [0.0, 0])
+            where[key][0] += t0 - end
+            where[key][1] += 1
+        if t1 > end:
+            end, end_name = t1, name
+    top = sorted(where.items(), key=lambda kv: -kv[1][0])[:gaps]
+    return {"kernels": len(spans), "span_s": round((max(t1 for _, t1, _ in spans) - spans[0][0]) / 1e6, 7),
+            **{f"{k}_s": round(v / 1e6, 7) for k, v in totals.items()},
+            "gaps": [{"after": a, "before": b, "s": round(s / 1e6, 7), "count": n} for (a, b), (s, n) in top]}
+
+
 def reset_peak() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

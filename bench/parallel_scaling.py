@@ -14,10 +14,12 @@ model; every run appends one JSON line (rank 0). With one rank the unsplit `DiT`
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -27,7 +29,8 @@ import torch.distributed as dist
 from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import GpuWatch, environment, memory, reset_peak, timed, tiny_dit_config, used_gpus  # noqa: E402
+from benchlib import (GpuWatch, environment, kernel_timeline, memory, reset_peak, timed,  # noqa: E402
+                      tiny_dit_config, used_gpus)
 
 from wclab.encode.bias import BiasSpec  # noqa: E402
 from wclab.models.conditioning import latent_shape  # noqa: E402
@@ -121,7 +124,9 @@ KERNEL_KINDS = (("collective", ("nccl", "gloo", "c10d", "all_to_all", "alltoall"
 
 def profile_forward(forward, device: torch.device, table_path) -> dict:
     """One forward under torch.profiler: seconds of device time by kernel kind (collective, attention, matmul,
-    other; by name) and the wall time; ``table_path`` (rank 0): the 30 costliest ops as a text table."""
+    other; by name), the wall time and the kernels' timeline (`benchlib.kernel_timeline`: exposed exchanges,
+    overlap, idle and where it falls); ``table_path`` (rank 0): the 30 costliest ops as a text table, and the
+    Chrome trace beside it (``TABLE.trace.json.gz``)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -131,6 +136,13 @@ def profile_forward(forward, device: torch.device, table_path) -> dict:
         if cuda:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:  # the kernels' timeline: what overlapped, where the GPU waited
+        trace_file = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace_file))
+        trace = json.loads(trace_file.read_text())
+    if table_path:
+        with gzip.open(f"{table_path}.trace.json.gz", "wt") as f:
+            json.dump(trace, f)
     events = prof.key_averages()
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
     kinds = {k: 0.0 for k, _ in KERNEL_KINDS} | {"other": 0.0}
@@ -143,7 +155,7 @@ def profile_forward(forward, device: torch.device, table_path) -> dict:
     if table_path:
         Path(table_path).write_text(events.table(sort_by=attr, row_limit=30, max_name_column_width=90))
     return {"wall_s": round(wall, 4), "device_s_by_kind": {k: round(v, 4) for k, v in kinds.items()},
-            "device_s_total": round(sum(kinds.values()), 4)}
+            "device_s_total": round(sum(kinds.values()), 4), "timeline": kernel_timeline(trace)}
 
 
 def table(path: Path) -> str:

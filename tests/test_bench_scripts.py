@@ -176,11 +176,16 @@ def test_parallel_scaling_tiny_times_both_sequence_attentions_and_tabulates_them
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(free_port()), str(BENCH / "parallel_scaling.py"), "--tiny",
                "--sequence-attention", engine, "--out", str(out)]
+        if engine == "kv_gather":  # profiled too: the table, the trace beside it and (no GPU kernels) no timeline
+            cmd += ["--profile", str(tmp_path / "profile.txt")]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["sequence_attention"] for r in runs] == ["ulysses", "kv_gather"]
     assert all(r["ranks"] == 2 and r["check_max_rel_err"] < 1e-5 for r in runs)
+    assert "profile" not in runs[0] and runs[1]["profile"]["timeline"] == {"kernels": 0}
+    assert runs[1]["profile"]["device_s_by_kind"]["other"] > 0
+    assert (tmp_path / "profile.txt").exists() and (tmp_path / "profile.txt.trace.json.gz").stat().st_size > 0
     table = subprocess.run([sys.executable, str(BENCH / "parallel_scaling.py"), "--table", str(out)],
                            capture_output=True, text=True, timeout=60).stdout
     assert "| 2 | eager, sdpa, ulysses |" in table and "| 2 | eager, sdpa, kv_gather |" in table
@@ -296,3 +301,33 @@ def test_timed_reports_how_long_the_host_took_to_issue_each_call_besides_the_who
     stats, last = timed(fn, repeat=3, warmup=1)
     assert last == 4 and len(stats["runs_s"]) == 3
     assert 0.02 <= stats["issue_median_s"] <= stats["median_s"] + 1e-3  # on the CPU the call is all host time
+
+
+def test_kernel_timeline_splits_the_span_into_exposed_exchanges_overlap_compute_and_idle_and_names_the_waits():
+    sys.path.insert(0, str(BENCH))
+    from benchlib import kernel_timeline
+
+    def kernel(name, ts, dur, cat="kernel"):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1000},  # host side: not counted
+        kernel("gemm_a", 0, 100),
+        kernel("ncclDevKernel_SendRecv", 60, 80),   # 60-100 beside gemm_a, 100-140 alone
+        kernel("flash_fwd", 150, 100),              # 140-150 idle: after nccl, before flash
+        kernel("memcpy DtoD", 250, 10, cat="gpu_memcpy"),
+        kernel("gemm_b", 300, 50),                  # 260-300 idle
+        kernel("flash_fwd", 355, 45),               # 350-355 idle
+        kernel("gemm_b", 400, 50),
+    ]}
+    t = kernel_timeline(trace)
+    assert t["kernels"] == 7
+    assert t["span_s"] == pytest.approx(450e-6)
+    assert t["overlap_s"] == pytest.approx(40e-6)
+    assert t["collective_only_s"] == pytest.approx(40e-6)
+    assert t["idle_s"] == pytest.approx(55e-6)
+    assert t["compute_only_s"] == pytest.approx(450e-6 - 40e-6 - 40e-6 - 55e-6)
+    assert [(g["after"], g["before"], g["count"]) for g in t["gaps"]] == [
+        ("memcpy DtoD", "gemm_b", 1), ("ncclDevKernel_SendRecv", "flash_fwd", 1), ("gemm_b", "flash_fwd", 1)]
+    assert [g["s"] for g in t["gaps"]] == pytest.approx([40e-6, 10e-6, 5e-6])
+    assert kernel_timeline({"traceEvents": []}) == {"kernels": 0}
