@@ -95,8 +95,14 @@ def run(args) -> None:
         if args.sm_carveout is not None:  # cuBLAS GEMMs of the split forward leave SMs to NCCL's kernels
             torch._C._set_sm_carveout_experimental(args.sm_carveout)
             record["sm_carveout"] = args.sm_carveout
-        with GpuWatch(used_gpus(world) if rank == 0 else []) as watch:  # clocks, throttle reasons while timing
+        watched = used_gpus(world) if rank == 0 and not args.no_watch else []
+        with GpuWatch(watched) as watch:  # clocks, throttle reasons while timing
             record["split"], out = timed(lambda: split(**inputs), repeat=args.repeat, warmup=args.warmup)
+        if args.rested:  # one more forward after every rank has idled: the clocks' headroom after a pause
+            dist.barrier()
+            time.sleep(args.rested)
+            record["rested"], _ = timed(lambda: split(**inputs), repeat=1, warmup=0)
+            record["rested"]["after_idle_s"] = args.rested
         torch._C._set_sm_carveout_experimental(None)  # the unsplit baseline and the check: every SM
         record["split_memory"], record["split_gpus"] = memory(), watch.summary()
         if world == 1:
@@ -215,6 +221,9 @@ def main() -> None:
     p.add_argument("--sm-carveout", type=int, default=None, metavar="SMS",
                    help="the split forward's cuBLAS GEMMs leave SMS streaming multiprocessors free (for the NCCL "
                         "kernels running beside them; torch._C._set_sm_carveout_experimental)")
+    p.add_argument("--no-watch", action="store_true", help="time without sampling nvidia-smi (GpuWatch) meanwhile")
+    p.add_argument("--rested", type=float, default=0.0, metavar="S",
+                   help="also time one split forward after every rank has idled S seconds")
     p.add_argument("--code", default=None, metavar="FILE",
                    help="write the code Inductor generates for the forward (with --compile) to FILE (rank 0)")
     p.add_argument("--tiny", action="store_true", help="tiny random DiT, float32, 128x224x17 (CPU)")

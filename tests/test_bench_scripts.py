@@ -177,13 +177,14 @@ def test_parallel_scaling_tiny_times_both_sequence_attentions_and_tabulates_them
                "--master-port", str(free_port()), str(BENCH / "parallel_scaling.py"), "--tiny",
                "--sequence-attention", engine, "--out", str(out)]
         if engine == "kv_gather":  # profiled too: the table, the trace beside it and (no GPU kernels) no timeline
-            cmd += ["--profile", str(tmp_path / "profile.txt")]
+            cmd += ["--profile", str(tmp_path / "profile.txt"), "--no-watch", "--rested", "0.2"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["sequence_attention"] for r in runs] == ["ulysses", "kv_gather"]
     assert all(r["ranks"] == 2 and r["check_max_rel_err"] < 1e-5 for r in runs)
     assert "profile" not in runs[0] and runs[1]["profile"]["timeline"] == {"kernels": 0}
+    assert "rested" not in runs[0] and runs[1]["rested"]["after_idle_s"] == 0.2 and runs[1]["rested"]["median_s"] > 0
     assert runs[1]["profile"]["device_s_by_kind"]["other"] > 0
     assert (tmp_path / "profile.txt").exists() and (tmp_path / "profile.txt.trace.json.gz").stat().st_size > 0
     table = subprocess.run([sys.executable, str(BENCH / "parallel_scaling.py"), "--table", str(out)],
