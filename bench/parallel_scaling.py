@@ -92,18 +92,13 @@ def run(args) -> None:
             _, codes = run_and_get_code(lambda: split(**inputs))
             if rank == 0:
                 Path(args.code).write_text("\n\n".join(codes))
-        if args.sm_carveout is not None:  # cuBLAS GEMMs of the split forward leave SMs to NCCL's kernels
-            torch._C._set_sm_carveout_experimental(args.sm_carveout)
-            record["sm_carveout"] = args.sm_carveout
-        watched = used_gpus(world) if rank == 0 and not args.no_watch else []
-        with GpuWatch(watched) as watch:  # clocks, throttle reasons while timing
+        with GpuWatch(used_gpus(world) if rank == 0 else []) as watch:  # clocks, throttle reasons while timing
             record["split"], out = timed(lambda: split(**inputs), repeat=args.repeat, warmup=args.warmup)
         if args.rested:  # one more forward after every rank has idled: the clocks' headroom after a pause
             dist.barrier()
             time.sleep(args.rested)
             record["rested"], _ = timed(lambda: split(**inputs), repeat=1, warmup=0)
             record["rested"]["after_idle_s"] = args.rested
-        torch._C._set_sm_carveout_experimental(None)  # the unsplit baseline and the check: every SM
         record["split_memory"], record["split_gpus"] = memory(), watch.summary()
         if world == 1:
             with GpuWatch(used_gpus(1)) as watch:
@@ -114,9 +109,7 @@ def run(args) -> None:
             err = (out.float() - ref).abs().max() / ref.abs().max()
             record["check_max_rel_err"] = float(err)
         if args.profile:
-            torch._C._set_sm_carveout_experimental(args.sm_carveout)
             record["profile"] = profile_forward(lambda: split(**inputs), device, args.profile if rank == 0 else None)
-            torch._C._set_sm_carveout_experimental(None)
         dist.barrier()
     if rank == 0:
         line = json.dumps(record, default=str)
@@ -187,8 +180,6 @@ def table(path: Path) -> str:
         path = f"{'compiled' if r.get('compile') else 'eager'}, {r.get('attention', 'auto')}"
         if r["ranks"] > 1 and "sequence_attention" in r:
             path += f", {r['sequence_attention']}"
-        if r.get("sm_carveout") is not None:
-            path += f", GEMMs leave {r['sm_carveout']} SMs"
         rows.append(f"| {r['ranks']} | {path} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
                     f"{speed_up} | {r['split_memory'].get('peak_allocated_gib', '-')} | "
                     f"{r.get('check_max_rel_err', '-')} | {lowest_clock(r.get('split_gpus'))} |")
@@ -218,10 +209,6 @@ def main() -> None:
     p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend (default: auto)")
     p.add_argument("--sequence-attention", default="auto", choices=SEQUENCE_ATTENTION,
                    help="how the split tokens attend (wclab.parallel.ParallelDiT; default auto)")
-    p.add_argument("--sm-carveout", type=int, default=None, metavar="SMS",
-                   help="the split forward's cuBLAS GEMMs leave SMS streaming multiprocessors free (for the NCCL "
-                        "kernels running beside them; torch._C._set_sm_carveout_experimental)")
-    p.add_argument("--no-watch", action="store_true", help="time without sampling nvidia-smi (GpuWatch) meanwhile")
     p.add_argument("--rested", type=float, default=0.0, metavar="S",
                    help="also time one split forward after every rank has idled S seconds")
     p.add_argument("--code", default=None, metavar="FILE",

@@ -177,7 +177,7 @@ def test_parallel_scaling_tiny_times_both_sequence_attentions_and_tabulates_them
                "--master-port", str(free_port()), str(BENCH / "parallel_scaling.py"), "--tiny",
                "--sequence-attention", engine, "--out", str(out)]
         if engine == "kv_gather":  # profiled too: the table, the trace beside it and (no GPU kernels) no timeline
-            cmd += ["--profile", str(tmp_path / "profile.txt"), "--no-watch", "--rested", "0.2"]
+            cmd += ["--profile", str(tmp_path / "profile.txt"), "--rested", "0.2"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs = [json.loads(line) for line in out.read_text().splitlines()]
