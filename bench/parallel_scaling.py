@@ -164,25 +164,29 @@ def profile_forward(forward, device: torch.device, table_path) -> dict:
 
 
 def table(path: Path) -> str:
-    """Markdown rows from a JSON-lines file of runs: ranks, s/forward, speed-up vs the 1-rank unsplit DiT."""
+    """Markdown rows from a JSON-lines file of runs: ranks, s/forward, speed-up vs the 1-rank unsplit DiT; for a
+    profiled run the exchange nothing hid and the idle time of its profiled forward (`benchlib.kernel_timeline`)."""
     runs = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
                   key=lambda r: r["ranks"])
     baseline = next((r for r in runs if "unsplit" in r), None)
     base = baseline["unsplit"]["median_s"] if baseline else None
     rows = ["| GPUs | path | size (HxWxT) | tokens | s / forward (median) | speed-up | peak GiB / GPU | max rel. err "
-            "| lowest SM clock while timed |", "|---|---|---|---|---|---|---|---|---|"]
+            "| lowest SM clock while timed | profiled: exposed exchange / idle (ms) |", "|---" * 10 + "|"]
     if base:
         clock = lowest_clock(baseline.get("unsplit_gpus"))
-        rows.append(f"| 1 (unsplit DiT) | | | | {base:.3f} | 1.00x | | | {clock} |")
+        rows.append(f"| 1 (unsplit DiT) | | | | {base:.3f} | 1.00x | | | {clock} | |")
     for r in runs:
         s = r["split"]["median_s"]
         speed_up = f"{base / s:.2f}x" if base else "-"
         path = f"{'compiled' if r.get('compile') else 'eager'}, {r.get('attention', 'auto')}"
         if r["ranks"] > 1 and "sequence_attention" in r:
             path += f", {r['sequence_attention']}"
+        timeline = r.get("profile", {}).get("timeline", {})
+        waits = (f"{timeline['collective_only_s'] * 1e3:.1f} / {timeline['idle_s'] * 1e3:.1f}"
+                 if timeline.get("kernels") else "-")
         rows.append(f"| {r['ranks']} | {path} | {r['height']}x{r['width']}x{r['frames']} | {r['tokens']} | {s:.3f} | "
                     f"{speed_up} | {r['split_memory'].get('peak_allocated_gib', '-')} | "
-                    f"{r.get('check_max_rel_err', '-')} | {lowest_clock(r.get('split_gpus'))} |")
+                    f"{r.get('check_max_rel_err', '-')} | {lowest_clock(r.get('split_gpus'))} | {waits} |")
     return "\n".join(rows)
 
 

@@ -332,3 +332,24 @@ def test_kernel_timeline_splits_the_span_into_exposed_exchanges_overlap_compute_
         ("memcpy DtoD", "gemm_b", 1), ("ncclDevKernel_SendRecv", "flash_fwd", 1), ("gemm_b", "flash_fwd", 1)]
     assert [g["s"] for g in t["gaps"]] == pytest.approx([40e-6, 10e-6, 5e-6])
     assert kernel_timeline({"traceEvents": []}) == {"kernels": 0}
+
+
+def test_parallel_scaling_table_shows_a_profiled_runs_exposed_exchange_and_idle_time(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from parallel_scaling import table
+
+    def run(ranks, seconds, **extra):
+        return {"ranks": ranks, "height": 480, "width": 832, "frames": 81, "tokens": 32760, "compile": True,
+                "attention": "flash4", "sequence_attention": "ulysses", "split": {"median_s": seconds},
+                "split_memory": {"peak_allocated_gib": 28.0}, **extra}
+
+    timeline = {"kernels": 1603, "collective_only_s": 0.0386, "idle_s": 0.0059}
+    path = tmp_path / "runs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (
+        run(1, 2.6, unsplit={"median_s": 2.6}), run(4, 0.65, profile={"timeline": timeline}))))
+    rows = table(path).splitlines()
+    assert rows[0].endswith("| profiled: exposed exchange / idle (ms) |")
+    assert rows[3].startswith("| 1 | compiled, flash4 |") and rows[3].endswith("| - |")
+    assert rows[4].startswith("| 4 | compiled, flash4, ulysses |") and "| 4.00x |" in rows[4]
+    assert rows[4].endswith("| 38.6 / 5.9 |")
+    assert all(row.count("|") == rows[0].count("|") for row in rows)
