@@ -6,8 +6,17 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-from hypothesis import settings
+# One CPU thread in every process of the suite. torchrun gives each of several ranks one OpenMP thread (and
+# `subprocess_env` does the same), and on some CPUs (AVX-512 builds of MKL / oneDNN) a kernel's float rounding depends
+# on how many threads split it: the tests that hold one process and several ranks bitwise equal need the same count
+# here. The suite runs on 2 cores as 2 pytest-xdist workers, so one thread each is also what uses the machine.
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+torch.set_num_threads(1)
 
 # Property tests draw the same examples on every run (no example database, no random seed), so a result never
 # depends on what an earlier run stored.
