@@ -6,10 +6,11 @@ import json
 import os
 from pathlib import Path
 
-# One CPU thread in every process of the suite. torchrun gives each of several ranks one OpenMP thread (and
-# `subprocess_env` does the same), and on some CPUs (AVX-512 builds of MKL / oneDNN) a kernel's float rounding depends
-# on how many threads split it: the tests that hold one process and several ranks bitwise equal need the same count
-# here. The suite runs on 2 cores as 2 pytest-xdist workers, so one thread each is also what uses the machine.
+# One CPU thread in every process of the suite (subprocesses, notebook kernels and torchrun's ranks inherit it).
+# torchrun gives each of several ranks one OpenMP thread anyway, and on some CPUs (AVX-512 builds of MKL / oneDNN) a
+# kernel's float rounding depends on how many threads split it: the tests that hold one process and several ranks
+# bitwise equal need the same count here. The suite runs on 2 cores as 2 pytest-xdist workers, so one thread each is
+# also what uses the machine (idle OpenMP threads spinning on a busy machine cost more than they save).
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
@@ -100,9 +101,8 @@ def free_port() -> int:
 
 
 def subprocess_env(**extra: str) -> dict:
-    """This environment with the repository first on PYTHONPATH and one OpenMP thread (the CPU has 2 cores)."""
-    return dict(os.environ, OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra)
+    """This environment (one OpenMP thread: see the top of this file) with the repository first on PYTHONPATH."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra)
 
 
 def finish(proc, what: str, timeout_s: float) -> tuple[str, str]:

@@ -28,9 +28,7 @@ def execute(path: Path, profile: str = "ci", cache: Path | None = None) -> tuple
     """Run ``path`` in a fresh python3 kernel (working directory: notebooks/) with ``WCLAB_PROFILE=profile``
     (bench/run_notebooks.py's runner); fails the test naming the cell on the first error. Returns the executed
     notebook and the seconds it took."""
-    # one thread per kernel: the test workers already use every core, and idle OpenMP threads spinning on a
-    # busy machine cost more than they save at these sizes
-    env = dict(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **({"WCLAB_CACHE": str(cache)} if cache else {}))
+    env = {"WCLAB_CACHE": str(cache)} if cache else {}  # one thread per kernel, as every process here (conftest)
     nb, seconds, error = run_notebooks.execute(path, profile, env, cell_timeout=CELL_TIMEOUT)
     if error:
         pytest.fail(f"{path.name} failed on the {profile} profile:\n{error}")
