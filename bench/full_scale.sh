@@ -21,7 +21,7 @@
 # PORT. scaling: GPUS="1 2 4" rank counts; PROFILE=1 also profiles one forward (device time by kernel kind in the
 # JSON line, rank 0's costliest ops in OUT/profile_<n>gpu.txt, its compiled block code in OUT/code_<n>gpu.py).
 # parallel and scaling: SEQ_ATTENTION=auto|ulysses|kv_gather, how the split tokens attend (wclab.parallel.ParallelDiT;
-# auto: kv_gather on 2 sequence ranks).
+# auto: kv_gather on 2 sequence ranks). scaling: SCALING_ARGS, more arguments for bench/parallel_scaling.py.
 #
 # CKPT (default: a folder on the largest local file system) holds the checkpoints (~69 GB, + hard links for
 # the WorldCanvas_ref pair).
@@ -94,7 +94,7 @@ scaling)
   for n in ${GPUS:-1 2 4}; do
     if [ "${PROFILE:-0}" = 1 ]; then prof=(--profile "$out/profile_${n}gpu.txt" --code "$out/code_${n}gpu.py"); else prof=(); fi
     torchrun --nproc-per-node "$n" --master-port "${PORT:-29501}" bench/parallel_scaling.py --compile --attention "${ATTENTION:-flash4}" \
-      --warmup 2 --repeat 5 --check --sequence-attention "${SEQ_ATTENTION:-auto}" "${prof[@]}" \
+      --warmup 2 --repeat 5 --check --sequence-attention "${SEQ_ATTENTION:-auto}" "${prof[@]}" ${SCALING_ARGS:-} \
       --out "$out/scaling.jsonl" 2>&1 | grep --line-buffered -v "Warning\|warn(" | tail -2
   done
   python3 bench/parallel_scaling.py --table "$out/scaling.jsonl" | tee "$out/scaling.md"

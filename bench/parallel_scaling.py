@@ -67,6 +67,8 @@ def run(args) -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if args.copy_engines:
+        start_zero_cta_group()
     mesh = init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if mesh.device_type == "cuda" else torch.device("cpu")
@@ -80,11 +82,14 @@ def run(args) -> None:
         speed_up(model, backend="eager" if args.tiny else "inductor")
     inputs = make_inputs(cfg, *size, device, dtype)
     split = ParallelDiT(model, mesh, sequence_attention=args.sequence_attention)
+    if args.copy_engines:
+        split = in_symmetric_pool(split, device)
     record = {"ranks": world, "height": size[0], "width": size[1], "frames": size[2], "text_len": size[3],
               "tokens": int(inputs["bias"].shape[2]), "dtype": str(dtype).removeprefix("torch."),
               "model": "tiny" if args.tiny else "worldcanvas_14b (random weights)", "compile": args.compile,
               "attention": attention_mod._AUTO if args.attention == "auto" else args.attention,
-              "sequence_attention": split.sequence_attention, "env": environment()}
+              "sequence_attention": split.sequence_attention, "copy_engines": args.copy_engines,
+              "env": environment()}
     with torch.no_grad():
         reset_peak()
         dist.barrier()
@@ -122,7 +127,42 @@ def run(args) -> None:
     dist.destroy_process_group()
 
 
-KERNEL_KINDS = (("collective", ("nccl", "gloo", "c10d", "all_to_all", "alltoall", "allgather")),
+def start_zero_cta_group() -> None:
+    """The default process group with NCCL's zero-CTA policy (AllToAll / AllGather on the copy engines when both
+    buffers lie in symmetric windows), on a side stream: NCCL 2.28's copy-engine path refuses the legacy default
+    stream, on which a collective with async_op=False runs."""
+    os.environ["NCCL_NVLS_ENABLE"] = "0"
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(device)
+    torch.cuda.set_stream(torch.cuda.Stream(device))
+    opts = dist.ProcessGroupNCCL.Options()
+    opts.config.cta_policy = dist.ProcessGroupNCCL.NCCL_CTA_POLICY_ZERO
+    dist.init_process_group("nccl", device_id=device, pg_options=opts)
+
+
+def in_symmetric_pool(split, device):
+    """``split``'s forward with every allocation in one memory pool of the group's NCCL allocator, registered as
+    symmetric windows after the first two forwards (compile, warm-up) have made its segments: the exchanges'
+    buffers then lie in windows at the same offsets on every rank (the same program allocates the same way)."""
+    backend = dist.group.WORLD._get_backend(device)
+    pool = torch.cuda.MemPool(backend.mem_allocator)
+    calls = []
+
+    def forward(**inputs):
+        with torch.cuda.use_mem_pool(pool):
+            out = split(**inputs)
+        calls.append(1)
+        if len(calls) == 2:
+            torch.cuda.synchronize()
+            backend.register_mem_pool(pool, symm=True)
+        return out
+    forward.sequence_attention = split.sequence_attention
+    forward.pool = pool
+    return forward
+
+
+KERNEL_KINDS = (("collective", ("nccl", "gloo", "c10d", "all_to_all", "alltoall", "allgather", "memcpy ptop",
+                                "memcpy dtod")),  # copy-engine exchanges: peer copies, and the rank's own part
                 ("attention", ("flash", "fmha", "attention", "sdpa")),
                 ("matmul", ("gemm", "nvjet", "matmul", "addmm", "cutlass")))
 
@@ -160,7 +200,8 @@ def profile_forward(forward, device: torch.device, table_path) -> dict:
     if table_path:
         Path(table_path).write_text(events.table(sort_by=attr, row_limit=30, max_name_column_width=90))
     return {"wall_s": round(wall, 4), "device_s_by_kind": {k: round(v, 4) for k, v in kinds.items()},
-            "device_s_total": round(sum(kinds.values()), 4), "timeline": kernel_timeline(trace)}
+            "device_s_total": round(sum(kinds.values()), 4),
+            "timeline": kernel_timeline(trace, collective=("nccl", "memcpy ptop", "memcpy dtod"))}
 
 
 def table(path: Path) -> str:
@@ -180,7 +221,7 @@ def table(path: Path) -> str:
         speed_up = f"{base / s:.2f}x" if base else "-"
         path = f"{'compiled' if r.get('compile') else 'eager'}, {r.get('attention', 'auto')}"
         if r["ranks"] > 1 and "sequence_attention" in r:
-            path += f", {r['sequence_attention']}"
+            path += f", {r['sequence_attention']}" + (", copy engines" if r.get("copy_engines") else "")
         timeline = r.get("profile", {}).get("timeline", {})
         waits = (f"{timeline['collective_only_s'] * 1e3:.1f} / {timeline['idle_s'] * 1e3:.1f}"
                  if timeline.get("kernels") else "-")
@@ -213,6 +254,8 @@ def main() -> None:
     p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend (default: auto)")
     p.add_argument("--sequence-attention", default="auto", choices=SEQUENCE_ATTENTION,
                    help="how the split tokens attend (wclab.parallel.ParallelDiT; default auto)")
+    p.add_argument("--copy-engines", action="store_true",
+                   help="NCCL zero-CTA policy, the forward in a symmetric-window pool (exchanges on copy engines)")
     p.add_argument("--rested", type=float, default=0.0, metavar="S",
                    help="also time one split forward after every rank has idled S seconds")
     p.add_argument("--code", default=None, metavar="FILE",

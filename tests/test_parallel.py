@@ -260,6 +260,22 @@ def test_ulysses_asked_for_on_two_ranks_reshards_by_all_to_all_and_equals_one_pr
         torch.testing.assert_close(r["batched_ulysses"], single["batched"], **PARITY)  # batch 2: sent rank-major
 
 
+def test_equal_runs_are_exchanged_without_split_sizes_uneven_ones_with_them(monkeypatch):
+    """Equal runs go to NCCL's own AllToAll (which has a copy-engine path), uneven ones to grouped sends."""
+    import wclab.parallel as parallel
+
+    calls = []
+
+    def fake_all_to_all_single(recv, send, recv_splits=None, send_splits=None, group=None):
+        calls.append((recv_splits, send_splits))
+        recv.copy_(send)
+    monkeypatch.setattr(parallel.dist, "all_to_all_single", fake_all_to_all_single)
+    send = torch.arange(6.0)
+    assert parallel._all_to_all(send, [3, 3], [3, 3], group=None).tolist() == send.tolist()
+    assert parallel._all_to_all(send, [4, 2], [4, 2], group=None).tolist() == send.tolist()
+    assert calls == [(None, None), ([4, 2], [4, 2])]
+
+
 def test_an_unknown_sequence_attention_is_refused_naming_the_choices():
     from wclab.parallel import ParallelDiT, ParallelError
 

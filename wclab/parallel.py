@@ -167,9 +167,14 @@ def _flat(pieces: list[Tensor]) -> Tensor:
 
 def _all_to_all(send: Tensor, send_numels: list[int], recv_numels: list[int], group) -> Tensor:
     """One all-to-all over ``group``: rank j gets the j-th run of ``send_numels`` elements of the flat ``send``;
-    returns what arrived, rank by rank, as one flat tensor of sum(recv_numels) elements."""
+    returns what arrived, rank by rank, as one flat tensor of sum(recv_numels) elements. Equal runs go without
+    split sizes: NCCL's own AllToAll then, which it can run on the copy engines (`copy_engine_exchanges`), instead
+    of grouped sends and receives."""
     recv = send.new_empty(sum(recv_numels))
-    dist.all_to_all_single(recv, send, recv_numels, send_numels, group=group)
+    if len(set(send_numels)) == 1 and len(set(recv_numels)) == 1:
+        dist.all_to_all_single(recv, send, group=group)
+    else:
+        dist.all_to_all_single(recv, send, recv_numels, send_numels, group=group)
     return recv
 
 
