@@ -38,7 +38,7 @@ from wclab.models import attention as attention_mod  # noqa: E402
 from wclab.models.attention import BACKENDS  # noqa: E402
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
 from wclab.models.fast import speed_up  # noqa: E402
-from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed  # noqa: E402
+from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed, shutdown  # noqa: E402
 
 TINY_CONFIG = tiny_dit_config()
 
@@ -67,8 +67,6 @@ def run(args) -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if args.nccl_buffers == "symmetric":
-        start_zero_cta_group()
     mesh = init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if mesh.device_type == "cuda" else torch.device("cpu")
@@ -81,14 +79,12 @@ def run(args) -> None:
     if args.compile:
         speed_up(model, backend="eager" if args.tiny else "inductor")
     inputs = make_inputs(cfg, *size, device, dtype)
-    split = ParallelDiT(model, mesh, sequence_attention=args.sequence_attention)
-    if args.nccl_buffers != "plain":
-        split = in_symmetric_pool(split, device)
+    split = ParallelDiT(model, mesh, sequence_attention=args.sequence_attention, nccl_window=args.nccl_window)
     record = {"ranks": world, "height": size[0], "width": size[1], "frames": size[2], "text_len": size[3],
               "tokens": int(inputs["bias"].shape[2]), "dtype": str(dtype).removeprefix("torch."),
               "model": "tiny" if args.tiny else "worldcanvas_14b (random weights)", "compile": args.compile,
               "attention": attention_mod._AUTO if args.attention == "auto" else args.attention,
-              "sequence_attention": split.sequence_attention, "nccl_buffers": args.nccl_buffers,
+              "sequence_attention": split.sequence_attention, "nccl_window": args.nccl_window,
               "env": environment()}
     with torch.no_grad():
         reset_peak()
@@ -105,8 +101,10 @@ def run(args) -> None:
             record["rested"], _ = timed(lambda: split(**inputs), repeat=1, warmup=0)
             record["rested"]["after_idle_s"] = args.rested
         record["split_memory"], record["split_gpus"] = memory(), watch.summary()
-        if args.nccl_buffers != "plain":
-            record["registered_pool"] = split.info
+        if split.window is not None and split.window.pool is not None:
+            segments = split.window.pool.snapshot()
+            record["nccl_window"] = {"gib": round(split.window.size_bytes / 2 ** 30, 3), "segments": len(segments),
+                                     "pool_gib": round(sum(g["total_size"] for g in segments) / 2 ** 30, 3)}
         if world == 1:
             with GpuWatch(used_gpus(1)) as watch:
                 record["unsplit"], _ = timed(lambda: model(**inputs), repeat=args.repeat, warmup=args.warmup)
@@ -126,50 +124,7 @@ def run(args) -> None:
             with open(args.out, "a") as f:
                 f.write(line + "\n")
     dist.barrier()
-    dist.destroy_process_group()
-
-
-def start_zero_cta_group() -> None:
-    """Every NCCL communicator of this process with the zero-CTA policy (NCCL_CTA_POLICY=2: AllToAll / AllGather
-    on the copy engines when both buffers lie in symmetric windows; the mesh's groups are made by torch, so the
-    variable rather than one group's options), and a side stream as the current one: NCCL 2.28's copy-engine
-    path refuses the legacy default stream, on which a collective with async_op=False runs."""
-    os.environ["NCCL_CTA_POLICY"] = "2"
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    torch.cuda.set_device(device)
-    torch.cuda.set_stream(torch.cuda.Stream(device))
-
-
-def in_symmetric_pool(split, device, reserve_gib: float = 8.0):
-    """``split``'s forward with every allocation in one memory pool of the sequence group's NCCL allocator,
-    registered with its communicator as one symmetric window (ncclCommWindowRegister) before the first forward:
-    the exchanges' buffers then lie in the window (NCCL's kernels copy straight between the ranks' buffers, and
-    with the zero-CTA policy an AllGather / AllToAll of equal chunks may run on the copy engines). The pool's
-    memory is one segment of ``reserve_gib`` (made and freed first, so the caching allocator carves the forward's
-    blocks from it): torch registers a pool's segments one by one in each rank's own order, which for a pool grown
-    by the forward itself differed between ranks (160 MB against 60 MB at the same step), and a symmetric window
-    needs the same program to allocate the same blocks at the same offsets on every rank (--check verifies the
-    output)."""
-    group = split.mesh.get_group()
-    backend = group._get_backend(device)  # the sequence group's communicator
-    pool = torch.cuda.MemPool(backend.mem_allocator)
-    with torch.cuda.use_mem_pool(pool):
-        reserve = torch.empty(int(reserve_gib * 2 ** 30), dtype=torch.uint8, device=device)
-    del reserve
-    torch.cuda.synchronize()
-    backend.register_mem_pool(pool, symm=True)
-    segments = pool.snapshot()
-    info = {"group_is_world": group is dist.group.WORLD, "segments_registered": len(segments),
-            "gib": round(sum(g["total_size"] for g in segments) / 2 ** 30, 2)}
-
-    def forward(**inputs):
-        with torch.cuda.use_mem_pool(pool):
-            out = split(**inputs)
-        info["segments_now"] = len(pool.snapshot())
-        return out
-    forward.sequence_attention = split.sequence_attention
-    forward.pool, forward.info = pool, info
-    return forward
+    shutdown()
 
 
 KERNEL_KINDS = (("collective", ("nccl", "gloo", "c10d", "all_to_all", "alltoall", "allgather", "memcpy ptop",
@@ -233,8 +188,8 @@ def table(path: Path) -> str:
         path = f"{'compiled' if r.get('compile') else 'eager'}, {r.get('attention', 'auto')}"
         if r["ranks"] > 1 and "sequence_attention" in r:
             path += f", {r['sequence_attention']}"
-        if r.get("nccl_buffers", "plain") != "plain":
-            path += f", {r['nccl_buffers']} NCCL buffers"
+        if r.get("nccl_window"):
+            path += ", NCCL window"
         timeline = r.get("profile", {}).get("timeline", {})
         waits = (f"{timeline['collective_only_s'] * 1e3:.1f} / {timeline['idle_s'] * 1e3:.1f}"
                  if timeline.get("kernels") else "-")
@@ -267,9 +222,8 @@ def main() -> None:
     p.add_argument("--attention", default="auto", choices=BACKENDS, help="attention backend (default: auto)")
     p.add_argument("--sequence-attention", default="auto", choices=SEQUENCE_ATTENTION,
                    help="how the split tokens attend (wclab.parallel.ParallelDiT; default auto)")
-    p.add_argument("--nccl-buffers", default="plain", choices=("plain", "symmetric"),
-                   help="the forward's memory: plain (the caching allocator) or a pool registered with the "
-                        "sequence group's NCCL communicator as one symmetric window (zero-CTA policy)")
+    p.add_argument("--nccl-window", action="store_true",
+                   help="ParallelDiT(nccl_window=True): the split blocks' memory as one NCCL symmetric window")
     p.add_argument("--rested", type=float, default=0.0, metavar="S",
                    help="also time one split forward after every rank has idled S seconds")
     p.add_argument("--code", default=None, metavar="FILE",

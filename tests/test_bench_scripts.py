@@ -347,11 +347,11 @@ def test_parallel_scaling_table_shows_a_profiled_runs_exposed_exchange_and_idle_
     path = tmp_path / "runs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (
         run(1, 2.6, unsplit={"median_s": 2.6}), run(4, 0.65, profile={"timeline": timeline}),
-        run(4, 0.625, nccl_buffers="symmetric"))))
+        run(4, 0.625, nccl_window={"gib": 2.3, "segments": 2}))))
     rows = table(path).splitlines()
     assert rows[0].endswith("| profiled: exposed exchange / idle (ms) |")
     assert rows[3].startswith("| 1 | compiled, flash4 |") and rows[3].endswith("| - |")
     assert rows[4].startswith("| 4 | compiled, flash4, ulysses |") and "| 4.00x |" in rows[4]
     assert rows[4].endswith("| 38.6 / 5.9 |")
-    assert rows[5].startswith("| 4 | compiled, flash4, ulysses, symmetric NCCL buffers |") and "| 4.16x |" in rows[5]
+    assert rows[5].startswith("| 4 | compiled, flash4, ulysses, NCCL window |") and "| 4.16x |" in rows[5]
     assert all(row.count("|") == rows[0].count("|") for row in rows)

@@ -120,7 +120,8 @@ def worker(out_dir: Path) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from wclab.parallel import ParallelDiT, gather_tokens, init_distributed, parallelize_models, token_slice
+    from wclab.parallel import (ParallelDiT, gather_tokens, init_distributed, parallelize_models, shutdown,
+                                token_slice)
 
     mesh = init_distributed()
     u = units()
@@ -151,7 +152,8 @@ def worker(out_dir: Path) -> None:
     res.update(tiled_vae(session.models.vae))
     save_file({k: v.contiguous() for k, v in res.items()}, str(out_dir / f"rank{dist.get_rank()}.safetensors"))
     dist.barrier()  # every rank done before any tears gloo down (as `wclab.parallel generate` does)
-    dist.destroy_process_group()
+    shutdown()
+    assert not dist.is_initialized()
 
 
 def uneven_worker(out_dir: Path, grid: tuple[int, int, int] = UNEVEN_GRID) -> None:
@@ -274,6 +276,44 @@ def test_equal_runs_are_exchanged_without_split_sizes_uneven_ones_with_them(monk
     assert parallel._all_to_all(send, [3, 3], [3, 3], group=None).tolist() == send.tolist()
     assert parallel._all_to_all(send, [4, 2], [4, 2], group=None).tolist() == send.tolist()
     assert calls == [(None, None), ([4, 2], [4, 2])]
+
+
+def test_the_nccl_window_is_used_only_where_every_rank_allocates_alike():
+    from wclab.parallel import window_eligible
+
+    assert window_eligible(32760, 40, 4, hooks_active=False)
+    assert not window_eligible(32760, 40, 4, hooks_active=True)  # a hook may keep tensors on some ranks only
+    assert not window_eligible(45, 4, 2, hooks_active=False)  # 23 and 22 tokens
+    assert not window_eligible(60, 4, 3, hooks_active=False)  # 2, 1 and 1 heads
+    assert not window_eligible(32760, 40, 1, hooks_active=False)  # nothing is exchanged
+
+
+def test_the_nccl_window_holds_a_split_blocks_activations_twice_in_whole_64_mib():
+    from wclab.models.dit import DiTConfig
+    from wclab.parallel import window_bytes
+
+    cfg = DiTConfig.worldcanvas_14b()
+    four, two = (window_bytes(cfg, 1, 32760 // p, 32760, 2) for p in (4, 2))
+    assert four % 2 ** 26 == 0 and two % 2 ** 26 == 0
+    assert four >= 2 * 8190 * (cfg.ffn_dim + 12 * cfg.dim) * 2 and four < 2.5 * 2 ** 30
+    assert two >= 2 * four - 2 ** 26
+
+
+def test_an_nccl_window_off_nccl_is_refused_naming_the_backend(monkeypatch):
+    import wclab.parallel as parallel
+
+    class GlooMesh:  # a 1-D mesh of two CPU ranks, enough for the constructor
+        ndim, device_type = 1, "cpu"
+
+        def size(self):
+            return 2
+
+        def get_group(self):
+            return "gloo group"
+
+    monkeypatch.setattr(parallel.dist, "get_backend", lambda group=None: "gloo")
+    with pytest.raises(parallel.ParallelError, match="nccl_window: needs the NCCL backend on CUDA devices, got 'gloo'"):
+        parallel.ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), GlooMesh(), nccl_window=True)
 
 
 def test_an_unknown_sequence_attention_is_refused_naming_the_choices():

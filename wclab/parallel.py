@@ -48,7 +48,7 @@ import dataclasses
 import math
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -79,8 +79,11 @@ def init_distributed(backend: Optional[str] = None) -> DeviceMesh:
     """Join the process group that ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
     LOCAL_RANK) and return a 1-D mesh over all ranks. backend: "nccl" when CUDA is available (each rank takes
     GPU LOCAL_RANK, bound as the group's device), else "gloo". Sets NCCL_NVLS_ENABLE=0 (NVLink multicast off)
-    before NCCL starts."""
+    and, unless set, NCCL_CTA_POLICY=2 (zero-CTA, for `NcclWindow`) before NCCL starts. `shutdown` undoes it."""
     os.environ["NCCL_NVLS_ENABLE"] = "0"
+    # zero-CTA policy: where both buffers lie in an `NcclWindow`, NCCL copies with fewer (or no) SMs; elsewhere
+    # its kernels run as under the default policy (bench/RESULTS.md, thirteenth pass)
+    os.environ.setdefault("NCCL_CTA_POLICY", "2")
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing and not dist.is_initialized():
         raise ParallelError(f"environment variables {missing} are not set: launch with torchrun "
@@ -95,6 +98,14 @@ def init_distributed(backend: Optional[str] = None) -> DeviceMesh:
         # (ncclCommSplit) instead of each forming its own at its first collective
         dist.init_process_group(backend, device_id=device)
     return _mesh(None)
+
+
+def shutdown() -> None:
+    """Release every `NcclWindow` (deregistered while its communicator lives), then destroy the process group."""
+    for window in list(_windows):
+        window.release()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 _default_mesh: tuple = ()  # (world process group, its 1-D mesh)
@@ -261,6 +272,92 @@ def gather_attention_maps(maps, mesh: Optional[DeviceMesh] = None):
     return maps
 
 
+# ---------------------------------------------------------------- NCCL window
+
+def window_eligible(num_tokens: int, num_heads: int, ranks: int, hooks_active: bool) -> bool:
+    """Whether a split forward may run in the NCCL window (`NcclWindow`): every rank must allocate the same blocks
+    in the same order, which holds when tokens and heads divide evenly over the ranks and no hook (which may keep
+    tensors on some ranks only) is attached."""
+    return ranks > 1 and num_tokens % ranks == 0 and num_heads % ranks == 0 and not hooks_active
+
+
+_windows: list["NcclWindow"] = []  # made and not yet released (`shutdown`)
+
+
+class NcclWindow:
+    """A split forward's memory as one NCCL symmetric window of the sequence group (``ParallelDiT(nccl_window=
+    True)``): the exchanges' send and receive buffers then lie in memory every rank has mapped, and NCCL's kernels
+    copy straight between the ranks' buffers instead of through its staging buffers (2 × H200, Ulysses: the
+    exchange kernels 88 -> 58 ms per forward; bench/RESULTS.md, thirteenth pass).
+
+    The window is one segment of a memory pool of the group's NCCL allocator, made (``size_bytes``, the same on every
+    rank) and registered once, at the first forward; the caching allocator then carves that forward's blocks from it.
+    A symmetric window assumes a block lies at the same offset on every rank, so it is used only where
+    `window_eligible` says every rank allocates alike. Blocks that do not fit go to further, unregistered segments
+    (plain NCCL copies there). The forward runs on the window's own CUDA stream, synchronised with the caller's
+    both ways: NCCL's copy-engine path (zero-CTA policy, `init_distributed`) refuses the legacy default stream, on
+    which a collective with async_op=False would run. NCCL >= 2.27 and torch's ``register_mem_pool`` are needed;
+    `shutdown` releases the window before the process group goes."""
+
+    def __init__(self, group, device: torch.device):
+        self.group, self.device = group, device
+        self.pool = None
+        self.size_bytes = 0
+        self.stream = None
+
+    def reserve(self, size_bytes: int) -> None:
+        """Make and register the window (a collective over the group: every rank calls it with the same size)."""
+        backend = self.group._get_backend(self.device)
+        self.pool = torch.cuda.MemPool(backend.mem_allocator)
+        with torch.cuda.use_mem_pool(self.pool):
+            block = torch.empty(size_bytes, dtype=torch.uint8, device=self.device)
+        del block  # freed into the pool: its one segment stays, for the forward's blocks
+        torch.cuda.synchronize(self.device)
+        backend.register_mem_pool(self.pool, symm=True)
+        self.size_bytes = size_bytes
+        self.stream = torch.cuda.Stream(self.device)
+        _windows.append(self)
+
+    def release(self) -> None:
+        """Deregister and drop the window (a collective over the group); a later forward makes it again."""
+        if self.pool is not None:
+            torch.cuda.synchronize(self.device)
+            self.group._get_backend(self.device).deregister_mem_pool(self.pool)
+            self.pool, self.size_bytes = None, 0
+        if self in _windows:
+            _windows.remove(self)
+
+    @contextmanager
+    def allocating(self) -> Iterator[None]:
+        """The ``with`` body on the window's stream (after the caller's work so far; the caller's stream waits
+        for it at the end) with its allocations from the window. Tensors the body returns to the caller must be
+        passed to `hand_over`."""
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
+        try:
+            with torch.cuda.stream(self.stream), torch.cuda.use_mem_pool(self.pool):
+                yield
+        finally:
+            caller.wait_stream(self.stream)
+
+    def hand_over(self, t: Tensor) -> Tensor:
+        """``t`` (made inside `allocating`) for use on the caller's stream: its memory is not reused before the
+        caller's work on it is done."""
+        t.record_stream(torch.cuda.current_stream(self.device))
+        return t
+
+
+def window_bytes(cfg, batch: int, local_tokens: int, num_tokens: int, itemsize: int) -> int:
+    """Bytes of window for blocks over ``local_tokens`` of ``num_tokens`` tokens (split evenly): a block's largest
+    activations — the feed-forward's hidden [B, S_local, ffn_dim], eight [B, S_local, dim] tensors and the four
+    exchanged ones (q, k, v, output: [B, S, dim / P] each = [B, S_local, dim]) — twice over, plus the gathered head
+    output [B, S, out_dim · 4] twice, rounded up to 64 MiB."""
+    block = batch * local_tokens * (cfg.ffn_dim + 12 * cfg.dim)
+    head = batch * num_tokens * cfg.out_dim * 4
+    size = (2 * block + 2 * head) * itemsize
+    return -(-size // 2 ** 26) * 2 ** 26
+
+
 # ---------------------------------------------------------------- the model
 
 class ParallelDiT(HookedModule):
@@ -272,12 +369,20 @@ class ParallelDiT(HookedModule):
     ``sequence_attention``: "ulysses" (all-to-alls to a head split and back; at most ``num_heads`` ranks),
     "kv_gather" (every rank gathers all keys and values) or "auto" (default): "kv_gather" on 2 sequence ranks,
     where it moves as many bytes as Ulysses in fewer calls, else "ulysses", which moves fewer.
+    ``nccl_window``: run the blocks in an `NcclWindow` (NCCL on CUDA only) whenever `window_eligible` allows.
     """
 
-    def __init__(self, model: DiT, mesh: Optional[DeviceMesh] = None, sequence_attention: str = "auto"):
+    def __init__(self, model: DiT, mesh: Optional[DeviceMesh] = None, sequence_attention: str = "auto",
+                 nccl_window: bool = False):
         super().__init__()
         self.model = model
         self.mesh, self.cfg_mesh = _split_mesh(_mesh(mesh))  # sequence mesh; CFG mesh (None: no CFG split)
+        self.window = None
+        if nccl_window:
+            if self.mesh.device_type != "cuda" or dist.get_backend(self.mesh.get_group()) != "nccl":
+                raise ParallelError("nccl_window: needs the NCCL backend on CUDA devices, got "
+                                    f"{dist.get_backend(self.mesh.get_group())!r} on {self.mesh.device_type!r}")
+            self.window = NcclWindow(self.mesh.get_group(), torch.device("cuda", torch.cuda.current_device()))
         if sequence_attention not in SEQUENCE_ATTENTION:
             raise ParallelError(f"sequence_attention: expected one of {SEQUENCE_ATTENTION}, got {sequence_attention!r}")
         if sequence_attention == "auto":
@@ -355,11 +460,25 @@ class ParallelDiT(HookedModule):
         x = e.tokens[:, mine].clone(memory_format=torch.contiguous_format)
         freqs = e.freqs[mine]
         bias = None if e.bias is None else e.bias[:, :, mine]  # [B, 1, S_local, L]
-        with self._sequence_attention(num_tokens):
+        window = self._window_for(x, num_tokens)
+        with self._sequence_attention(num_tokens), (window.allocating() if window else nullcontext()):
             for block in m.blocks:
                 x = block(x, e.context, e.t_mod, freqs, bias)
-        x = gather_tokens(m.head(x, e.t), num_tokens, dim=1, mesh=self.mesh)  # [B, S, out_dim·prod(patch)]
+            x = gather_tokens(m.head(x, e.t), num_tokens, dim=1, mesh=self.mesh)  # [B, S, out_dim·prod(patch)]
+        if window:
+            x = window.hand_over(x)
         return m.hook_head_out(m.unpatchify(x, e.grid))
+
+    def _window_for(self, x: Tensor, num_tokens: int) -> Optional[NcclWindow]:
+        """``self.window`` (made at the first eligible forward) when there is one and this forward may use it
+        (`window_eligible`), else None. ``x``: this rank's tokens [B, S_local, dim]."""
+        hooks_active = any(hp.active for hp in self._hook_points.values())
+        if self.window is None or not window_eligible(num_tokens, self.model.cfg.num_heads, self.mesh.size(),
+                                                      hooks_active):
+            return None
+        if self.window.pool is None:
+            self.window.reserve(window_bytes(self.model.cfg, x.shape[0], x.shape[1], num_tokens, x.element_size()))
+        return self.window
 
 
 class ParallelVAE(torch.nn.Module):
@@ -425,16 +544,17 @@ class ParallelVAE(torch.nn.Module):
             return self.vae.decode(latents, **kwargs)
 
 
-def parallelize_models(models, mesh: Optional[DeviceMesh] = None, sequence_attention: str = "auto"):
+def parallelize_models(models, mesh: Optional[DeviceMesh] = None, sequence_attention: str = "auto",
+                       nccl_window: bool = False):
     """A copy of `wclab.models.loading.Models` whose two experts are `ParallelDiT` and whose VAE is a
     `ParallelVAE` (text encoder and weights shared): ``Session(parallelize_models(models), ...)`` runs
     sequence-parallel, and CFG-parallel too when ``mesh`` comes from ``make_mesh(cfg=2)``; tiled VAE work is
-    spread over all ranks (every rank must then call ``session.decode()``). ``sequence_attention``: as
-    `ParallelDiT`'s."""
+    spread over all ranks (every rank must then call ``session.decode()``). ``sequence_attention``,
+    ``nccl_window``: as `ParallelDiT`'s."""
     mesh = _mesh(mesh)
 
     def split(dit):
-        return ParallelDiT(dit.model if isinstance(dit, ParallelDiT) else dit, mesh, sequence_attention)
+        return ParallelDiT(dit.model if isinstance(dit, ParallelDiT) else dit, mesh, sequence_attention, nccl_window)
 
     vae = models.vae.vae if isinstance(models.vae, ParallelVAE) else models.vae
     return dataclasses.replace(models, high=split(models.high), low=split(models.low), vae=ParallelVAE(vae, mesh))
@@ -465,8 +585,8 @@ def _generate(args) -> int:
             if args.compile:
                 speed_up(expert)
         clock.mark("load")
-        session = Session(parallelize_models(models, mesh), inputs.scene, args.image, inputs.settings,
-                          progress=rank == 0)
+        session = Session(parallelize_models(models, mesh, nccl_window=args.nccl_window), inputs.scene, args.image,
+                          inputs.settings, progress=rank == 0)
         clock.mark("prepare")
         session.run()
         clock.mark("denoise")
@@ -478,7 +598,7 @@ def _generate(args) -> int:
             print(f"stages (rank 0): {clock}", flush=True)
         dist.barrier()
     finally:
-        dist.destroy_process_group()
+        shutdown()
     return 0
 
 
@@ -494,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--compile", action="store_true", help="wclab.models.fast.speed_up on both experts")
     generate.add_argument("--attention", default=None, choices=list(BACKENDS),
                           help="attention backend (default: auto = flash kernels when installed, else SDPA)")
+    generate.add_argument("--nccl-window", action="store_true",
+                          help="the split forwards' memory as one NCCL symmetric window (GPUs; see ParallelDiT)")
     return parser
 
 
