@@ -39,7 +39,9 @@ half splitting its forward's tokens as above; one all-gather per forward gives e
 Each rank holds the whole model: this splits activations and attention work, not weights. Hooks inside the
 blocks see this rank's token slice ([B, S_local, ...]); ``hook_embed`` and ``hook_head_out`` see full tensors.
 Per-token running sums (e.g. `wclab.inspect.AttentionMaps`) are joined with `gather_attention_maps`.
-NCCL NVLink multicast (NVLS) stays off: `init_distributed` sets ``NCCL_NVLS_ENABLE=0``.
+NCCL NVLink multicast (NVLS) stays off: `init_distributed` sets ``NCCL_NVLS_ENABLE=0``. Opt-in
+``nccl_window``: a forward's blocks allocate from one NCCL symmetric window (`NcclWindow`), where the exchanges copy
+straight between the ranks' buffers (or, for all-gathers under the zero-CTA policy, on the copy engines).
 """
 from __future__ import annotations
 
