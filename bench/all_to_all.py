@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import environment, full_size_tokens  # noqa: E402
+from benchlib import environment, full_size_tokens, ranks_cuda_ms  # noqa: E402
 
 from wclab.models.dit import DiTConfig  # noqa: E402
 from wclab.parallel import split_counts  # noqa: E402
@@ -58,20 +57,11 @@ def calls(group, rank: int, size: int, stacked: int) -> tuple[list, int]:
 
 def forward_ms(ops: list, repeat: int) -> float:
     """Median ms of BLOCKS rounds of ``ops`` (one forward's all-to-alls)."""
-    times = []
-    for i in range(repeat + 1):
-        dist.barrier()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    def forward():
         for _ in range(BLOCKS):
             for recv, send, recv_splits, send_splits, group in ops:
                 dist.all_to_all_single(recv, send, recv_splits, send_splits, group=group)
-        end.record()
-        torch.cuda.synchronize()
-        if i:  # the first round warms up
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return ranks_cuda_ms(forward, repeat)
 
 
 def setting(row: dict, common: dict) -> dict:

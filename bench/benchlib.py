@@ -87,6 +87,24 @@ def cuda_ms(fn: Callable[[], object], repeat: int = 10, warmup: int = 3) -> floa
     return statistics.median(times)
 
 
+def ranks_cuda_ms(fn: Callable[[], object], repeat: int) -> float:
+    """Median milliseconds of ``fn`` on this rank's GPU (CUDA events), every call started with all ranks of the
+    default process group together (a barrier), after one warm-up call."""
+    import torch.distributed as dist
+    times = []
+    for i in range(repeat + 1):
+        dist.barrier()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        if i:  # the first call warms up
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def kernel_timeline(trace: dict, collective: Iterable[str] = ("nccl",), gaps: int = 12) -> dict:
     """Where a profiled stretch of GPU time went, from a Chrome trace (``torch.profiler``'s
     ``export_chrome_trace``): device kernels, copies and sets, by time covered rather than summed per kernel.

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import environment, full_size_tokens  # noqa: E402
+from benchlib import environment, full_size_tokens, ranks_cuda_ms  # noqa: E402
 
 from wclab.models.dit import DiTConfig  # noqa: E402
 
@@ -68,22 +67,6 @@ def buffers(group, world: int, device, symmetric: bool) -> dict:
     return bufs
 
 
-def cuda_ms(fn, repeat: int) -> float:
-    """Median ms of ``fn`` (CUDA events, all ranks started together), after one warm-up call."""
-    times = []
-    for i in range(repeat + 1):
-        dist.barrier()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        if i:
-            times.append(start.elapsed_time(end))
-    return round(statistics.median(times), 2)
-
-
 def measure(group, bufs: dict, weight: torch.Tensor, x: torch.Tensor, repeat: int) -> dict:
     def a2a(async_op=False):
         return dist.all_to_all_single(bufs["recv"], bufs["send"], group=group, async_op=async_op)
@@ -108,7 +91,7 @@ def measure(group, bufs: dict, weight: torch.Tensor, x: torch.Tensor, repeat: in
                 torch.mm(x, weight)
             for w in works:
                 w.wait()
-    return {name: cuda_ms(fn, repeat) for name, fn in
+    return {name: round(ranks_cuda_ms(fn, repeat), 2) for name, fn in
             (("a2a", forward_a2a), ("gather", forward_gather), ("gemm", forward_gemm),
              ("a2a+gemm", forward_overlap))}
 
