@@ -299,6 +299,20 @@ def test_the_nccl_window_holds_a_split_blocks_activations_three_and_a_half_times
     assert two >= 2 * four - 2 ** 26 and two > 7.2 * 2 ** 30  # what the compiled forward took on 2 ranks
 
 
+def test_both_experts_share_one_nccl_window_per_sequence_group_and_gpu():
+    from wclab.parallel import shared_window, shutdown
+
+    seq_a, seq_b, gpu0, gpu1 = object(), object(), torch.device("cuda", 0), torch.device("cuda", 1)
+    try:
+        high, low = shared_window(seq_a, gpu0), shared_window(seq_a, gpu0)
+        assert high is low and high.pool is None  # reserved at its first forward, not before
+        assert shared_window(seq_b, gpu0) is not high and shared_window(seq_a, gpu1) is not high
+    finally:
+        shutdown()  # forgets them (no process group here)
+    assert shared_window(seq_a, gpu0) is not high
+    shutdown()
+
+
 def test_an_nccl_window_off_nccl_is_refused_naming_the_backend(monkeypatch):
     import wclab.parallel as parallel
 

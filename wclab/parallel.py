@@ -81,7 +81,7 @@ def init_distributed(backend: Optional[str] = None) -> DeviceMesh:
     """Join the process group that ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
     LOCAL_RANK) and return a 1-D mesh over all ranks. backend: "nccl" when CUDA is available (each rank takes
     GPU LOCAL_RANK, bound as the group's device), else "gloo". Sets NCCL_NVLS_ENABLE=0 (NVLink multicast off)
-    and, unless set, NCCL_CTA_POLICY=2 (zero-CTA, for `NcclWindow`) before NCCL starts. `shutdown` undoes it."""
+    and, unless set, NCCL_CTA_POLICY=2 (zero-CTA, for `NcclWindow`) before NCCL starts. End with `shutdown`."""
     os.environ["NCCL_NVLS_ENABLE"] = "0"
     # zero-CTA policy: where both buffers lie in an `NcclWindow`, NCCL copies with fewer (or no) SMs; elsewhere
     # its kernels run as under the default policy (bench/RESULTS.md, thirteenth pass)
@@ -106,6 +106,7 @@ def shutdown() -> None:
     """Release every `NcclWindow` (deregistered while its communicator lives), then destroy the process group."""
     for window in list(_windows):
         window.release()
+    _shared.clear()
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -181,8 +182,8 @@ def _flat(pieces: list[Tensor]) -> Tensor:
 def _all_to_all(send: Tensor, send_numels: list[int], recv_numels: list[int], group) -> Tensor:
     """One all-to-all over ``group``: rank j gets the j-th run of ``send_numels`` elements of the flat ``send``;
     returns what arrived, rank by rank, as one flat tensor of sum(recv_numels) elements. Equal runs go without
-    split sizes: NCCL's own AllToAll then, which it can run on the copy engines (`copy_engine_exchanges`), instead
-    of grouped sends and receives."""
+    split sizes: NCCL's own AllToAll then (which, in an `NcclWindow` under the zero-CTA policy, runs on the copy
+    engines) instead of grouped sends and receives."""
     recv = send.new_empty(sum(recv_numels))
     if len(set(send_numels)) == 1 and len(set(recv_numels)) == 1:
         dist.all_to_all_single(recv, send, group=group)
@@ -289,8 +290,9 @@ _windows: list["NcclWindow"] = []  # made and not yet released (`shutdown`)
 class NcclWindow:
     """A split forward's memory as one NCCL symmetric window of the sequence group (``ParallelDiT(nccl_window=
     True)``): the exchanges' send and receive buffers then lie in memory every rank has mapped, and NCCL's kernels
-    copy straight between the ranks' buffers instead of through its staging buffers (2 × H200, Ulysses: the
-    exchange kernels 88 -> 58 ms per forward; bench/RESULTS.md, thirteenth pass).
+    copy straight between the ranks' buffers instead of through its staging buffers (2 × H200, Ulysses, a window
+    that held the whole forward: the exchange kernels 88 -> 58 ms per forward; bench/RESULTS.md, thirteenth pass).
+    One window per sequence group and GPU (`shared_window`): the two experts never run at once.
 
     The window is one segment of a memory pool of the group's NCCL allocator, made (``size_bytes``, the same on every
     rank) and registered once, at the first forward; the caching allocator then carves that forward's blocks from it.
@@ -349,6 +351,18 @@ class NcclWindow:
         return t
 
 
+def shared_window(group, device: torch.device) -> NcclWindow:
+    """The `NcclWindow` of ``group`` on ``device``, made (empty: reserved at its first forward) on first call."""
+    for window in _shared:
+        if window.group is group and window.device == device:
+            return window
+    _shared.append(NcclWindow(group, device))
+    return _shared[-1]
+
+
+_shared: list[NcclWindow] = []
+
+
 def window_bytes(cfg, batch: int, local_tokens: int, num_tokens: int, itemsize: int) -> int:
     """Bytes of window for blocks over ``local_tokens`` of ``num_tokens`` tokens (split evenly): 3.5 times a
     block's largest activations — the feed-forward's hidden [B, S_local, ffn_dim], eight [B, S_local, dim] tensors
@@ -386,7 +400,7 @@ class ParallelDiT(HookedModule):
             if self.mesh.device_type != "cuda" or dist.get_backend(self.mesh.get_group()) != "nccl":
                 raise ParallelError("nccl_window: needs the NCCL backend on CUDA devices, got "
                                     f"{dist.get_backend(self.mesh.get_group())!r} on {self.mesh.device_type!r}")
-            self.window = NcclWindow(self.mesh.get_group(), torch.device("cuda", torch.cuda.current_device()))
+            self.window = shared_window(self.mesh.get_group(), torch.device("cuda", torch.cuda.current_device()))
         if sequence_attention not in SEQUENCE_ATTENTION:
             raise ParallelError(f"sequence_attention: expected one of {SEQUENCE_ATTENTION}, got {sequence_attention!r}")
         if sequence_attention == "auto":
