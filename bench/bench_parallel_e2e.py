@@ -39,7 +39,8 @@ from benchlib import GiB, GpuWatch, environment, random_models, reset_peak, sync
 from wclab.image import solid_image  # noqa: E402
 from wclab.models.fast import relative_error  # noqa: E402
 from wclab.models.loading import load_models  # noqa: E402
-from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed, parallelize_models  # noqa: E402
+from wclab.parallel import (SEQUENCE_ATTENTION, ParallelDiT, init_distributed, parallelize_models,  # noqa: E402
+                            release_windows, shutdown)
 from wclab.sampler import Session, Settings  # noqa: E402
 
 FULL = dict(height=480, width=832, frames=81)
@@ -66,10 +67,10 @@ def settings_for(steps: int, distilled: bool) -> Settings:
 
 
 def generate(models, scene, size: dict, steps: int, mesh, distilled: bool = False,
-             sequence_attention: str = "auto") -> dict:
+             sequence_attention: str = "auto", nccl_window: bool = False) -> dict:
     """One generation on this rank (a member of ``mesh``): per-stage seconds, step times, final latents."""
     rank = dist.get_rank()
-    used = parallelize_models(models, mesh, sequence_attention) if mesh is not None else models
+    used = parallelize_models(models, mesh, sequence_attention, nccl_window) if mesh is not None else models
     reset_peak()
     t0 = time.perf_counter()
     session = Session(used, scene, solid_image(size["height"], size["width"], (90, 120, 150)),
@@ -100,8 +101,9 @@ def run_layout(name: str, models, scene, size: dict, steps: int, cfg: int, seq: 
     rank, n = dist.get_rank(), cfg * seq
     mesh = layout_mesh(cfg, seq)
     with GpuWatch(used_gpus(n) if rank == 0 else []) as watch:  # the layout's GPUs' clocks, throttle reasons
-        result = (generate(models, scene, size, steps, mesh, setup["distilled"], setup["sequence_attention"])
-                  if rank < n else None)
+        result = (generate(models, scene, size, steps, mesh, setup["distilled"], setup["sequence_attention"],
+                           setup["nccl_window"] and seq > 1) if rank < n else None)
+    release_windows()  # this layout's (its groups are not used again)
     peaks = [None] * dist.get_world_size()
     dist.all_gather_object(peaks, result["peak_gib"] if result else None)
     dist.barrier()
@@ -157,6 +159,8 @@ def main() -> int:
     p.add_argument("--sequence-attention", default="auto", choices=SEQUENCE_ATTENTION,
                    help="how split tokens attend (wclab.parallel.ParallelDiT; default auto)")
     p.add_argument("--attention", default=None, help="attention backend (default: auto)")
+    p.add_argument("--nccl-window", action="store_true",
+                   help="parallelize_models(nccl_window=True): split forwards in one NCCL symmetric window (GPUs)")
     p.add_argument("--out", type=Path, default=Path("bench/out/parallel_e2e"))
     args = p.parse_args()
     layouts = [tuple(int(v) for v in l.split("x")) for l in args.layouts.split(",") if l]
@@ -211,7 +215,7 @@ def main() -> int:
              "self_attention_kernel": attention_mod._AUTO if backend == "auto" else backend,
              "load_s_rank0": round(load_s, 1), "world": world, "tiled_vae": True, "vae_tiles_split": True,
              "distilled": args.distilled, "cfg": settings_for(args.steps, args.distilled).cfg,
-             "sequence_attention": args.sequence_attention}
+             "sequence_attention": args.sequence_attention, "nccl_window": args.nccl_window}
     if rank == 0:
         print(f"loaded in {load_s:.1f} s on {world} ranks", flush=True)
 
@@ -240,7 +244,7 @@ def main() -> int:
     if rank == 0:
         (args.out / "scan.json").write_text(json.dumps({f"{c}x{s}": t for (c, s), t in results.items()}, indent=1))
     dist.barrier()
-    dist.destroy_process_group()
+    shutdown()
     return 0
 
 

@@ -21,7 +21,8 @@
 # PORT. scaling: GPUS="1 2 4" rank counts; PROFILE=1 also profiles one forward (device time by kernel kind in the
 # JSON line, rank 0's costliest ops in OUT/profile_<n>gpu.txt, its compiled block code in OUT/code_<n>gpu.py).
 # parallel and scaling: SEQ_ATTENTION=auto|ulysses|kv_gather, how the split tokens attend (wclab.parallel.ParallelDiT;
-# auto: kv_gather on 2 sequence ranks). scaling: SCALING_ARGS, more arguments for bench/parallel_scaling.py.
+# auto: kv_gather on 2 sequence ranks). scaling: SCALING_ARGS, parallel: PARALLEL_ARGS, more arguments for
+# bench/parallel_scaling.py / bench/bench_parallel_e2e.py (e.g. --nccl-window).
 #
 # CKPT (default: a folder on the largest local file system) holds the checkpoints (~69 GB, + hard links for
 # the WorldCanvas_ref pair).
@@ -79,7 +80,7 @@ parallel)
   if [ "${RANDOM_WEIGHTS:-0}" = 1 ]; then weights=(--random); else weights=(--checkpoints "$CKPT"); fi
   torchrun --nproc-per-node "$n" --master-port "${PORT:-29500}" bench/bench_parallel_e2e.py "${weights[@]}" --compile \
     --attention "${ATTENTION:-auto}" --layouts "${LAYOUTS:-1x1,1x2,2x1,1x4,2x2}" --steps "${STEPS:-4}" \
-    --full "${FULL-4:50,2:50}" --sequence-attention "${SEQ_ATTENTION:-auto}" --out "$out" 2>&1 | grep --line-buffered -v "Warning\|warn(" | tee "$out/parallel.log"
+    --full "${FULL-4:50,2:50}" --sequence-attention "${SEQ_ATTENTION:-auto}" ${PARALLEL_ARGS:-} --out "$out" 2>&1 | grep --line-buffered -v "Warning\|warn(" | tee "$out/parallel.log"
   ;;
 fa4)
   mkdir -p /tmp/site

@@ -102,11 +102,17 @@ def init_distributed(backend: Optional[str] = None) -> DeviceMesh:
     return _mesh(None)
 
 
-def shutdown() -> None:
-    """Release every `NcclWindow` (deregistered while its communicator lives), then destroy the process group."""
+def release_windows() -> None:
+    """Release every `NcclWindow` made so far (deregistered while its communicator lives; a collective over each
+    window's group) and forget the shared ones: the next forward that wants one makes it again."""
     for window in list(_windows):
         window.release()
     _shared.clear()
+
+
+def shutdown() -> None:
+    """`release_windows`, then destroy the process group."""
+    release_windows()
     if dist.is_initialized():
         dist.destroy_process_group()
 
