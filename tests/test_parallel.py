@@ -143,6 +143,7 @@ def worker(out_dir: Path) -> None:
         ulysses = ParallelDiT(model.model, mesh, sequence_attention="ulysses")
         res["odd_ulysses"] = ulysses(x_odd, u["timestep"], u["context"], bias_odd)
         res["batched_ulysses"] = ulysses(*batched_inputs(u))
+        res["biased_ulysses"] = ulysses(u["x"], u["timestep"], u["context"], u["bias"])  # 72 tokens: equal runs
         res["collective_calls_ulysses"] = collective_calls(ulysses, x_odd, u["timestep"], u["context"], bias_odd)
         bf16 = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4, dtype=torch.bfloat16), mesh)
         res["bf16"] = bf16(u["x"], u["timestep"], u["context"], u["bias"]).float()
@@ -260,6 +261,7 @@ def test_ulysses_asked_for_on_two_ranks_reshards_by_all_to_all_and_equals_one_pr
         assert r["collective_calls_ulysses"].tolist() == [8, 0]
         torch.testing.assert_close(r["odd_ulysses"], single["odd"], **PARITY)
         torch.testing.assert_close(r["batched_ulysses"], single["batched"], **PARITY)  # batch 2: sent rank-major
+        torch.testing.assert_close(r["biased_ulysses"], single["biased"], **PARITY)  # no split sizes sent
 
 
 def test_equal_runs_are_exchanged_without_split_sizes_uneven_ones_with_them(monkeypatch):
