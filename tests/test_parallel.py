@@ -301,6 +301,16 @@ def test_the_nccl_window_holds_a_split_blocks_activations_three_and_a_half_times
     assert two >= 2 * four - 2 ** 26 and two > 7.2 * 2 ** 30  # what the compiled forward took on 2 ranks
 
 
+def test_a_forward_that_outgrew_its_nccl_window_is_measured_by_its_large_segments_only():
+    from wclab.parallel import overflow_bytes
+
+    window, small = 8 * 2 ** 30, {"total_size": 2 ** 21}
+    assert overflow_bytes([{"total_size": window}, small], window) == 0
+    assert overflow_bytes([{"total_size": window}, {"total_size": 2 ** 30}, {"total_size": 2 ** 28}, small],
+                          window) == 2 ** 30 + 2 ** 28
+    assert overflow_bytes([small], window) == 0 and overflow_bytes([], window) == 0
+
+
 def test_both_experts_share_one_nccl_window_per_sequence_group_and_gpu():
     from wclab.parallel import shared_window, shutdown
 

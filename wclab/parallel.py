@@ -50,6 +50,7 @@ import dataclasses
 import math
 import os
 import sys
+import warnings
 from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional, Sequence
 
@@ -314,6 +315,7 @@ class NcclWindow:
         self.pool = None
         self.size_bytes = 0
         self.stream = None
+        self.checked = False  # whether the first forward's use of the window was checked (`hand_over`)
 
     def reserve(self, size_bytes: int) -> None:
         """Make and register the window (a collective over the group: every rank calls it with the same size)."""
@@ -333,7 +335,7 @@ class NcclWindow:
         if self.pool is not None:
             torch.cuda.synchronize(self.device)
             self.group._get_backend(self.device).deregister_mem_pool(self.pool)
-            self.pool, self.size_bytes = None, 0
+            self.pool, self.size_bytes, self.checked = None, 0, False
         if self in _windows:
             _windows.remove(self)
 
@@ -352,9 +354,23 @@ class NcclWindow:
 
     def hand_over(self, t: Tensor) -> Tensor:
         """``t`` (made inside `allocating`) for use on the caller's stream: its memory is not reused before the
-        caller's work on it is done."""
+        caller's work on it is done. After the window's first forward, warns once if that forward outgrew it."""
         t.record_stream(torch.cuda.current_stream(self.device))
+        if not self.checked:
+            self.checked = True
+            extra = overflow_bytes(self.pool.snapshot(), self.size_bytes)
+            if extra:
+                warnings.warn(f"NcclWindow: the forward needed {extra / 2 ** 30:.2f} GiB more than the window's "
+                              f"{self.size_bytes / 2 ** 30:.2f} GiB; exchanges in that part use NCCL's plain copies "
+                              "(window_bytes underestimates this configuration)", stacklevel=2)
         return t
+
+
+def overflow_bytes(segments: list[dict], window_size: int) -> int:
+    """Bytes of a window pool's large segments (``MemPool.snapshot()`` entries, the window's own among them) beyond
+    the window's size: what a forward allocated outside the registered window. The caching allocator's 2 MiB segments for blocks under
+    1 MiB are not counted (an exchange buffer is never that small at the sizes the window is for)."""
+    return max(sum(seg["total_size"] for seg in segments if seg["total_size"] > 2 ** 21) - window_size, 0)
 
 
 def shared_window(group, device: torch.device) -> NcclWindow:
