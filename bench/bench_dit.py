@@ -195,7 +195,7 @@ def motion_maps_capture(model: DiT, masks: torch.Tensor, grid, device, kernel: s
     self-attention and its reduction (`QueryRowMass(kernel)`, all heads) of the rows in ``masks`` bool [T, S]
     grouped per (trajectory, latent frame). Returns (hooks, maps, info): maps[n] is block n's float32 [T·F', S]
     mass from the last forward; info has the rows, selector and query row count."""
-    T, f = masks.shape[0], grid[0]
+    f = grid[0]
     per_frame = _frame_split(masks, f)  # [T·F', S]
     rows = torch.nonzero(per_frame.any(0)).flatten()
     sel = per_frame[:, rows].float()

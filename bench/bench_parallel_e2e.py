@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from benchlib import GiB, GpuWatch, environment, random_models, reset_peak, sync
 from wclab.image import solid_image  # noqa: E402
 from wclab.models.fast import relative_error  # noqa: E402
 from wclab.models.loading import load_models  # noqa: E402
-from wclab.parallel import (SEQUENCE_ATTENTION, ParallelDiT, init_distributed, parallelize_models,  # noqa: E402
+from wclab.parallel import (SEQUENCE_ATTENTION, init_distributed, parallelize_models,  # noqa: E402
                             release_windows, shutdown)
 from wclab.sampler import Session, Settings  # noqa: E402
 

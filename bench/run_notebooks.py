@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import queue
-import subprocess
 import sys
 import threading
 import time

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from wclab.conditions import ANCHOR_TEXT, load_json
+from wclab.conditions import load_json
 from widgets import EditorError, EditorState, FallbackSegmenter, TrajectoryEditor, fit_image
 from widgets.driving_video import DrivingVideo, read_video
 from widgets.images import ImageError

@@ -358,7 +358,7 @@ def drive_cuda(out_dir: Path) -> None:
 
     from wclab.models.loading import load_models
     from wclab.testing import make_tiny_checkpoints
-    from wclab.workers import WorkerError, start_workers
+    from wclab.workers import start_workers
 
     scene_file = REPO / "examples" / "ci" / "ball.json"
     facts: dict = {"gpus": torch.cuda.device_count(), "torch": torch.__version__}

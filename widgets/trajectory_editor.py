@@ -32,7 +32,7 @@ import numpy as np
 from ipycanvas import MultiCanvas, hold_canvas
 from PIL import Image
 
-from wclab.colors import ANCHOR_HEX, OBJECT_PALETTE, object_hex
+from wclab.colors import OBJECT_PALETTE, object_hex
 from wclab.conditions import ANCHOR_TEXT, Scene, Trajectory, load_json
 from wclab.sizes import DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH
 from wclab.conditions.motion import CAMERA_PRESETS, EDGES, SPEED_CURVES
