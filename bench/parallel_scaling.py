@@ -127,8 +127,8 @@ def run(args) -> None:
     shutdown()
 
 
-KERNEL_KINDS = (("collective", ("nccl", "gloo", "c10d", "all_to_all", "alltoall", "allgather", "memcpy ptop",
-                                "memcpy dtod")),  # copy-engine exchanges: peer copies, and the rank's own part
+EXCHANGES = ("nccl", "memcpy ptop", "memcpy dtod")  # NCCL kernels; copy-engine exchanges: peer copies, own part
+KERNEL_KINDS = (("collective", EXCHANGES + ("gloo", "c10d", "all_to_all", "alltoall", "allgather")),
                 ("attention", ("flash", "fmha", "attention", "sdpa")),
                 ("matmul", ("gemm", "nvjet", "matmul", "addmm", "cutlass")))
 
@@ -167,7 +167,7 @@ def profile_forward(forward, device: torch.device, table_path) -> dict:
         Path(table_path).write_text(events.table(sort_by=attr, row_limit=30, max_name_column_width=90))
     return {"wall_s": round(wall, 4), "device_s_by_kind": {k: round(v, 4) for k, v in kinds.items()},
             "device_s_total": round(sum(kinds.values()), 4),
-            "timeline": kernel_timeline(trace, collective=("nccl", "memcpy ptop", "memcpy dtod"))}
+            "timeline": kernel_timeline(trace, collective=EXCHANGES)}
 
 
 def table(path: Path) -> str:

@@ -106,7 +106,7 @@ def init_distributed(backend: Optional[str] = None) -> DeviceMesh:
 def release_windows() -> None:
     """Release every `NcclWindow` made so far (deregistered while its communicator lives; a collective over each
     window's group) and forget the shared ones: the next forward that wants one makes it again."""
-    for window in list(_windows):
+    for window in _shared:
         window.release()
     _shared.clear()
 
@@ -291,9 +291,6 @@ def window_eligible(num_tokens: int, num_heads: int, ranks: int, hooks_active: b
     return ranks > 1 and num_tokens % ranks == 0 and num_heads % ranks == 0 and not hooks_active
 
 
-_windows: list["NcclWindow"] = []  # made and not yet released (`shutdown`)
-
-
 class NcclWindow:
     """A split forward's memory as one NCCL symmetric window of the sequence group (``ParallelDiT(nccl_window=
     True)``): the exchanges' send and receive buffers then lie in memory every rank has mapped, and NCCL's kernels
@@ -328,7 +325,6 @@ class NcclWindow:
         backend.register_mem_pool(self.pool, symm=True)
         self.size_bytes = size_bytes
         self.stream = torch.cuda.Stream(self.device)
-        _windows.append(self)
 
     def release(self) -> None:
         """Deregister and drop the window (a collective over the group); a later forward makes it again."""
@@ -336,8 +332,6 @@ class NcclWindow:
             torch.cuda.synchronize(self.device)
             self.group._get_backend(self.device).deregister_mem_pool(self.pool)
             self.pool, self.size_bytes, self.checked = None, 0, False
-        if self in _windows:
-            _windows.remove(self)
 
     @contextmanager
     def allocating(self) -> Iterator[None]:
@@ -382,7 +376,7 @@ def shared_window(group, device: torch.device) -> NcclWindow:
     return _shared[-1]
 
 
-_shared: list[NcclWindow] = []
+_shared: list[NcclWindow] = []  # every window made, reserved or not (`release_windows` forgets them)
 
 
 def window_bytes(cfg, batch: int, local_tokens: int, num_tokens: int, itemsize: int) -> int:
@@ -512,9 +506,10 @@ class ParallelDiT(HookedModule):
     def _window_for(self, x: Tensor, num_tokens: int) -> Optional[NcclWindow]:
         """``self.window`` (made at the first eligible forward) when there is one and this forward may use it
         (`window_eligible`), else None. ``x``: this rank's tokens [B, S_local, dim]."""
+        if self.window is None:
+            return None
         hooks_active = any(hp.active for hp in self._hook_points.values())
-        if self.window is None or not window_eligible(num_tokens, self.model.cfg.num_heads, self.mesh.size(),
-                                                      hooks_active):
+        if not window_eligible(num_tokens, self.model.cfg.num_heads, self.mesh.size(), hooks_active):
             return None
         if self.window.pool is None:
             self.window.reserve(window_bytes(self.model.cfg, x.shape[0], x.shape[1], num_tokens, x.element_size()))
