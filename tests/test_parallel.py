@@ -15,6 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -114,12 +115,24 @@ def collective_calls(model, *inputs) -> torch.Tensor:
     return torch.tensor(counts)
 
 
+def all_to_all_ops(model, *inputs) -> torch.Tensor:
+    """[``wclab::all_to_all_equal`` calls, calls of torch's ``all_to_all_single`` op (traced code's all-to-all,
+    with split sizes)] during one forward of ``model``, as the profiler records them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(*inputs)
+    names = [event.name for event in prof.events()]
+    return torch.tensor([names.count("wclab::all_to_all_equal"), names.count("_c10d_functional::all_to_all_single")])
+
+
 # ---------------------------------------------------------------- the 2-rank run (this file as a torchrun worker)
 
 def worker(out_dir: Path) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
+    from wclab.models.fast import speed_up
     from wclab.parallel import (ParallelDiT, gather_tokens, init_distributed, parallelize_models, shutdown,
                                 token_slice)
 
@@ -145,6 +158,10 @@ def worker(out_dir: Path) -> None:
         res["batched_ulysses"] = ulysses(*batched_inputs(u))
         res["biased_ulysses"] = ulysses(u["x"], u["timestep"], u["context"], u["bias"])  # 72 tokens: equal runs
         res["collective_calls_ulysses"] = collective_calls(ulysses, x_odd, u["timestep"], u["context"], bias_odd)
+        compiled = ParallelDiT(speed_up(DiT.from_checkpoint(CHECKPOINT, num_heads=4)), mesh, sequence_attention="ulysses")
+        unbiased = (u["x"], u["timestep"], u["context"])  # 72 tokens: equal runs
+        res["unbiased_ulysses_compiled"] = compiled(*unbiased)
+        res["all_to_all_ops_compiled"] = all_to_all_ops(compiled, *unbiased)
         bf16 = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4, dtype=torch.bfloat16), mesh)
         res["bf16"] = bf16(u["x"], u["timestep"], u["context"], u["bias"]).float()
     session = small_session()
@@ -264,8 +281,17 @@ def test_ulysses_asked_for_on_two_ranks_reshards_by_all_to_all_and_equals_one_pr
         torch.testing.assert_close(r["biased_ulysses"], single["biased"], **PARITY)  # no split sizes sent
 
 
+def test_compiled_ulysses_sends_equal_runs_without_split_sizes_and_equals_one_process(ranks, single):
+    """In compiled blocks (Inductor) equal runs still reach NCCL's own AllToAll (`all_to_all_equal`), not torch's
+    traced all-to-all, which always passes split sizes; compiled float32 math (float32 RoPE) within 1e-4."""
+    for r in ranks:
+        assert r["all_to_all_ops_compiled"].tolist() == [8, 0]  # 2 blocks x (q, k, v, output)
+        torch.testing.assert_close(r["unbiased_ulysses_compiled"], single["unbiased"], rtol=1e-4, atol=1e-4)
+
+
 def test_equal_runs_are_exchanged_without_split_sizes_uneven_ones_with_them(monkeypatch):
-    """Equal runs go to NCCL's own AllToAll (which has a copy-engine path), uneven ones to grouped sends."""
+    """Equal runs go to `all_to_all_equal` (NCCL's own AllToAll, which has a copy-engine path), uneven ones to
+    grouped sends (torch's all-to-all with split sizes)."""
     import wclab.parallel as parallel
 
     calls = []
@@ -273,11 +299,17 @@ def test_equal_runs_are_exchanged_without_split_sizes_uneven_ones_with_them(monk
     def fake_all_to_all_single(recv, send, recv_splits=None, send_splits=None, group=None):
         calls.append((recv_splits, send_splits))
         recv.copy_(send)
+
+    def fake_all_to_all_equal(send, group_name):
+        calls.append(("equal", group_name))
+        return send.clone()
     monkeypatch.setattr(parallel.dist, "all_to_all_single", fake_all_to_all_single)
+    monkeypatch.setattr(parallel, "all_to_all_equal", fake_all_to_all_equal)
+    group = SimpleNamespace(group_name="7")
     send = torch.arange(6.0)
-    assert parallel._all_to_all(send, [3, 3], [3, 3], group=None).tolist() == send.tolist()
-    assert parallel._all_to_all(send, [4, 2], [4, 2], group=None).tolist() == send.tolist()
-    assert calls == [(None, None), ([4, 2], [4, 2])]
+    assert parallel._all_to_all(send, [3, 3], [3, 3], group).tolist() == send.tolist()
+    assert parallel._all_to_all(send, [4, 2], [4, 2], group).tolist() == send.tolist()
+    assert calls == [("equal", "7"), ([4, 2], [4, 2])]
 
 
 def test_the_nccl_window_is_used_only_where_every_rank_allocates_alike():

@@ -58,6 +58,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.distributed_c10d import _resolve_process_group
 
 from wclab.cli import StageClock, add_generate_arguments, generation_inputs, write_outputs
 from wclab.errors import WclabError
@@ -189,14 +190,54 @@ def _flat(pieces: list[Tensor]) -> Tensor:
 def _all_to_all(send: Tensor, send_numels: list[int], recv_numels: list[int], group) -> Tensor:
     """One all-to-all over ``group``: rank j gets the j-th run of ``send_numels`` elements of the flat ``send``;
     returns what arrived, rank by rank, as one flat tensor of sum(recv_numels) elements. Equal runs go without
-    split sizes: NCCL's own AllToAll then (which, in an `NcclWindow` under the zero-CTA policy, runs on the copy
-    engines) instead of grouped sends and receives."""
-    recv = send.new_empty(sum(recv_numels))
+    split sizes (`all_to_all_equal`): NCCL's own AllToAll then (which, in an `NcclWindow` under the zero-CTA
+    policy, runs on the copy engines) instead of grouped sends and receives."""
     if len(set(send_numels)) == 1 and len(set(recv_numels)) == 1:
-        dist.all_to_all_single(recv, send, group=group)
-    else:
-        dist.all_to_all_single(recv, send, recv_numels, send_numels, group=group)
+        return torch.ops._c10d_functional.wait_tensor(all_to_all_equal(send, group.group_name))
+    recv = send.new_empty(sum(recv_numels))
+    dist.all_to_all_single(recv, send, recv_numels, send_numels, group=group)
     return recv
+
+
+@torch.library.custom_op("wclab::all_to_all_equal", mutates_args=())
+def all_to_all_equal(send: Tensor, group_name: str) -> Tensor:
+    """Start an all-to-all of equal runs over the process group named ``group_name``: flat ``send`` [N] -> flat
+    receive buffer [N] (rank j gets the j-th of P equal runs), ready after ``torch.ops._c10d_functional.wait_tensor``.
+
+    Torch's own all-to-all op, which ``torch.compile`` traces ``dist.all_to_all_single`` into, always passes split
+    sizes, which NCCL serves with grouped sends and receives; this one passes none, so NCCL runs its AllToAll
+    (copy engines in an `NcclWindow`), also in compiled code. Inductor lowers it as it lowers torch's collectives
+    (`_register_exchange_lowering`): ``send`` is neither reused nor overwritten before the wait."""
+    recv = torch.empty_like(send)
+    work = dist.all_to_all_single(recv, send, group=_resolve_process_group(group_name), async_op=True)
+    torch._C._distributed_c10d._register_work(recv, work)  # found by wait_tensor
+    return recv
+
+
+@all_to_all_equal.register_fake
+def _(send: Tensor, group_name: str) -> Tensor:
+    return torch.empty_like(send)
+
+
+_lowering_registered = False
+
+
+def _register_exchange_lowering() -> None:
+    """Tell Inductor that `all_to_all_equal` is a collective started out of place (as torch's functional
+    collectives): its input is kept from reuse until the matching wait. Done once, before the first compiled split
+    forward (importing Inductor's lowerings costs seconds, which only compiled code should pay)."""
+    global _lowering_registered
+    if _lowering_registered:
+        return
+    from torch._inductor import ir
+    from torch._inductor.lowering import register_lowering
+
+    @register_lowering(torch.ops.wclab.all_to_all_equal)
+    def _lower(send, group_name):
+        send = ir.ExternKernel.require_contiguous(send)
+        return ir.TensorBox.create(ir._CollectiveKernel.create_out_of_place(
+            torch.ops.wclab.all_to_all_equal.default, send, group_name))
+    _lowering_registered = True
 
 
 def _tokens_to_heads(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
@@ -461,6 +502,8 @@ class ParallelDiT(HookedModule):
             return
         tokens = split_counts(num_tokens, ranks, balanced=False)  # as token_slice
         heads = split_counts(self.model.cfg.num_heads, ranks, balanced=True)
+        if any("forward" in vars(block) for block in self.model.blocks):  # compiled (`speed_up`)
+            _register_exchange_lowering()
 
         def sequence_parallel(local_attention):
             if self.sequence_attention == "kv_gather":
