@@ -38,7 +38,7 @@ from wclab.models import attention as attention_mod  # noqa: E402
 from wclab.models.attention import BACKENDS  # noqa: E402
 from wclab.models.dit import DiT, DiTConfig  # noqa: E402
 from wclab.models.fast import speed_up  # noqa: E402
-from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed, shutdown  # noqa: E402
+from wclab.parallel import SEQUENCE_ATTENTION, ParallelDiT, init_distributed, pool_bytes, shutdown  # noqa: E402
 
 TINY_CONFIG = tiny_dit_config()
 
@@ -104,7 +104,7 @@ def run(args) -> None:
         if split.window is not None and split.window.pool is not None:
             segments = split.window.pool.snapshot()
             record["nccl_window"] = {"gib": round(split.window.size_bytes / 2 ** 30, 3), "segments": len(segments),
-                                     "pool_gib": round(sum(g["total_size"] for g in segments) / 2 ** 30, 3)}
+                                     "pool_gib": round(pool_bytes(segments) / 2 ** 30, 3)}
         if world == 1:
             with GpuWatch(used_gpus(1)) as watch:
                 record["unsplit"], _ = timed(lambda: model(**inputs), repeat=args.repeat, warmup=args.warmup)

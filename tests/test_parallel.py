@@ -322,25 +322,22 @@ def test_the_nccl_window_is_used_only_where_every_rank_allocates_alike():
     assert not window_eligible(32760, 40, 1, hooks_active=False)  # nothing is exchanged
 
 
-def test_the_nccl_window_holds_a_split_blocks_activations_three_and_a_half_times_in_whole_64_mib():
-    from wclab.models.dit import DiTConfig
-    from wclab.parallel import window_bytes
+def test_the_nccl_window_is_a_quarter_larger_than_the_probed_forwards_pool_in_whole_64_mib():
+    from wclab.parallel import window_size
 
-    cfg = DiTConfig.worldcanvas_14b()
-    four, two = (window_bytes(cfg, 1, 32760 // p, 32760, 2) for p in (4, 2))
-    assert four % 2 ** 26 == 0 and two % 2 ** 26 == 0
-    assert four >= 3.5 * 8190 * (cfg.ffn_dim + 12 * cfg.dim) * 2 and four < 4.5 * 2 ** 30
-    assert two >= 2 * four - 2 ** 26 and two > 7.2 * 2 ** 30  # what the compiled forward took on 2 ranks
+    gib = 2 ** 30
+    assert window_size(8 * gib) == 10 * gib
+    assert window_size(9 * gib + 1) == 11.25 * gib + 2 ** 26  # rounded up
 
 
-def test_a_forward_that_outgrew_its_nccl_window_is_measured_by_its_large_segments_only():
-    from wclab.parallel import overflow_bytes
+def test_a_pool_is_measured_by_its_large_segments_only():
+    """The caching allocator's 2 MiB segments of small blocks do not count (neither toward the window's size
+    nor toward an overflow of it)."""
+    from wclab.parallel import pool_bytes
 
-    window, small = 8 * 2 ** 30, {"total_size": 2 ** 21}
-    assert overflow_bytes([{"total_size": window}, small], window) == 0
-    assert overflow_bytes([{"total_size": window}, {"total_size": 2 ** 30}, {"total_size": 2 ** 28}, small],
-                          window) == 2 ** 30 + 2 ** 28
-    assert overflow_bytes([small], window) == 0 and overflow_bytes([], window) == 0
+    small = {"total_size": 2 ** 21}
+    assert pool_bytes([{"total_size": 8 * 2 ** 30}, {"total_size": 2 ** 28}, small, small]) == 8 * 2 ** 30 + 2 ** 28
+    assert pool_bytes([small]) == 0 and pool_bytes([]) == 0
 
 
 def test_both_experts_share_one_nccl_window_per_sequence_group_and_gpu():
@@ -349,7 +346,7 @@ def test_both_experts_share_one_nccl_window_per_sequence_group_and_gpu():
     seq_a, seq_b, gpu0, gpu1 = object(), object(), torch.device("cuda", 0), torch.device("cuda", 1)
     try:
         high, low = shared_window(seq_a, gpu0), shared_window(seq_a, gpu0)
-        assert high is low and high.pool is None  # reserved at its first forward, not before
+        assert high is low and high.pool is None and high.probe is None  # probed at its first forward, not before
         assert shared_window(seq_b, gpu0) is not high and shared_window(seq_a, gpu1) is not high
     finally:
         shutdown()  # forgets them (no process group here)

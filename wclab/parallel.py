@@ -334,29 +334,41 @@ def window_eligible(num_tokens: int, num_heads: int, ranks: int, hooks_active: b
 
 class NcclWindow:
     """A split forward's memory as one NCCL symmetric window of the sequence group (``ParallelDiT(nccl_window=
-    True)``): the exchanges' send and receive buffers then lie in memory every rank has mapped, and NCCL's kernels
-    copy straight between the ranks' buffers instead of through its staging buffers (2 × H200, Ulysses, a window
-    that held the whole forward: the exchange kernels 88 -> 58 ms per forward; bench/RESULTS.md, thirteenth pass).
-    One window per sequence group and GPU (`shared_window`): the two experts never run at once.
+    True)``): the exchanges' send and receive buffers then lie in memory every rank has mapped, and NCCL copies
+    straight between the ranks' buffers (all-to-alls and all-gathers of equal runs on the copy engines, under the
+    zero-CTA policy `init_distributed` sets) instead of through its staging buffers (2 × H200, Ulysses: the exchange
+    kernels 88 -> 58 ms per forward; bench/RESULTS.md, thirteenth pass). One window per sequence group and GPU
+    (`shared_window`): the two experts never run at once.
 
-    The window is one segment of a memory pool of the group's NCCL allocator, made (``size_bytes``, the same on every
-    rank) and registered once, at the first forward; the caching allocator then carves that forward's blocks from it.
-    A symmetric window assumes a block lies at the same offset on every rank, so it is used only where
-    `window_eligible` says every rank allocates alike. Blocks that do not fit go to further, unregistered segments
-    (plain NCCL copies there). The forward runs on the window's own CUDA stream, synchronised with the caller's
-    both ways: NCCL's copy-engine path (zero-CTA policy, `init_distributed`) refuses the legacy default stream, on
-    which a collective with async_op=False would run. NCCL >= 2.27 and torch's ``register_mem_pool`` are needed;
-    `shutdown` releases the window before the process group goes."""
+    Sized by measurement: the first forward runs in a plain memory pool (`probe`), and at the next forward the
+    window is made (``reserve``, a collective) with `window_size` of the largest pool any rank needed. The window
+    is one segment of a pool of the group's NCCL allocator, registered once; the caching allocator then carves each
+    forward's blocks from it. A symmetric window assumes a block lies at the same offset on every rank, so it is
+    used only where `window_eligible` says every rank allocates alike. Blocks that do not fit go to further,
+    unregistered segments (plain NCCL copies there; `hand_over` warns once). The forward runs on the window's own
+    CUDA stream, synchronised with the caller's both ways: NCCL's copy-engine path refuses the legacy default
+    stream, on which a collective with async_op=False would run. NCCL >= 2.27 and torch's ``register_mem_pool``
+    are needed; `shutdown` releases the window before the process group goes."""
 
     def __init__(self, group, device: torch.device):
         self.group, self.device = group, device
-        self.pool = None
+        self.pool = None  # the registered window's pool (None: not made yet)
+        self.probe = None  # the first forward's plain pool, measured to size the window
         self.size_bytes = 0
-        self.stream = None
-        self.checked = False  # whether the first forward's use of the window was checked (`hand_over`)
+        self.stream = None  # the forward's CUDA stream (made at the first forward)
+        self.checked = False  # whether the first forward in the window was checked for overflow (`hand_over`)
+
+    def reserve_measured(self) -> None:
+        """Make the window `window_size` bytes large for what the probed forward needed on the neediest rank (a
+        collective over the group), and drop the probe."""
+        need = torch.tensor([pool_bytes(self.probe.snapshot())], device=self.device)
+        dist.all_reduce(need, op=dist.ReduceOp.MAX, group=self.group)
+        self.probe = None  # its memory goes back to the device
+        self.reserve(window_size(int(need.item())))
 
     def reserve(self, size_bytes: int) -> None:
-        """Make and register the window (a collective over the group: every rank calls it with the same size)."""
+        """Make and register a window of ``size_bytes`` (a collective over the group: every rank calls it with the
+        same size)."""
         backend = self.group._get_backend(self.device)
         self.pool = torch.cuda.MemPool(backend.mem_allocator)
         with torch.cuda.use_mem_pool(self.pool):
@@ -365,51 +377,63 @@ class NcclWindow:
         torch.cuda.synchronize(self.device)
         backend.register_mem_pool(self.pool, symm=True)
         self.size_bytes = size_bytes
-        self.stream = torch.cuda.Stream(self.device)
 
     def release(self) -> None:
-        """Deregister and drop the window (a collective over the group); a later forward makes it again."""
+        """Deregister and drop the window (a collective over the group); a later forward measures and makes it
+        again."""
         if self.pool is not None:
             torch.cuda.synchronize(self.device)
             self.group._get_backend(self.device).deregister_mem_pool(self.pool)
-            self.pool, self.size_bytes, self.checked = None, 0, False
+        self.pool, self.probe, self.size_bytes, self.checked = None, None, 0, False
 
     @contextmanager
     def allocating(self) -> Iterator[None]:
         """The ``with`` body on the window's stream (after the caller's work so far; the caller's stream waits
-        for it at the end) with its allocations from the window. Tensors the body returns to the caller must be
-        passed to `hand_over`."""
+        for it at the end) with its allocations from the window, or, before there is one, from a new probe pool.
+        Tensors the body returns to the caller must be passed to `hand_over`."""
+        if self.pool is None:
+            self.probe = torch.cuda.MemPool()
+        self.stream = self.stream or torch.cuda.Stream(self.device)
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)
         try:
-            with torch.cuda.stream(self.stream), torch.cuda.use_mem_pool(self.pool):
+            with torch.cuda.stream(self.stream), torch.cuda.use_mem_pool(self.pool or self.probe):
                 yield
         finally:
             caller.wait_stream(self.stream)
 
     def hand_over(self, t: Tensor) -> Tensor:
         """``t`` (made inside `allocating`) for use on the caller's stream: its memory is not reused before the
-        caller's work on it is done. After the window's first forward, warns once if that forward outgrew it."""
+        caller's work on it is done; after a probed forward, a copy outside the probe (which is dropped at the next
+        forward). After the window's first forward, warns once if that forward outgrew it."""
         t.record_stream(torch.cuda.current_stream(self.device))
+        if self.pool is None:
+            return t.clone()  # on the caller's stream, which waited for the window's
         if not self.checked:
             self.checked = True
-            extra = overflow_bytes(self.pool.snapshot(), self.size_bytes)
-            if extra:
+            extra = pool_bytes(self.pool.snapshot()) - self.size_bytes
+            if extra > 0:
                 warnings.warn(f"NcclWindow: the forward needed {extra / 2 ** 30:.2f} GiB more than the window's "
                               f"{self.size_bytes / 2 ** 30:.2f} GiB; exchanges in that part use NCCL's plain copies "
-                              "(window_bytes underestimates this configuration)", stacklevel=2)
+                              "(the probed forward needed less than this one)", stacklevel=2)
         return t
 
 
-def overflow_bytes(segments: list[dict], window_size: int) -> int:
-    """Bytes of a window pool's large segments (``MemPool.snapshot()`` entries, the window's own among them) beyond
-    the window's size: what a forward allocated outside the registered window. The caching allocator's 2 MiB segments for blocks under
-    1 MiB are not counted (an exchange buffer is never that small at the sizes the window is for)."""
-    return max(sum(seg["total_size"] for seg in segments if seg["total_size"] > 2 ** 21) - window_size, 0)
+def pool_bytes(segments: list[dict]) -> int:
+    """Bytes of a memory pool's large segments (``MemPool.snapshot()`` entries). The caching allocator's 2 MiB
+    segments for blocks under 1 MiB are not counted: an exchange buffer is never that small at the sizes a window
+    is for, and they are allocated beside the window's one segment all the same."""
+    return sum(seg["total_size"] for seg in segments if seg["total_size"] > 2 ** 21)
+
+
+def window_size(need_bytes: int) -> int:
+    """Bytes of window for a forward that took ``need_bytes`` of pool segments: a quarter more (the probe's
+    segments grew one by one; one segment is carved differently), rounded up to 64 MiB."""
+    return -(-int(need_bytes * 1.25) // 2 ** 26) * 2 ** 26
 
 
 def shared_window(group, device: torch.device) -> NcclWindow:
-    """The `NcclWindow` of ``group`` on ``device``, made (empty: reserved at its first forward) on first call."""
+    """The `NcclWindow` of ``group`` on ``device``, made (empty: reserved at its second forward) on first call."""
     for window in _shared:
         if window.group is group and window.device == device:
             return window
@@ -418,19 +442,6 @@ def shared_window(group, device: torch.device) -> NcclWindow:
 
 
 _shared: list[NcclWindow] = []  # every window made, reserved or not (`release_windows` forgets them)
-
-
-def window_bytes(cfg, batch: int, local_tokens: int, num_tokens: int, itemsize: int) -> int:
-    """Bytes of window for blocks over ``local_tokens`` of ``num_tokens`` tokens (split evenly): 3.5 times a
-    block's largest activations — the feed-forward's hidden [B, S_local, ffn_dim], eight [B, S_local, dim] tensors
-    and the four exchanged ones (q, k, v, output: [B, S, dim / P] each = [B, S_local, dim]) — plus twice the
-    gathered head output [B, S, out_dim · 4], rounded up to 64 MiB. Measured (2 × H200, 480×832×81, compiled,
-    FlashAttention 4): the forward's blocks took 6.7–7.2 GiB on 2 ranks, where this gives 8.1 GiB (twice the
-    activations, 4.6 GiB, overflowed into 11–12 unregistered segments)."""
-    block = batch * local_tokens * (cfg.ffn_dim + 12 * cfg.dim)
-    head = batch * num_tokens * cfg.out_dim * 4
-    size = int(3.5 * block + 2 * head) * itemsize
-    return -(-size // 2 ** 26) * 2 ** 26
 
 
 # ---------------------------------------------------------------- the model
@@ -537,7 +548,7 @@ class ParallelDiT(HookedModule):
         x = e.tokens[:, mine].clone(memory_format=torch.contiguous_format)
         freqs = e.freqs[mine]
         bias = None if e.bias is None else e.bias[:, :, mine]  # [B, 1, S_local, L]
-        window = self._window_for(x, num_tokens)
+        window = self._window_for(num_tokens)
         with self._sequence_attention(num_tokens), (window.allocating() if window else nullcontext()):
             for block in m.blocks:
                 x = block(x, e.context, e.t_mod, freqs, bias)
@@ -546,16 +557,16 @@ class ParallelDiT(HookedModule):
             x = window.hand_over(x)
         return m.hook_head_out(m.unpatchify(x, e.grid))
 
-    def _window_for(self, x: Tensor, num_tokens: int) -> Optional[NcclWindow]:
-        """``self.window`` (made at the first eligible forward) when there is one and this forward may use it
-        (`window_eligible`), else None. ``x``: this rank's tokens [B, S_local, dim]."""
+    def _window_for(self, num_tokens: int) -> Optional[NcclWindow]:
+        """``self.window`` when there is one and this forward may use it (`window_eligible`), else None; made, at
+        the size the probed forward before needed, at the second eligible forward."""
         if self.window is None:
             return None
         hooks_active = any(hp.active for hp in self._hook_points.values())
         if not window_eligible(num_tokens, self.model.cfg.num_heads, self.mesh.size(), hooks_active):
             return None
-        if self.window.pool is None:
-            self.window.reserve(window_bytes(self.model.cfg, x.shape[0], x.shape[1], num_tokens, x.element_size()))
+        if self.window.probe is not None:  # the previous forward was probed: make the window now
+            self.window.reserve_measured()
         return self.window
 
 
