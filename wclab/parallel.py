@@ -371,7 +371,9 @@ class NcclWindow:
         same size)."""
         backend = self.group._get_backend(self.device)
         self.pool = torch.cuda.MemPool(backend.mem_allocator)
-        with torch.cuda.use_mem_pool(self.pool):
+        self.stream = self.stream or torch.cuda.Stream(self.device)
+        # made on the forward's stream: the caching allocator serves a stream's blocks from its own segments only
+        with torch.cuda.stream(self.stream), torch.cuda.use_mem_pool(self.pool):
             block = torch.empty(size_bytes, dtype=torch.uint8, device=self.device)
         del block  # freed into the pool: its one segment stays, for the forward's blocks
         torch.cuda.synchronize(self.device)
