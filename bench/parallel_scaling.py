@@ -104,7 +104,8 @@ def run(args) -> None:
         if split.window is not None and split.window.pool is not None:
             segments = split.window.pool.snapshot()
             record["nccl_window"] = {"gib": round(split.window.size_bytes / 2 ** 30, 3), "segments": len(segments),
-                                     "pool_gib": round(pool_bytes(segments) / 2 ** 30, 3)}
+                                     "pool_gib": round(pool_bytes(segments) / 2 ** 30, 3),
+                                     "probed_gib": round(split.window.probed_bytes / 2 ** 30, 3)}
         if world == 1:
             with GpuWatch(used_gpus(1)) as watch:
                 record["unsplit"], _ = timed(lambda: model(**inputs), repeat=args.repeat, warmup=args.warmup)

@@ -355,6 +355,7 @@ class NcclWindow:
         self.pool = None  # the registered window's pool (None: not made yet)
         self.probe = None  # the first forward's plain pool, measured to size the window
         self.size_bytes = 0
+        self.probed_bytes = 0  # what the probed forward needed (the largest over the ranks)
         self.stream = None  # the forward's CUDA stream (made at the first forward)
         self.checked = False  # whether the first forward in the window was checked for overflow (`hand_over`)
 
@@ -363,8 +364,8 @@ class NcclWindow:
         collective over the group), and drop the probe."""
         need = torch.tensor([pool_bytes(self.probe.snapshot())], device=self.device)
         dist.all_reduce(need, op=dist.ReduceOp.MAX, group=self.group)
-        self.probe = None  # its memory goes back to the device
-        self.reserve(window_size(int(need.item())))
+        self.probe, self.probed_bytes = None, int(need.item())  # the probe's memory goes back to the device
+        self.reserve(window_size(self.probed_bytes))
 
     def reserve(self, size_bytes: int) -> None:
         """Make and register a window of ``size_bytes`` (a collective over the group: every rank calls it with the
