@@ -158,7 +158,8 @@ def worker(out_dir: Path) -> None:
         res["batched_ulysses"] = ulysses(*batched_inputs(u))
         res["biased_ulysses"] = ulysses(u["x"], u["timestep"], u["context"], u["bias"])  # 72 tokens: equal runs
         res["collective_calls_ulysses"] = collective_calls(ulysses, x_odd, u["timestep"], u["context"], bias_odd)
-        compiled = ParallelDiT(speed_up(DiT.from_checkpoint(CHECKPOINT, num_heads=4)), mesh, sequence_attention="ulysses")
+        compiled = ParallelDiT(speed_up(DiT.from_checkpoint(CHECKPOINT, num_heads=4)), mesh,
+                               sequence_attention="ulysses")
         unbiased = (u["x"], u["timestep"], u["context"])  # 72 tokens: equal runs
         res["unbiased_ulysses_compiled"] = compiled(*unbiased)
         res["all_to_all_ops_compiled"] = all_to_all_ops(compiled, *unbiased)

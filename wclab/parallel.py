@@ -18,12 +18,13 @@ Ulysses' four all-to-alls at P = 2 (twice as many at P = 4), in two calls, with 
 reshard. The head's output is all-gathered, so every rank returns the full [B, out_dim, F, H, W] and steps the
 sampler identically.
 
-Engine: each Ulysses reshard is one ``torch.distributed.all_to_all_single`` per tensor with uneven split sizes
-(ranks hold torch.chunk's pieces of the tokens and as even as possible a share of the heads), laid out so that with
-batch 1 what arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after; when the heads
-divide evenly that copy is a single permute, which compiled code writes straight from RoPE's kernel); the k / v
-gathers and the final gather are all-gathers of equal chunks, late ranks zero-padded, of which only the first S
-rows are read. S need not be a multiple of P and no padding token ever acts as a key: the result equals one
+Engine: each Ulysses reshard is one all-to-all per tensor: ``torch.distributed.all_to_all_single`` with split sizes
+where the runs are uneven (ranks hold torch.chunk's pieces of the tokens and as even as possible a share of the
+heads), else our `all_to_all_equal` op without them (NCCL's own AllToAll, also from compiled code), laid out so
+that with batch 1 what arrives is already [S, heads_r, head_dim] (one copy into the send buffer, none after; when
+the heads divide evenly that copy is a single permute, which compiled code writes straight from RoPE's kernel);
+the k / v gathers and the final gather are all-gathers of equal chunks, late ranks zero-padded, of which only the
+first S rows are read. S need not be a multiple of P and no padding token ever acts as a key: the result equals one
 device's up to float rounding.
 PyTorch's ring `context_parallel` cannot do this (it patches every scaled_dot_product_attention call, including
 the cross-attention onto the text with its bias mask, and its ring kernels take no mask, so padding tokens would
