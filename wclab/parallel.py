@@ -337,19 +337,20 @@ class NcclWindow:
     """A split forward's memory as one NCCL symmetric window of the sequence group (``ParallelDiT(nccl_window=
     True)``): the exchanges' send and receive buffers then lie in memory every rank has mapped, and NCCL copies
     straight between the ranks' buffers (all-to-alls and all-gathers of equal runs on the copy engines, under the
-    zero-CTA policy `init_distributed` sets) instead of through its staging buffers (2 × H200, Ulysses: the exchange
-    kernels 88 -> 58 ms per forward; bench/RESULTS.md, thirteenth pass). One window per sequence group and GPU
+    zero-CTA policy `init_distributed` sets) instead of through its staging buffers (2 × H200: 0.9–1.1 % off a
+    forward; bench/RESULTS.md, thirteenth and fourteenth passes). One window per sequence group and GPU
     (`shared_window`): the two experts never run at once.
 
     Sized by measurement: the first forward runs in a plain memory pool (`probe`), and at the next forward the
     window is made (``reserve``, a collective) with `window_size` of the largest pool any rank needed. The window
-    is one segment of a pool of the group's NCCL allocator, registered once; the caching allocator then carves each
-    forward's blocks from it. A symmetric window assumes a block lies at the same offset on every rank, so it is
-    used only where `window_eligible` says every rank allocates alike. Blocks that do not fit go to further,
-    unregistered segments (plain NCCL copies there; `hand_over` warns once). The forward runs on the window's own
-    CUDA stream, synchronised with the caller's both ways: NCCL's copy-engine path refuses the legacy default
-    stream, on which a collective with async_op=False would run. NCCL >= 2.27 and torch's ``register_mem_pool``
-    are needed; `shutdown` releases the window before the process group goes."""
+    is one segment of a pool of the group's NCCL allocator, made on the forward's stream (the caching allocator
+    serves a stream's blocks from its own segments only) and registered once; each forward's blocks are carved from
+    it. A symmetric window assumes a block lies at the same offset on every rank, so it is used only where
+    `window_eligible` says every rank allocates alike. Blocks that do not fit go to further segments of the pool,
+    made on demand (`hand_over` warns once; on 2 H200s NCCL still used the copy engines there). The forward runs
+    on the window's own CUDA stream, synchronised with the caller's both ways: NCCL's copy-engine path refuses the
+    legacy default stream, on which a collective with async_op=False would run. NCCL >= 2.27 and torch's
+    ``register_mem_pool`` are needed; `shutdown` releases the window before the process group goes."""
 
     def __init__(self, group, device: torch.device):
         self.group, self.device = group, device
@@ -418,8 +419,8 @@ class NcclWindow:
             extra = pool_bytes(self.pool.snapshot()) - self.size_bytes
             if extra > 0:
                 warnings.warn(f"NcclWindow: the forward needed {extra / 2 ** 30:.2f} GiB more than the window's "
-                              f"{self.size_bytes / 2 ** 30:.2f} GiB; exchanges in that part use NCCL's plain copies "
-                              "(the probed forward needed less than this one)", stacklevel=2)
+                              f"{self.size_bytes / 2 ** 30:.2f} GiB, in further segments made on demand (the probed "
+                              "forward needed less than this one)", stacklevel=2)
         return t
 
 
