@@ -163,6 +163,8 @@ def worker(out_dir: Path) -> None:
         unbiased = (u["x"], u["timestep"], u["context"])  # 72 tokens: equal runs
         res["unbiased_ulysses_compiled"] = compiled(*unbiased)
         res["all_to_all_ops_compiled"] = all_to_all_ops(compiled, *unbiased)
+        from torch._inductor.lowering import lowerings
+        res["all_to_all_lowered_as_collective"] = torch.tensor(torch.ops.wclab.all_to_all_equal in lowerings)
         bf16 = ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4, dtype=torch.bfloat16), mesh)
         res["bf16"] = bf16(u["x"], u["timestep"], u["context"], u["bias"]).float()
     session = small_session()
@@ -287,6 +289,7 @@ def test_compiled_ulysses_sends_equal_runs_without_split_sizes_and_equals_one_pr
     traced all-to-all, which always passes split sizes; compiled float32 math (float32 RoPE) within 1e-4."""
     for r in ranks:
         assert r["all_to_all_ops_compiled"].tolist() == [8, 0]  # 2 blocks x (q, k, v, output)
+        assert r["all_to_all_lowered_as_collective"]  # its send buffer kept from reuse until the wait
         torch.testing.assert_close(r["unbiased_ulysses_compiled"], single["unbiased"], rtol=1e-4, atol=1e-4)
 
 

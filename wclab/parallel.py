@@ -217,6 +217,7 @@ def all_to_all_equal(send: Tensor, group_name: str) -> Tensor:
 
 @all_to_all_equal.register_fake
 def _(send: Tensor, group_name: str) -> Tensor:
+    _register_exchange_lowering()  # tracing for a compiler: Inductor lowers the op later
     return torch.empty_like(send)
 
 
@@ -225,8 +226,8 @@ _lowering_registered = False
 
 def _register_exchange_lowering() -> None:
     """Tell Inductor that `all_to_all_equal` is a collective started out of place (as torch's functional
-    collectives): its input is kept from reuse until the matching wait. Done once, before the first compiled split
-    forward (importing Inductor's lowerings costs seconds, which only compiled code should pay)."""
+    collectives): its input is kept from reuse until the matching wait. Done once, when the op is first traced
+    (importing Inductor's lowerings costs seconds, which only compiled code should pay)."""
     global _lowering_registered
     if _lowering_registered:
         return
@@ -518,8 +519,6 @@ class ParallelDiT(HookedModule):
             return
         tokens = split_counts(num_tokens, ranks, balanced=False)  # as token_slice
         heads = split_counts(self.model.cfg.num_heads, ranks, balanced=True)
-        if any("forward" in vars(block) for block in self.model.blocks):  # compiled (`speed_up`)
-            _register_exchange_lowering()
 
         def sequence_parallel(local_attention):
             if self.sequence_attention == "kv_gather":
