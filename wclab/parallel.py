@@ -42,7 +42,8 @@ blocks see this rank's token slice ([B, S_local, ...]); ``hook_embed`` and ``hoo
 Per-token running sums (e.g. `wclab.inspect.AttentionMaps`) are joined with `gather_attention_maps`.
 NCCL NVLink multicast (NVLS) stays off: `init_distributed` sets ``NCCL_NVLS_ENABLE=0``. Opt-in
 ``nccl_window``: a forward's blocks allocate from one NCCL symmetric window (`NcclWindow`), where the exchanges copy
-straight between the ranks' buffers (or, for all-gathers under the zero-CTA policy, on the copy engines).
+straight between the ranks' buffers (under the zero-CTA policy, equal all-gathers and all-to-alls on the copy
+engines).
 """
 from __future__ import annotations
 
@@ -390,7 +391,7 @@ class NcclWindow:
         if self.pool is not None:
             torch.cuda.synchronize(self.device)
             self.group._get_backend(self.device).deregister_mem_pool(self.pool)
-        self.pool, self.probe, self.size_bytes, self.checked = None, None, 0, False
+        self.pool, self.probe, self.size_bytes, self.probed_bytes, self.checked = None, None, 0, 0, False
 
     @contextmanager
     def allocating(self) -> Iterator[None]:
