@@ -358,7 +358,7 @@ def test_both_experts_share_one_nccl_window_per_sequence_group_and_gpu():
     shutdown()
 
 
-def test_an_nccl_window_off_nccl_is_refused_naming_the_backend(monkeypatch):
+def test_an_nccl_window_off_nccl_or_before_nccl_2_27_is_refused_naming_what_it_got(monkeypatch):
     import wclab.parallel as parallel
 
     class GlooMesh:  # a 1-D mesh of two CPU ranks, enough for the constructor
@@ -372,6 +372,12 @@ def test_an_nccl_window_off_nccl_is_refused_naming_the_backend(monkeypatch):
 
     monkeypatch.setattr(parallel.dist, "get_backend", lambda group=None: "gloo")
     with pytest.raises(parallel.ParallelError, match="nccl_window: needs the NCCL backend on CUDA devices, got 'gloo'"):
+        parallel.ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), GlooMesh(), nccl_window=True)
+
+    GlooMesh.device_type = "cuda"  # now an NCCL mesh on GPUs, but with an NCCL before symmetric windows
+    monkeypatch.setattr(parallel.dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(parallel.torch.cuda.nccl, "version", lambda: (2, 21, 5))
+    with pytest.raises(parallel.ParallelError, match=r"nccl_window: needs NCCL >= 2.27 .* has NCCL 2.21.5"):
         parallel.ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), GlooMesh(), nccl_window=True)
 
 

@@ -475,6 +475,9 @@ class ParallelDiT(HookedModule):
             if self.mesh.device_type != "cuda" or dist.get_backend(self.mesh.get_group()) != "nccl":
                 raise ParallelError("nccl_window: needs the NCCL backend on CUDA devices, got "
                                     f"{dist.get_backend(self.mesh.get_group())!r} on {self.mesh.device_type!r}")
+            if torch.cuda.nccl.version() < (2, 27):
+                raise ParallelError("nccl_window: needs NCCL >= 2.27 (symmetric windows), this torch has NCCL "
+                                    + ".".join(map(str, torch.cuda.nccl.version())))
             self.window = shared_window(self.mesh.get_group(), torch.device("cuda", torch.cuda.current_device()))
         if sequence_attention not in SEQUENCE_ATTENTION:
             raise ParallelError(f"sequence_attention: expected one of {SEQUENCE_ATTENTION}, got {sequence_attention!r}")
