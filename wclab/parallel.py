@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -222,16 +223,11 @@ def _(send: Tensor, group_name: str) -> Tensor:
     return torch.empty_like(send)
 
 
-_lowering_registered = False
-
-
+@functools.cache
 def _register_exchange_lowering() -> None:
     """Tell Inductor that `all_to_all_equal` is a collective started out of place (as torch's functional
     collectives): its input is kept from reuse until the matching wait. Done once, when the op is first traced
     (importing Inductor's lowerings costs seconds, which only compiled code should pay)."""
-    global _lowering_registered
-    if _lowering_registered:
-        return
     from torch._inductor import ir
     from torch._inductor.lowering import register_lowering
 
@@ -240,7 +236,6 @@ def _register_exchange_lowering() -> None:
         send = ir.ExternKernel.require_contiguous(send)
         return ir.TensorBox.create(ir._CollectiveKernel.create_out_of_place(
             torch.ops.wclab.all_to_all_equal.default, send, group_name))
-    _lowering_registered = True
 
 
 def _tokens_to_heads(x: Tensor, tokens: list[int], heads: list[int], rank: int, group) -> Tensor:
