@@ -20,7 +20,7 @@
 # weights on each GPU instead of loading CKPT (no checkpoint files needed); NPROC ranks (default: every GPU) on
 # PORT. scaling: GPUS="1 2 4" rank counts; PROFILE=1 also profiles one forward (device time by kernel kind in the
 # JSON line, rank 0's costliest ops in OUT/profile_<n>gpu.txt, its compiled block code in OUT/code_<n>gpu.py).
-# parallel and scaling: SEQ_ATTENTION=auto|ulysses|kv_gather, how the split tokens attend (wclab.parallel.ParallelDiT;
+# parallel and scaling: SEQ_ATTENTION=auto|ulysses|kv_gather|ulysses_push, how the split tokens attend (wclab.parallel.ParallelDiT;
 # auto: kv_gather on 2 sequence ranks). scaling: SCALING_ARGS, parallel: PARALLEL_ARGS, more arguments for
 # bench/parallel_scaling.py / bench/bench_parallel_e2e.py (e.g. --nccl-window).
 #

@@ -128,7 +128,8 @@ def run(args) -> None:
     shutdown()
 
 
-EXCHANGES = ("nccl", "memcpy ptop", "memcpy dtod")  # NCCL kernels; copy-engine exchanges: peer copies, own part
+# NCCL kernels; copy-engine exchanges (peer copies, own part); the push engine's storing kernels and barriers
+EXCHANGES = ("nccl", "memcpy ptop", "memcpy dtod", "push_rows", "push_back", "barrier")
 KERNEL_KINDS = (("collective", EXCHANGES + ("gloo", "c10d", "all_to_all", "alltoall", "allgather")),
                 ("attention", ("flash", "fmha", "attention", "sdpa")),
                 ("matmul", ("gemm", "nvjet", "matmul", "addmm", "cutlass")))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["base", "conditions", "encode", "models", "sampler", "inspect", "front"]
-FRONT_ENDS = {"wclab.cli", "wclab.demo", "wclab.parallel", "wclab.workers", "wclab.profile", "wclab.testing",
-              "wclab.checkpoints"}
+FRONT_ENDS = {"wclab.cli", "wclab.demo", "wclab.parallel", "wclab.push_attention", "wclab.workers", "wclab.profile",
+              "wclab.testing", "wclab.checkpoints"}
 
 
 def module_name(path: Path) -> str:
@@ -89,4 +89,4 @@ def test_the_layer_map_knows_every_package():
     assert layer_of("wclab.sizes") == layer_of("wclab.errors") == 0
     assert {m.split(".")[1] for m in project_modules() if m.startswith("wclab.") and m.count(".") >= 1} <= \
         {"conditions", "encode", "models", "sampler", "inspect", "cli", "demo", "parallel", "workers", "profile",
-         "testing", "checkpoints", "errors", "sizes", "image", "colors"}
+         "testing", "checkpoints", "errors", "sizes", "image", "colors", "push_attention"}

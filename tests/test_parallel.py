@@ -390,8 +390,22 @@ def test_an_unknown_sequence_attention_is_refused_naming_the_choices():
         def size(self):
             return 1
 
-    with pytest.raises(ParallelError, match=r"sequence_attention: expected one of \('auto', 'ulysses', 'kv_gather'\)"):
+    with pytest.raises(ParallelError, match=r"sequence_attention: expected one of \('auto', 'ulysses', 'kv_gather', "
+                                            r"'ulysses_push'\)"):
         ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), OneRank(), sequence_attention="ring")
+
+
+def test_the_push_engine_on_a_cpu_mesh_is_refused_naming_cuda():
+    from wclab.parallel import ParallelDiT, ParallelError
+
+    class OneCpuRank:
+        ndim, device_type = 1, "cpu"
+
+        def size(self):
+            return 1
+
+    with pytest.raises(ParallelError, match="'ulysses_push' needs CUDA devices, got 'cpu'"):
+        ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), OneCpuRank(), sequence_attention="ulysses_push")
 
 
 def test_block_hooks_see_this_ranks_tokens_and_bias_rows(ranks, single):

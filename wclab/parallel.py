@@ -70,10 +70,11 @@ from wclab.models.fast import speed_up
 from wclab.models.dit import DiT
 from wclab.models.hooks import HookedModule
 from wclab.models.loading import load_models
+from wclab.push_attention import check_push, release_exchanges
 from wclab.sampler import Session
 
 
-SEQUENCE_ATTENTION = ("auto", "ulysses", "kv_gather")  # how split tokens attend to all tokens (module docstring)
+SEQUENCE_ATTENTION = ("auto", "ulysses", "kv_gather", "ulysses_push")  # how split tokens attend to all tokens
 
 
 class ParallelError(WclabError, RuntimeError):
@@ -116,8 +117,9 @@ def release_windows() -> None:
 
 
 def shutdown() -> None:
-    """`release_windows`, then destroy the process group."""
+    """`release_windows` and the push engine's buffers, then destroy the process group."""
     release_windows()
+    release_exchanges()
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -456,7 +458,10 @@ class ParallelDiT(HookedModule):
     it with the same inputs. Hook points, ``cfg``, ``token_grid``... are the wrapped model's.
     ``sequence_attention``: "ulysses" (all-to-alls to a head split and back; at most ``num_heads`` ranks),
     "kv_gather" (every rank gathers all keys and values) or "auto" (default): "kv_gather" on 2 sequence ranks,
-    where it moves as many bytes as Ulysses in fewer calls, else "ulysses", which moves fewer.
+    where it moves as many bytes as Ulysses in fewer calls, else "ulysses", which moves fewer. "ulysses_push"
+    (CUDA): Ulysses whose exchanges are stores into the peers' memory from the kernels that make the data
+    (`wclab.push_attention`); forwards it cannot split that way (a hook attached, tokens or heads not divisible
+    by the ranks, the float64 RoPE of an uncompiled model) run "ulysses".
     ``nccl_window``: run the blocks in an `NcclWindow` (NCCL on CUDA only) whenever `window_eligible` allows.
     """
 
@@ -478,8 +483,10 @@ class ParallelDiT(HookedModule):
             raise ParallelError(f"sequence_attention: expected one of {SEQUENCE_ATTENTION}, got {sequence_attention!r}")
         if sequence_attention == "auto":
             sequence_attention = "kv_gather" if self.mesh.size() == 2 else "ulysses"
+        if sequence_attention == "ulysses_push" and self.mesh.device_type != "cuda":
+            raise ParallelError(f"sequence_attention 'ulysses_push' needs CUDA devices, got {self.mesh.device_type!r}")
         self.sequence_attention = sequence_attention  # "ulysses" or "kv_gather" (see the module docstring)
-        if sequence_attention == "ulysses" and model.cfg.num_heads < self.mesh.size():
+        if sequence_attention in ("ulysses", "ulysses_push") and model.cfg.num_heads < self.mesh.size():
             raise ParallelError(f"Ulysses attention splits the {model.cfg.num_heads} heads across ranks: at most "
                                 f"{model.cfg.num_heads} ranks, got {self.mesh.size()}")
         self._hook_points = model.hook_points()
@@ -508,13 +515,17 @@ class ParallelDiT(HookedModule):
             return getattr(self.model, name)
 
     @contextmanager
-    def _sequence_attention(self, num_tokens: int) -> Iterator[None]:
+    def _sequence_attention(self, num_tokens: int, freqs: Tensor, device: torch.device) -> Iterator[None]:
         """Swap every block's self-attention for one over all ``num_tokens`` tokens across the ranks:
         ``self.sequence_attention`` "kv_gather" (each rank gathers every token's keys and values and attends with
-        its own queries) or "ulysses"."""
+        its own queries), "ulysses" or "ulysses_push" (where this forward allows it, else "ulysses")."""
         ranks, rank, group = self.mesh.size(), self.mesh.get_local_rank(), self.mesh.get_group()
         if ranks == 1:  # nothing to reshard
             yield
+            return
+        if self.sequence_attention == "ulysses_push" and self._push_allowed(num_tokens, freqs, device):
+            with self._split_forwards(_push_forward(group.group_name)):
+                yield
             return
         tokens = split_counts(num_tokens, ranks, balanced=False)  # as token_slice
         heads = split_counts(self.model.cfg.num_heads, ranks, balanced=True)
@@ -541,6 +552,28 @@ class ParallelDiT(HookedModule):
             for m, local_attention in zip(modules, saved):
                 m.attention = local_attention
 
+    def _push_allowed(self, num_tokens: int, freqs: Tensor, device: torch.device) -> bool:
+        """Whether this forward can run the "ulysses_push" engine (see the class docstring)."""
+        if any(hp.active for hp in self._hook_points.values()) or freqs.is_complex():
+            return False
+        try:
+            check_push(device, num_tokens, self.model.cfg.num_heads, self.mesh.size())
+        except WclabError:
+            return False
+        return True
+
+    @contextmanager
+    def _split_forwards(self, split_forward) -> Iterator[None]:
+        """Every block's self-attention as ``split_forward`` (module, x, freqs) -> out for the ``with`` body."""
+        modules = [block.self_attn for block in self.model.blocks]
+        for m in modules:
+            m.split_forward = split_forward
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.split_forward = None
+
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         """As `DiT.forward`, with blocks and head run on this rank's tokens (see the module docstring)."""
         m = self.model
@@ -552,7 +585,8 @@ class ParallelDiT(HookedModule):
         freqs = e.freqs[mine]
         bias = None if e.bias is None else e.bias[:, :, mine]  # [B, 1, S_local, L]
         window = self._window_for(num_tokens)
-        with self._sequence_attention(num_tokens), (window.allocating() if window else nullcontext()):
+        with self._sequence_attention(num_tokens, freqs, x.device), \
+                (window.allocating() if window else nullcontext()):
             for block in m.blocks:
                 x = block(x, e.context, e.t_mod, freqs, bias)
             x = gather_tokens(m.head(x, e.t), num_tokens, dim=1, mesh=self.mesh)  # [B, S, out_dim·prod(patch)]
@@ -571,6 +605,15 @@ class ParallelDiT(HookedModule):
         if self.window.probe is not None:  # the previous forward was probed: make the window now
             self.window.reserve_measured()
         return self.window
+
+
+def _push_forward(group_name: str):
+    """A `SelfAttention.split_forward` running `wclab.push_attention.push_self_attention` over ``group_name``."""
+    def split_forward(m, x: Tensor, freqs: Tensor) -> Tensor:
+        return torch.ops.wclab.push_self_attention(
+            x, m.q.weight, m.q.bias, m.k.weight, m.k.bias, m.v.weight, m.v.bias, m.o.weight, m.o.bias,
+            m.norm_q.weight, m.norm_k.weight, freqs, m.norm_q.eps, m.num_heads, group_name, m.backend)
+    return split_forward
 
 
 class ParallelVAE(torch.nn.Module):

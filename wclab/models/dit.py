@@ -179,12 +179,17 @@ class SelfAttention(nn.Module):
         self.hook_q, self.hook_k, self.hook_v, self.hook_z, self.hook_out = (HookPoint() for _ in range(5))
         self.backend: Optional[str] = None  # attention backend (None: the default, `wclab.models.attention`)
         self.attention = self.local_attention  # (q, k, v) -> out; `wclab.parallel` swaps in a sequence-parallel one
+        # (module, x, freqs) -> out [B, S, dim]: the whole split self-attention, where `wclab.parallel` fuses the
+        # exchanges into the kernels around it (its "ulysses_push" engine; hooks other than hook_out then not fired)
+        self.split_forward = None
 
     def local_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention over the tokens given: q, k, v [B, S, heads, head_dim] -> [B, S, heads, head_dim]."""
         return attention(q, k, v, backend=self.backend)
 
     def forward(self, x: Tensor, freqs: Tensor) -> Tensor:
+        if self.split_forward is not None:
+            return self.hook_out(self.split_forward(self, x, freqs))
         heads = (self.num_heads, -1)  # [B, S, dim] -> [B, S, heads, head_dim]
         q = self.hook_q(apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), freqs))
         k = self.hook_k(apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), freqs))
