@@ -15,8 +15,11 @@ DeepSpeed-Ulysses style: q, k, v [B, S/P, heads, head_dim] are resharded from to
 each rank attends over all S tokens with heads/P heads, and an all-to-all brings the output back. On 2 ranks each
 rank instead all-gathers every token's k and v and attends with its own queries and all heads: the same bytes as
 Ulysses' four all-to-alls at P = 2 (twice as many at P = 4), in two calls, with no packing copies and no output
-reshard. The head's output is all-gathered, so every rank returns the full [B, out_dim, F, H, W] and steps the
-sampler identically.
+reshard. On GPUs, 2 ranks run the push engine instead (`wclab.push_attention`): Ulysses without collectives, each
+exchange a Triton kernel storing the data it makes (q and k normalised and rotated, v, the attention output)
+straight into the peers' symmetric memory, two barriers per block (2 × H200: 2.6–3.1 % off a forward against
+the NCCL engines; bench/RESULTS.md, fifteenth pass). The head's output is all-gathered, so every rank returns the
+full [B, out_dim, F, H, W] and steps the sampler identically.
 
 Engine: each Ulysses reshard is one all-to-all per tensor: ``torch.distributed.all_to_all_single`` with split sizes
 where the runs are uneven (ranks hold torch.chunk's pieces of the tokens and as even as possible a share of the
@@ -457,11 +460,12 @@ class ParallelDiT(HookedModule):
     [B, L, text_dim], bias [B, 1, S, L] | None) -> [B, out_dim, F, H, W]`` on every rank; every rank must call
     it with the same inputs. Hook points, ``cfg``, ``token_grid``... are the wrapped model's.
     ``sequence_attention``: "ulysses" (all-to-alls to a head split and back; at most ``num_heads`` ranks),
-    "kv_gather" (every rank gathers all keys and values) or "auto" (default): "kv_gather" on 2 sequence ranks,
-    where it moves as many bytes as Ulysses in fewer calls, else "ulysses", which moves fewer. "ulysses_push"
-    (CUDA): Ulysses whose exchanges are stores into the peers' memory from the kernels that make the data
-    (`wclab.push_attention`); forwards it cannot split that way (a hook attached, tokens or heads not divisible
-    by the ranks, the float64 RoPE of an uncompiled model) run "ulysses".
+    "kv_gather" (every rank gathers all keys and values), "ulysses_push" (CUDA: Ulysses whose exchanges are
+    stores into the peers' memory from the kernels that make the data, `wclab.push_attention`) or "auto"
+    (default): "ulysses_push" on 2 sequence ranks on GPUs, else "kv_gather" on 2 ranks, where it moves as many
+    bytes as Ulysses in fewer calls, and "ulysses" above, which moves fewer. Forwards the push engine cannot split
+    (a hook attached, tokens or heads not divisible by the ranks, the float64 RoPE of an uncompiled model) run
+    the one of those two that fits the rank count.
     ``nccl_window``: run the blocks in an `NcclWindow` (NCCL on CUDA only) whenever `window_eligible` allows.
     """
 
@@ -481,11 +485,15 @@ class ParallelDiT(HookedModule):
             self.window = shared_window(self.mesh.get_group(), torch.device("cuda", torch.cuda.current_device()))
         if sequence_attention not in SEQUENCE_ATTENTION:
             raise ParallelError(f"sequence_attention: expected one of {SEQUENCE_ATTENTION}, got {sequence_attention!r}")
-        if sequence_attention == "auto":
-            sequence_attention = "kv_gather" if self.mesh.size() == 2 else "ulysses"
+        nccl_engine = "kv_gather" if self.mesh.size() == 2 else "ulysses"
+        if sequence_attention == "auto":  # the push engine where it was measured faster: 2 ranks (bench/RESULTS.md)
+            on_gpus = self.mesh.device_type == "cuda" and self.mesh.size() == 2
+            sequence_attention = "ulysses_push" if on_gpus else nccl_engine
         if sequence_attention == "ulysses_push" and self.mesh.device_type != "cuda":
             raise ParallelError(f"sequence_attention 'ulysses_push' needs CUDA devices, got {self.mesh.device_type!r}")
-        self.sequence_attention = sequence_attention  # "ulysses" or "kv_gather" (see the module docstring)
+        self.sequence_attention = sequence_attention  # "ulysses", "kv_gather" or "ulysses_push"
+        # the engine of forwards the push engine cannot split (`_push_allowed`)
+        self.fallback_attention = nccl_engine if sequence_attention == "ulysses_push" else sequence_attention
         if sequence_attention in ("ulysses", "ulysses_push") and model.cfg.num_heads < self.mesh.size():
             raise ParallelError(f"Ulysses attention splits the {model.cfg.num_heads} heads across ranks: at most "
                                 f"{model.cfg.num_heads} ranks, got {self.mesh.size()}")
@@ -531,7 +539,7 @@ class ParallelDiT(HookedModule):
         heads = split_counts(self.model.cfg.num_heads, ranks, balanced=True)
 
         def sequence_parallel(local_attention):
-            if self.sequence_attention == "kv_gather":
+            if self.fallback_attention == "kv_gather":
                 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # each [B, S_local, heads, head_dim]
                     k, v = (_all_gather_tokens(t, tokens, group) for t in (k, v))  # [B, S, heads, head_dim]
                     return local_attention(q, k, v)

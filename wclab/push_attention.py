@@ -101,7 +101,8 @@ def _kernels():
 
 
 def push_rows(src: Tensor, buf: Tensor, deltas: Tensor, region: int, rank: int, ranks: int, heads: int,
-              weight: Optional[Tensor] = None, rope: Optional[Tensor] = None, eps: float = 1e-6) -> None:
+              weight: Optional[Tensor] = None, rope: Optional[Tensor] = None, eps: float = 1e-6,
+              num_warps: int = 4) -> None:
     """Store this rank's projection rows src [B, S_r, H·D] into region ``region`` (0, 1, 2: q, k, v) of every
     rank's buffer, head h going to rank h // H_r as rows [B, S, H_r, D] at this rank's tokens; with ``weight``
     [H·D] RMSNorm first, with ``rope`` [S_r, 1, D/2, 2] float32 (cos, sin) then RoPE. ``buf``: this rank's
@@ -115,17 +116,17 @@ def push_rows(src: Tensor, buf: Tensor, deltas: Tensor, region: int, rank: int, 
     kernel[(B * S_r,)](src, dummy if weight is None else weight, dummy if rope is None else rope.contiguous(),
                        buf, deltas, region * N, S_r, S_r * ranks, rank, eps,
                        HEADS=heads, HEADS_P2=_pow2(heads), HEADS_R=heads // ranks, HEAD_DIM=D,
-                       NORM=weight is not None, ROPE=rope is not None, num_warps=8)
+                       NORM=weight is not None, ROPE=rope is not None, num_warps=num_warps)
 
 
-def push_back(z: Tensor, buf: Tensor, deltas: Tensor, rank: int, ranks: int) -> None:
+def push_back(z: Tensor, buf: Tensor, deltas: Tensor, rank: int, ranks: int, num_warps: int = 4) -> None:
     """Store the attention output z [B, S, H_r, D] (all tokens, this rank's heads) into the output region of the
     rank that holds each token: rows [B, S_r, H, D], heads r·H_r ... ."""
     B, S, H_r, D = z.shape
     S_r = S // ranks
     kernel = _kernels()[1]
     kernel[(B * S,)](z.contiguous(), buf, deltas, 3 * B * S_r * H_r * ranks * D, S_r, S, rank,
-                     HEADS=H_r * ranks, HEADS_R=H_r, HEADS_R_P2=_pow2(H_r), HEAD_DIM=D, num_warps=4)
+                     HEADS=H_r * ranks, HEADS_R=H_r, HEADS_R_P2=_pow2(H_r), HEAD_DIM=D, num_warps=num_warps)
 
 
 class PushExchange:
