@@ -395,6 +395,23 @@ def test_an_unknown_sequence_attention_is_refused_naming_the_choices():
         ParallelDiT(DiT.from_checkpoint(CHECKPOINT, num_heads=4), OneRank(), sequence_attention="ring")
 
 
+def test_the_push_engine_runs_only_forwards_it_can_compute_whole():
+    from wclab.models.dit import rope_cos_sin, rope_freqs
+    from wclab.models.fast import quantize_fp8
+    from wclab.parallel import push_eligible
+
+    model = DiT.from_checkpoint(CHECKPOINT, num_heads=4)  # 4 heads
+    head_dim = model.cfg.head_dim
+    real, complex_ = rope_cos_sin(head_dim, (1, 2, 4)), rope_freqs(head_dim, (1, 2, 4))
+    assert push_eligible(model, 8, 2, hooks_active=False, freqs=real)
+    assert push_eligible(model, 8, 4, hooks_active=False, freqs=real)
+    assert not push_eligible(model, 8, 2, hooks_active=True, freqs=real)  # a hook inside would be skipped
+    assert not push_eligible(model, 8, 2, hooks_active=False, freqs=complex_)  # the uncompiled float64 RoPE
+    assert not push_eligible(model, 9, 2, hooks_active=False, freqs=real)  # tokens not dividing evenly
+    assert not push_eligible(model, 24, 3, hooks_active=False, freqs=real)  # 4 heads over 3 ranks
+    assert not push_eligible(quantize_fp8(model), 8, 2, hooks_active=False, freqs=real)  # float8 projections
+
+
 def test_the_push_engine_on_a_cpu_mesh_is_refused_naming_cuda():
     from wclab.parallel import ParallelDiT, ParallelError
 

@@ -326,6 +326,20 @@ def gather_attention_maps(maps, mesh: Optional[DeviceMesh] = None):
     return maps
 
 
+def push_eligible(model: DiT, num_tokens: int, ranks: int, hooks_active: bool, freqs: Tensor) -> bool:
+    """Whether a split forward may run the push engine (`wclab.push_attention`, on CUDA): it computes the whole
+    self-attention itself, so no hook may wait inside it, the RoPE table ``freqs`` must be the compiled path's
+    real (cos, sin) pairs (not the float64 complex one), tokens and heads must divide evenly over the ranks, and
+    every projection must be a plain ``nn.Linear`` with a bias (not an `Fp8Linear`)."""
+    try:
+        check_push(torch.device("cuda"), num_tokens, model.cfg.num_heads, ranks)
+    except WclabError:
+        return False
+    plain = all(type(getattr(b.self_attn, n)) is torch.nn.Linear and getattr(b.self_attn, n).bias is not None
+                for b in model.blocks for n in "qkvo")
+    return plain and not hooks_active and not freqs.is_complex()
+
+
 # ---------------------------------------------------------------- NCCL window
 
 def window_eligible(num_tokens: int, num_heads: int, ranks: int, hooks_active: bool) -> bool:
@@ -561,14 +575,9 @@ class ParallelDiT(HookedModule):
                 m.attention = local_attention
 
     def _push_allowed(self, num_tokens: int, freqs: Tensor, device: torch.device) -> bool:
-        """Whether this forward can run the "ulysses_push" engine (see the class docstring)."""
-        if any(hp.active for hp in self._hook_points.values()) or freqs.is_complex():
-            return False
-        try:
-            check_push(device, num_tokens, self.model.cfg.num_heads, self.mesh.size())
-        except WclabError:
-            return False
-        return True
+        """Whether this forward can run the "ulysses_push" engine (`push_eligible`, on CUDA)."""
+        hooks_active = any(hp.active for hp in self._hook_points.values())
+        return device.type == "cuda" and push_eligible(self.model, num_tokens, self.mesh.size(), hooks_active, freqs)
 
     @contextmanager
     def _split_forwards(self, split_forward) -> Iterator[None]:
