@@ -15,10 +15,11 @@ DeepSpeed-Ulysses style: q, k, v [B, S/P, heads, head_dim] are resharded from to
 each rank attends over all S tokens with heads/P heads, and an all-to-all brings the output back. On 2 ranks each
 rank instead all-gathers every token's k and v and attends with its own queries and all heads: the same bytes as
 Ulysses' four all-to-alls at P = 2 (twice as many at P = 4), in two calls, with no packing copies and no output
-reshard. On GPUs, 2 ranks run the push engine instead (`wclab.push_attention`): Ulysses without collectives, each
+reshard. On GPUs the push engine runs instead (`wclab.push_attention`): Ulysses without collectives, each
 exchange a Triton kernel storing the data it makes (q and k normalised and rotated, v, the attention output)
-straight into the peers' symmetric memory, two barriers per block (2 × H200: 2.6–3.1 % off a forward against
-the NCCL engines; bench/RESULTS.md, fifteenth pass). The head's output is all-gathered, so every rank returns the
+straight into the peers' symmetric memory, two barriers per block (2.6–3.1 % off a forward against the NCCL
+engines on 2 H200s, 2.0–2.4 % on 4; bench/RESULTS.md, fifteenth pass). Forwards it cannot split run the NCCL
+engines. The head's output is all-gathered, so every rank returns the
 full [B, out_dim, F, H, W] and steps the sampler identically.
 
 Engine: each Ulysses reshard is one all-to-all per tensor: ``torch.distributed.all_to_all_single`` with split sizes
@@ -476,8 +477,8 @@ class ParallelDiT(HookedModule):
     ``sequence_attention``: "ulysses" (all-to-alls to a head split and back; at most ``num_heads`` ranks),
     "kv_gather" (every rank gathers all keys and values), "ulysses_push" (CUDA: Ulysses whose exchanges are
     stores into the peers' memory from the kernels that make the data, `wclab.push_attention`) or "auto"
-    (default): "ulysses_push" on 2 sequence ranks on GPUs, else "kv_gather" on 2 ranks, where it moves as many
-    bytes as Ulysses in fewer calls, and "ulysses" above, which moves fewer. Forwards the push engine cannot split
+    (default): "ulysses_push" on GPUs, else "kv_gather" on 2 ranks, where it moves as many bytes as Ulysses in
+    fewer calls, and "ulysses" above, which moves fewer. Forwards the push engine cannot split
     (a hook attached, tokens or heads not divisible by the ranks, the float64 RoPE of an uncompiled model) run
     the one of those two that fits the rank count.
     ``nccl_window``: run the blocks in an `NcclWindow` (NCCL on CUDA only) whenever `window_eligible` allows.
@@ -500,9 +501,8 @@ class ParallelDiT(HookedModule):
         if sequence_attention not in SEQUENCE_ATTENTION:
             raise ParallelError(f"sequence_attention: expected one of {SEQUENCE_ATTENTION}, got {sequence_attention!r}")
         nccl_engine = "kv_gather" if self.mesh.size() == 2 else "ulysses"
-        if sequence_attention == "auto":  # the push engine where it was measured faster: 2 ranks (bench/RESULTS.md)
-            on_gpus = self.mesh.device_type == "cuda" and self.mesh.size() == 2
-            sequence_attention = "ulysses_push" if on_gpus else nccl_engine
+        if sequence_attention == "auto":  # the push engine on GPUs: faster at 2 and 4 ranks (bench/RESULTS.md)
+            sequence_attention = "ulysses_push" if self.mesh.device_type == "cuda" else nccl_engine
         if sequence_attention == "ulysses_push" and self.mesh.device_type != "cuda":
             raise ParallelError(f"sequence_attention 'ulysses_push' needs CUDA devices, got {self.mesh.device_type!r}")
         self.sequence_attention = sequence_attention  # "ulysses", "kv_gather" or "ulysses_push"
