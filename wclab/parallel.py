@@ -19,8 +19,8 @@ reshard. On GPUs the push engine runs instead (`wclab.push_attention`): Ulysses 
 exchange a Triton kernel storing the data it makes (q and k normalised and rotated, v, the attention output)
 straight into the peers' symmetric memory, two barriers per block (2.6–3.1 % off a forward against the NCCL
 engines on 2 H200s, 2.0–2.4 % on 4; bench/RESULTS.md, fifteenth pass). Forwards it cannot split run the NCCL
-engines. The head's output is all-gathered, so every rank returns the
-full [B, out_dim, F, H, W] and steps the sampler identically.
+engines. The head's output is all-gathered, so every rank returns the full [B, out_dim, F, H, W] and steps the
+sampler identically.
 
 Engine: each Ulysses reshard is one all-to-all per tensor: ``torch.distributed.all_to_all_single`` with split sizes
 where the runs are uneven (ranks hold torch.chunk's pieces of the tokens and as even as possible a share of the
@@ -479,8 +479,8 @@ class ParallelDiT(HookedModule):
     stores into the peers' memory from the kernels that make the data, `wclab.push_attention`) or "auto"
     (default): "ulysses_push" on GPUs, else "kv_gather" on 2 ranks, where it moves as many bytes as Ulysses in
     fewer calls, and "ulysses" above, which moves fewer. Forwards the push engine cannot split
-    (a hook attached, tokens or heads not divisible by the ranks, the float64 RoPE of an uncompiled model) run
-    the one of those two that fits the rank count.
+    (`push_eligible`: a hook attached, tokens or heads not divisible by the ranks, the float64 RoPE of an
+    uncompiled model, float8 projections) run the one of those two that fits the rank count.
     ``nccl_window``: run the blocks in an `NcclWindow` (NCCL on CUDA only) whenever `window_eligible` allows.
     """
 
@@ -540,7 +540,7 @@ class ParallelDiT(HookedModule):
     def _sequence_attention(self, num_tokens: int, freqs: Tensor, device: torch.device) -> Iterator[None]:
         """Swap every block's self-attention for one over all ``num_tokens`` tokens across the ranks:
         ``self.sequence_attention`` "kv_gather" (each rank gathers every token's keys and values and attends with
-        its own queries), "ulysses" or "ulysses_push" (where this forward allows it, else "ulysses")."""
+        its own queries), "ulysses" or "ulysses_push" (where this forward allows it, else `fallback_attention`)."""
         ranks, rank, group = self.mesh.size(), self.mesh.get_local_rank(), self.mesh.get_group()
         if ranks == 1:  # nothing to reshard
             yield
