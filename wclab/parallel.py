@@ -506,7 +506,7 @@ class ParallelDiT(HookedModule):
         if sequence_attention == "ulysses_push" and self.mesh.device_type != "cuda":
             raise ParallelError(f"sequence_attention 'ulysses_push' needs CUDA devices, got {self.mesh.device_type!r}")
         self.sequence_attention = sequence_attention  # "ulysses", "kv_gather" or "ulysses_push"
-        # the engine of forwards the push engine cannot split (`_push_allowed`)
+        # the engine of forwards the push engine cannot split (`push_eligible`)
         self.fallback_attention = nccl_engine if sequence_attention == "ulysses_push" else sequence_attention
         if sequence_attention in ("ulysses", "ulysses_push") and model.cfg.num_heads < self.mesh.size():
             raise ParallelError(f"Ulysses attention splits the {model.cfg.num_heads} heads across ranks: at most "
@@ -537,7 +537,8 @@ class ParallelDiT(HookedModule):
             return getattr(self.model, name)
 
     @contextmanager
-    def _sequence_attention(self, num_tokens: int, freqs: Tensor, device: torch.device) -> Iterator[None]:
+    def _sequence_attention(self, num_tokens: int, freqs: Tensor, device: torch.device,
+                            hooks_active: bool) -> Iterator[None]:
         """Swap every block's self-attention for one over all ``num_tokens`` tokens across the ranks:
         ``self.sequence_attention`` "kv_gather" (each rank gathers every token's keys and values and attends with
         its own queries), "ulysses" or "ulysses_push" (where this forward allows it, else `fallback_attention`)."""
@@ -545,7 +546,8 @@ class ParallelDiT(HookedModule):
         if ranks == 1:  # nothing to reshard
             yield
             return
-        if self.sequence_attention == "ulysses_push" and self._push_allowed(num_tokens, freqs, device):
+        if (self.sequence_attention == "ulysses_push" and device.type == "cuda"
+                and push_eligible(self.model, num_tokens, ranks, hooks_active, freqs)):
             with self._split_forwards(_push_forward(group.group_name)):
                 yield
             return
@@ -574,11 +576,6 @@ class ParallelDiT(HookedModule):
             for m, local_attention in zip(modules, saved):
                 m.attention = local_attention
 
-    def _push_allowed(self, num_tokens: int, freqs: Tensor, device: torch.device) -> bool:
-        """Whether this forward can run the "ulysses_push" engine (`push_eligible`, on CUDA)."""
-        hooks_active = any(hp.active for hp in self._hook_points.values())
-        return device.type == "cuda" and push_eligible(self.model, num_tokens, self.mesh.size(), hooks_active, freqs)
-
     @contextmanager
     def _split_forwards(self, split_forward) -> Iterator[None]:
         """Every block's self-attention as ``split_forward`` (module, x, freqs) -> out for the ``with`` body."""
@@ -601,8 +598,9 @@ class ParallelDiT(HookedModule):
         x = e.tokens[:, mine].clone(memory_format=torch.contiguous_format)
         freqs = e.freqs[mine]
         bias = None if e.bias is None else e.bias[:, :, mine]  # [B, 1, S_local, L]
-        window = self._window_for(num_tokens)
-        with self._sequence_attention(num_tokens, freqs, x.device), \
+        hooks_active = any(hp.active for hp in self._hook_points.values())
+        window = self._window_for(num_tokens, hooks_active)
+        with self._sequence_attention(num_tokens, freqs, x.device, hooks_active), \
                 (window.allocating() if window else nullcontext()):
             for block in m.blocks:
                 x = block(x, e.context, e.t_mod, freqs, bias)
@@ -611,12 +609,11 @@ class ParallelDiT(HookedModule):
             x = window.hand_over(x)
         return m.hook_head_out(m.unpatchify(x, e.grid))
 
-    def _window_for(self, num_tokens: int) -> Optional[NcclWindow]:
+    def _window_for(self, num_tokens: int, hooks_active: bool) -> Optional[NcclWindow]:
         """``self.window`` when there is one and this forward may use it (`window_eligible`), else None; made, at
         the size the probed forward before needed, at the second eligible forward."""
         if self.window is None:
             return None
-        hooks_active = any(hp.active for hp in self._hook_points.values())
         if not window_eligible(num_tokens, self.model.cfg.num_heads, self.mesh.size(), hooks_active):
             return None
         if self.window.probe is not None:  # the previous forward was probed: make the window now

@@ -36,10 +36,6 @@ class PushAttentionError(WclabError, RuntimeError):
     """This device, build or split cannot run the push engine."""
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
 @functools.cache
 def _kernels():
     """The Triton kernels (for the GPU, or for Triton's CPU interpreter when TRITON_INTERPRET=1 was set before
@@ -112,10 +108,11 @@ def push_rows(src: Tensor, buf: Tensor, deltas: Tensor, region: int, rank: int, 
     N = B * S_r * width
     src = src.contiguous()
     kernel = _kernels()[0]
-    dummy = src.new_empty(1)
-    kernel[(B * S_r,)](src, dummy if weight is None else weight, dummy if rope is None else rope.contiguous(),
+    from triton import next_power_of_2
+    # without weight / rope the kernel reads neither: src stands in for the pointer
+    kernel[(B * S_r,)](src, src if weight is None else weight, src if rope is None else rope.contiguous(),
                        buf, deltas, region * N, S_r, S_r * ranks, rank, eps,
-                       HEADS=heads, HEADS_P2=_pow2(heads), HEADS_R=heads // ranks, HEAD_DIM=D,
+                       HEADS=heads, HEADS_P2=next_power_of_2(heads), HEADS_R=heads // ranks, HEAD_DIM=D,
                        NORM=weight is not None, ROPE=rope is not None, num_warps=num_warps)
 
 
@@ -125,8 +122,9 @@ def push_back(z: Tensor, buf: Tensor, deltas: Tensor, rank: int, ranks: int, num
     B, S, H_r, D = z.shape
     S_r = S // ranks
     kernel = _kernels()[1]
+    from triton import next_power_of_2
     kernel[(B * S,)](z.contiguous(), buf, deltas, 3 * B * S_r * H_r * ranks * D, S_r, S, rank,
-                     HEADS=H_r * ranks, HEADS_R=H_r, HEADS_R_P2=_pow2(H_r), HEAD_DIM=D, num_warps=num_warps)
+                     HEADS=H_r * ranks, HEADS_R=H_r, HEADS_R_P2=next_power_of_2(H_r), HEAD_DIM=D, num_warps=num_warps)
 
 
 class PushExchange:
